@@ -1,0 +1,197 @@
+"""Reading user images robustly and writing outputs atomically.
+
+Photos arrive in every mode PIL knows (grayscale, CMYK, 16-bit, palette, RGBA) and with EXIF
+orientation tags; :func:`load_rgb` turns all of them into an upright 8-bit RGB image or raises a
+:class:`~mudi.errors.MudiError` that names the file. Outputs are written to a temporary file in
+the target folder and renamed into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mudi.errors import MudiError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+MASK_THRESHOLD = 128
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.exists():
+        raise MudiError(f"{path}: file not found.")
+    if path.is_dir():
+        raise MudiError(f"{path}: is a folder, expected an image file.")
+    if path.stat().st_size == 0:
+        raise MudiError(f"{path}: the file is empty (0 bytes). Replace it with a valid image or remove it.")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise MudiError(
+            f"{path}: not a readable image ({exc.__class__.__name__}: {exc}). "
+            "Replace it with a valid JPEG/PNG or remove it."
+        ) from None
+    return img
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float single-channel images → 8-bit 'L'."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        if img.mode.startswith("I;16") or (img.mode == "I" and hi > 255):
+            scale = 65535.0 if hi > 255 else 255.0
+        elif img.mode == "F" and hi <= 1.0:
+            scale = 1.0
+        else:
+            scale = 255.0
+        arr = np.clip(arr / scale * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L")
+    return img
+
+
+def load_rgb_alpha(path: str | Path) -> tuple[Image.Image, np.ndarray | None]:
+    """Load a photo upright as 8-bit RGB, plus its alpha channel as a bool mask if it has one.
+
+    A fully opaque alpha channel is reported as ``None`` (it carries no mask).
+    """
+    img = _open(Path(path))
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not make a photo unusable
+        pass
+    img = _to_8bit(img)
+    alpha = None
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        a = np.asarray(img.getchannel("A"))
+        if a.min() < 255:
+            alpha = a >= MASK_THRESHOLD
+        rgb = Image.new("RGB", img.size, (255, 255, 255))
+        rgb.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return rgb, alpha
+    return img.convert("RGB"), alpha
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Load a photo as an upright 8-bit RGB PIL image (transparent parts become white)."""
+    return load_rgb_alpha(path)[0]
+
+
+def load_mask(path: str | Path, size: tuple[int, int] | None = None, *, allow_empty: bool = False) -> np.ndarray:
+    """Load a mask file as a bool array (pixel >= 128 is subject).
+
+    ``size`` is the (width, height) of the photo the mask belongs to: a mask of another size is
+    an error. RGBA masks use their alpha channel if it is not fully opaque, else their luminance.
+    """
+    path = Path(path)
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:
+        pass
+    img = _to_8bit(img)
+    if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
+        arr = np.asarray(img.getchannel("A"))
+    else:
+        arr = np.asarray(img.convert("L"))
+    if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
+        raise MudiError(
+            f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its photo is {size[0]}x{size[1]}. "
+            "A mask must have exactly the size of its photo."
+        )
+    mask = arr >= MASK_THRESHOLD
+    if not allow_empty and not mask.any():
+        raise MudiError(
+            f"{path}: the mask is empty (no pixel >= {MASK_THRESHOLD}). "
+            "Masks are 0 for background and 255 for the subject."
+        )
+    return mask
+
+
+def mask_to_image(mask: np.ndarray) -> Image.Image:
+    """Bool mask → 8-bit 'L' image (0 / 255)."""
+    return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in ``folder`` (sorted), ignoring hidden files and mask files."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise MudiError(f"{folder}: folder not found.")
+    if not folder.is_dir():
+        raise MudiError(f"{folder}: expected a folder of photos, found a file.")
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    return files
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def _atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return _atomic_write(Path(path), lambda fh: fh.write(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+def save_image_atomic(img: Image.Image | np.ndarray, path: str | Path, **save_kwargs) -> Path:
+    """Save a PIL image (or uint8 / bool array) atomically; format from the suffix."""
+    if isinstance(img, np.ndarray):
+        img = mask_to_image(img) if img.dtype == bool else Image.fromarray(img)
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    return _atomic_write(path, lambda fh: img.save(fh, format=fmt, **save_kwargs))
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
+    """Create an output folder, refusing to reuse a non-empty one unless ``overwrite``.
+
+    With ``overwrite`` the existing files are left in place and may be replaced one by one;
+    nothing is deleted wholesale.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MudiError(f"{path}: the {what} path is a file; choose a folder path.")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise MudiError(
+            f"{path}: the {what} folder already has content. Choose another --out, "
+            "or pass --overwrite to write into it anyway."
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
