@@ -1,0 +1,438 @@
+"""The one place that turns a model name (hub id or local folder) into loaded objects.
+
+Every model mudi uses is reached through this module:
+
+- :func:`resolve_model` maps a name to something ``from_pretrained`` can open without
+  surprises: an existing local folder (validated), a snapshot in the local Hugging Face
+  cache, or -- only when the hub is reachable -- the hub id itself. Offline, an uncached hub
+  id fails at once with :class:`~mudi.errors.ModelNotAvailableError` telling the user what to
+  pass instead; nothing ever hangs retrying the network.
+- ``load_*`` functions load a Stable Diffusion (XL) pipeline, OWLv2, SAM, DINOv2 and CLIP,
+  always with safetensors weights and never with ``trust_remote_code``.
+
+Notes for callers (transformers 5 / diffusers 0.42):
+
+- Without torchvision, image processors are the ``*ImageProcessorPil`` classes; they behave
+  like the old "slow" processors (PIL in, numpy/torch out).
+- ``CLIPModel.get_image_features`` / ``get_text_features`` return a
+  ``BaseModelOutputWithPooling``; the projected embedding is ``.pooler_output`` (use
+  :func:`clip_image_embeds` / :func:`clip_text_embeds` to get plain tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mudi.errors import ModelNotAvailableError, MudiError
+
+DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
+DEFAULT_DETECTOR = "google/owlv2-base-patch16-ensemble"
+DEFAULT_SEGMENTER = "facebook/sam-vit-huge"
+DEFAULT_DINO = "facebook/dinov2-base"
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+
+#: File that must exist at the top of a model folder, per kind of model.
+REQUIRED_FILE: dict[str, str] = {
+    "pipeline": "model_index.json",
+    "vae": "config.json",
+    "owlv2": "config.json",
+    "sam": "config.json",
+    "dinov2": "config.json",
+    "clip": "config.json",
+    "transformers": "config.json",
+}
+
+#: A real CLIP tokenizer has 49408 tokens; anything this small is a broken/placeholder one.
+MIN_TOKENIZER_VOCAB = 1000
+#: transformers sets model_max_length to this huge value when the tokenizer config lacks it.
+_UNSET_MAX_LENGTH = 10**9
+
+_HUB_TIMEOUT_S = 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# quiet the "<X>ImageProcessor requires torchvision; falling back to <X>ImageProcessorPil" noise
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed); falling back" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
+
+
+# ---------------------------------------------------------------------------------------------
+# resolution
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` and friends)."""
+    truthy = {"1", "true", "yes", "on"}
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in truthy:
+            return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - huggingface_hub always present with diffusers
+        return False
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith(("/", "./", "../", "~", "."))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.endswith("/")
+    )
+
+
+def _not_available(name: str, kind: str, why: str) -> ModelNotAvailableError:
+    return ModelNotAvailableError(
+        f"Model '{name}' ({kind}) is not available {why}. "
+        f"Pass a local model folder instead (a directory saved with save_pretrained, e.g. a "
+        f"downloaded copy of '{name}'), download it once into the Hugging Face cache while "
+        f"online, or for a smoke test build tiny random models with "
+        f"`mudi tiny-models --out DIR` and pass DIR/<part>."
+    )
+
+
+def _validate_folder(folder: Path, kind: str, name: str) -> None:
+    required = REQUIRED_FILE[kind]
+    if not (folder / required).is_file():
+        hint = ""
+        if kind != "pipeline" and (folder / "model_index.json").is_file():
+            hint = " It looks like a diffusers pipeline folder, not a single model."
+        elif kind == "pipeline" and (folder / "config.json").is_file():
+            hint = " It looks like a single model folder, not a full diffusers pipeline."
+        raise MudiError(
+            f"{name}: '{folder}' is not a {kind} model folder: {required} is missing.{hint} "
+            f"Pass a folder saved with save_pretrained (it must contain {required})."
+        )
+
+
+def resolve_model(name: str | os.PathLike[str], kind: str) -> str:
+    """Resolve a model name to a local folder or a reachable hub id.
+
+    Args:
+        name: a local folder, or a Hugging Face hub id such as ``"facebook/sam-vit-huge"``.
+        kind: one of :data:`REQUIRED_FILE` (``"pipeline"``, ``"vae"``, ``"owlv2"``, ``"sam"``,
+            ``"dinov2"``, ``"clip"``, ``"transformers"``); decides which file must be present.
+
+    Returns:
+        A local folder path (a given folder, or the cached hub snapshot), or the hub id itself
+        when the hub is online and reachable (``from_pretrained`` then downloads it).
+
+    Raises:
+        MudiError: a local folder that does not look like this kind of model, or a path that
+            does not exist.
+        ModelNotAvailableError: a hub id that is neither cached nor downloadable (offline or
+            hub unreachable). Raised immediately, without retries.
+    """
+    if kind not in REQUIRED_FILE:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(REQUIRED_FILE)}")
+    name = os.fspath(name)
+    if not name.strip():
+        raise MudiError(f"Empty model name given for the {kind} model.")
+    local = Path(name).expanduser()
+    if local.is_dir():
+        _validate_folder(local, kind, name)
+        return str(local)
+    if local.exists():
+        raise MudiError(f"Model path '{name}' is a file; pass the model folder that contains it.")
+    if _looks_like_path(name):
+        raise MudiError(f"Model folder '{name}' does not exist. Check the path.")
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if not hub_offline():
+        from huggingface_hub import HfApi
+
+        try:
+            HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
+            return name
+        except GatedRepoError as exc:
+            raise MudiError(
+                f"Model '{name}' is gated on the Hugging Face hub: accept its licence on the hub "
+                f"and log in (`hf auth login`), or pass a local folder. ({exc.__class__.__name__})"
+            ) from None
+        except RepositoryNotFoundError:
+            raise MudiError(
+                f"Model '{name}' does not exist on the Hugging Face hub (or is private). "
+                f"Check the id, or pass a local model folder."
+            ) from None
+        except HFValidationError:
+            raise MudiError(
+                f"'{name}' is neither an existing folder nor a valid hub id (owner/name)."
+            ) from None
+        except Exception:  # network down, DNS, timeout: fall back to the cache below
+            why = "locally and the Hugging Face hub is unreachable"
+    else:
+        why = "offline (HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache"
+
+    try:
+        snapshot = Path(snapshot_download(name, local_files_only=True))
+    except HFValidationError:
+        raise MudiError(
+            f"'{name}' is neither an existing folder nor a valid hub id (owner/name)."
+        ) from None
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise _not_available(name, kind, why) from None
+    if not (snapshot / REQUIRED_FILE[kind]).is_file():
+        raise _not_available(name, kind, why + f" (the cached copy lacks {REQUIRED_FILE[kind]})")
+    return str(snapshot)
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).is_dir()
+
+
+def _load_error(kind: str, name: str, exc: BaseException) -> MudiError:
+    return MudiError(
+        f"Could not load the {kind} model from '{name}': {exc.__class__.__name__}: {exc}. "
+        f"Check that the folder is a complete save_pretrained checkpoint with .safetensors weights."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers
+
+
+def validate_tokenizer(tokenizer: Any, where: str) -> None:
+    """Raise MudiError if ``tokenizer`` is missing, nearly empty, or lacks ``model_max_length``.
+
+    Offline, transformers can silently build a CLIP tokenizer with a 3-token placeholder
+    vocabulary when the vocab/merges files are missing; prompts then all map to
+    ``<|endoftext|>`` and training "works" but learns nothing. This catches that.
+    """
+    if tokenizer is None:
+        raise MudiError(f"{where}: the tokenizer is missing. Use a complete model folder.")
+    size = len(tokenizer)
+    if size < MIN_TOKENIZER_VOCAB:
+        raise MudiError(
+            f"{where}: the tokenizer has only {size} tokens (a CLIP tokenizer has 49408); its "
+            f"vocabulary files (vocab.json/merges.txt or tokenizer.json) are missing or broken. "
+            f"Use a complete model folder (or rebuild tiny models with `mudi tiny-models`)."
+        )
+    max_len = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(max_len, int) or max_len <= 0 or max_len >= _UNSET_MAX_LENGTH:
+        raise MudiError(
+            f"{where}: the tokenizer has no usable model_max_length ({max_len!r}); set "
+            f"\"model_max_length\" (77 for CLIP text encoders) in its tokenizer_config.json."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# pipelines
+
+
+def _read_model_index(path: str) -> dict:
+    if _is_local(path):
+        return json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
+    from diffusers import DiffusionPipeline
+
+    return dict(DiffusionPipeline.load_config(path))
+
+
+def _pipeline_class(index: dict, name: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    class_name = str(index.get("_class_name", ""))
+    if "text_encoder_2" in index or "XL" in class_name:
+        return StableDiffusionXLPipeline
+    if class_name.startswith("StableDiffusion") or {"unet", "vae", "text_encoder"} <= set(index):
+        return StableDiffusionPipeline
+    raise MudiError(
+        f"'{name}' is a {class_name or 'unknown'} pipeline; mudi supports Stable Diffusion "
+        f"1.x/2.x and SDXL pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
+    )
+
+
+def load_vae(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load an ``AutoencoderKL`` from a VAE folder/hub id, or from a pipeline's ``vae/``."""
+    from diffusers import AutoencoderKL
+
+    local = Path(os.fspath(name)).expanduser()
+    subfolder = None
+    if local.is_dir() and not (local / "config.json").is_file() and (local / "vae" / "config.json").is_file():
+        path, subfolder = str(local), "vae"
+    else:
+        path = resolve_model(name, "vae")
+    try:
+        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error("VAE", name, exc) from exc
+    return vae.to(device)
+
+
+def load_pipeline(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    vae: str | None = None,
+    variant: str | None = None,
+):
+    """Load a Stable Diffusion or SDXL text-to-image pipeline.
+
+    The class (``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline``) is chosen from
+    ``model_index.json``. The safety checker is disabled. Tokenizers are validated
+    (:func:`validate_tokenizer`).
+
+    Args:
+        name: local pipeline folder or hub id (e.g. :data:`DEFAULT_SDXL`).
+        dtype: weights dtype (float32 on CPU; float16 on GPU with the fp16-fix VAE for SDXL).
+        device: where to move the pipeline.
+        vae: optional VAE override (folder or hub id, e.g. :data:`DEFAULT_SDXL_VAE`).
+        variant: optional weights variant on the hub (e.g. ``"fp16"``).
+    """
+    path = resolve_model(name, "pipeline")
+    index = _read_model_index(path)
+    cls = _pipeline_class(index, name)
+    kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
+    if variant:
+        kwargs["variant"] = variant
+    if "safety_checker" in index:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if vae is not None:
+        kwargs["vae"] = load_vae(vae, dtype=dtype, device="cpu")
+    try:
+        pipe = cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error("pipeline", name, exc) from exc
+    validate_tokenizer(getattr(pipe, "tokenizer", None), f"{name}: tokenizer")
+    if is_sdxl(pipe):
+        validate_tokenizer(getattr(pipe, "tokenizer_2", None), f"{name}: tokenizer_2")
+    return pipe.to(device)
+
+
+def is_sdxl(pipe: Any) -> bool:
+    """True for SDXL pipelines (two text encoders, ``text_time`` micro-conditioning)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return isinstance(pipe, StableDiffusionXLPipeline) or getattr(pipe, "text_encoder_2", None) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers models
+
+
+def _load_pair(name: str, kind: str, model_cls, processor_cls, dtype, device):
+    path = resolve_model(name, kind)
+    try:
+        model = model_cls.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+        processor = processor_cls.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _load_error(kind, name, exc) from exc
+    model.eval().requires_grad_(False)
+    return model.to(device), processor
+
+
+def load_owlv2(name: str = DEFAULT_DETECTOR, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load an OWLv2 open-vocabulary detector: ``(Owlv2ForObjectDetection, Owlv2Processor)``.
+
+    The model is in eval mode with gradients off. Use
+    ``processor.post_process_grounded_object_detection(outputs, threshold=...,
+    target_sizes=[(h, w)], text_labels=...)``: in transformers 5 it already accounts for
+    OWLv2's pad-to-square (boxes come back in original pixel coordinates; they may extend
+    past the image edge, so clamp them).
+    """
+    from transformers import Owlv2ForObjectDetection, Owlv2Processor
+
+    model, processor = _load_pair(name, "owlv2", Owlv2ForObjectDetection, Owlv2Processor, dtype, device)
+    validate_tokenizer(processor.tokenizer, f"{name}: tokenizer")
+    return model, processor
+
+
+def load_sam(name: str = DEFAULT_SEGMENTER, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load Segment Anything: ``(SamModel, SamProcessor)`` (eval mode, gradients off)."""
+    from transformers import SamModel, SamProcessor
+
+    return _load_pair(name, "sam", SamModel, SamProcessor, dtype, device)
+
+
+def load_dinov2(name: str = DEFAULT_DINO, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load DINOv2: ``(Dinov2Model, image processor)`` (eval mode, gradients off).
+
+    ``model(**processor(images=..., return_tensors="pt"))`` gives ``last_hidden_state``
+    (B, 1 + patches, hidden) and ``pooler_output`` (B, hidden) = the layer-normed CLS token.
+    """
+    from transformers import AutoImageProcessor, AutoModel
+
+    return _load_pair(name, "dinov2", AutoModel, AutoImageProcessor, dtype, device)
+
+
+def load_clip(name: str = DEFAULT_CLIP, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load CLIP: ``(CLIPModel, CLIPProcessor)`` (eval mode, gradients off).
+
+    In transformers 5 ``get_image_features``/``get_text_features`` return an output object;
+    the projected embedding is ``.pooler_output``. :func:`clip_image_embeds` and
+    :func:`clip_text_embeds` return plain L2-normalized tensors.
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    model, processor = _load_pair(name, "clip", CLIPModel, CLIPProcessor, dtype, device)
+    validate_tokenizer(processor.tokenizer, f"{name}: tokenizer")
+    return model, processor
+
+
+def _features_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):  # older transformers returned the tensor directly
+        return out
+    return out.pooler_output
+
+
+@torch.no_grad()
+def clip_image_embeds(model, processor, images) -> torch.Tensor:
+    """L2-normalized CLIP image embeddings, shape (N, projection_dim), float32 on CPU."""
+    inputs = processor(images=images, return_tensors="pt")
+    pixel_values = inputs["pixel_values"].to(model.device, model.dtype)
+    feats = _features_tensor(model.get_image_features(pixel_values=pixel_values)).float().cpu()
+    return torch.nn.functional.normalize(feats, dim=-1)
+
+
+@torch.no_grad()
+def clip_text_embeds(model, processor, texts: list[str]) -> torch.Tensor:
+    """L2-normalized CLIP text embeddings, shape (N, projection_dim), float32 on CPU."""
+    inputs = processor.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    feats = _features_tensor(model.get_text_features(**inputs)).float().cpu()
+    return torch.nn.functional.normalize(feats, dim=-1)
+
+
+__all__ = [
+    "DEFAULT_CLIP",
+    "DEFAULT_DETECTOR",
+    "DEFAULT_DINO",
+    "DEFAULT_SDXL",
+    "DEFAULT_SDXL_VAE",
+    "DEFAULT_SEGMENTER",
+    "REQUIRED_FILE",
+    "clip_image_embeds",
+    "clip_text_embeds",
+    "hub_offline",
+    "is_sdxl",
+    "load_clip",
+    "load_dinov2",
+    "load_owlv2",
+    "load_pipeline",
+    "load_sam",
+    "load_vae",
+    "resolve_model",
+    "validate_tokenizer",
+]
