@@ -494,7 +494,10 @@ class Composer:
         if relative_sizes:
             self.relative = {s.key: 1.0 for s in subject_set}
             for name, c in relative_sizes.items():
-                key = subject_set.subject(name).key
+                try:
+                    key = subject_set.subject(name).key
+                except MudiError as exc:
+                    raise MudiError(f"relative sizes: {exc}") from None
                 if not 0 < float(c) <= 1:
                     raise MudiError(
                         f"relative size {name}={c} must be in (0, 1] (fraction of the largest allowed "
