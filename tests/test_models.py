@@ -235,3 +235,24 @@ def test_tiny_folder_layout(tiny_models):
         assert (tiny_models / part / "model.safetensors").is_file()
     total = sum(f.stat().st_size for f in Path(tiny_models).rglob("*") if f.is_file())
     assert total < 100 * 2**20
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_tiny_models(tmp_path, capsys):
+    from mudi.cli import main
+
+    out = tmp_path / "tiny"
+    assert main(["tiny-models", "--out", str(out), "--parts", "dinov2,sam"]) == 0
+    printed = capsys.readouterr().out
+    assert "dinov2" in printed and "sam" in printed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["dinov2", "sam"]
+    model, _ = models.load_dinov2(str(out / "dinov2"))
+    assert model.config.hidden_size == 32
+    # A non-empty folder is not reused without --overwrite (exit 2, message, no traceback).
+    assert main(["tiny-models", "--out", str(out), "--parts", "dinov2"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["tiny-models", "--out", str(out), "--parts", "dinov2", "--overwrite"]) == 0
+    assert main(["tiny-models", "--out", str(tmp_path / "x"), "--parts", "nope"]) == 2
+    assert "Unknown tiny model part" in capsys.readouterr().err

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 
 from mudi.errors import MudiError
+from mudi.models import _TorchvisionFallbackFilter  # noqa: F401  (importing mudi.models quiets
+# transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" warnings)
 
 ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip")
 
@@ -310,7 +312,7 @@ def _build_clip(out: Path) -> None:
     size = TINY_IMAGE_SIZE["clip"]
     config = CLIPConfig(
         text_config=_text_config(),
-        vision_config=dict(_vision_kwargs(size, 8), hidden_act="quick_gelu"),
+        vision_config=dict(_vision_kwargs(size, 8), hidden_act="quick_gelu", projection_dim=32),
         projection_dim=32,
     )
     model = CLIPModel(config).eval()
@@ -362,15 +364,23 @@ def build_tiny_models(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
     written: dict[str, Path] = {}
-    for index, part in enumerate(parse_parts(parts)):
-        folder = out_dir / part
-        folder.mkdir(parents=True, exist_ok=True)
-        # Seed per part so a part's weights do not depend on which other parts were built.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed * 1000 + ALL_PARTS.index(part))
-            _BUILDERS[part](folder)
-        written[part] = folder
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per tiny file
+    try:
+        for part in parse_parts(parts):
+            folder = out_dir / part
+            folder.mkdir(parents=True, exist_ok=True)
+            # Seed per part so a part's weights do not depend on which other parts were built.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1000 + ALL_PARTS.index(part))
+                _BUILDERS[part](folder)
+            written[part] = folder
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
     return written
 
 
