@@ -20,6 +20,7 @@ Sizes (what the tiny processors expect):
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 from collections.abc import Iterable
@@ -74,8 +75,19 @@ def _clip_bpe_path() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _clip_vocab_and_merges_cached() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    vocab, merges = _read_clip_vocab_and_merges()
+    return tuple(vocab.items()), tuple(merges)
+
+
 def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The real CLIP vocabulary (49408 tokens) and its 48894 merges."""
+    """The real CLIP vocabulary (49408 tokens) and its 48894 merges (fresh copies)."""
+    vocab, merges = _clip_vocab_and_merges_cached()
+    return dict(vocab), list(merges)
+
+
+def _read_clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     lines = gzip.open(_clip_bpe_path()).read().decode("utf-8").split("\n")
     # Line 0 is a version header; CLIP keeps 49152 - 256 - 2 merges.
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
