@@ -8,8 +8,10 @@ Seg-Mix geometry on an S×S white canvas (k subjects, defaults give exactly METH
 ----------------------------------------------------------------------------------------------
 1. Each photo and mask is cropped to the mask's bounding box (w × h).
 2. Largest scale ``m = min((S/k − margin)/w, (S − margin)/h)`` (``margin`` = 32; for k = 2 this is
-   ``min((S/2 − 32)/w, (S − 32)/h)``). The scale is drawn uniformly in ``[low·m, m]``
-   (``low`` = 0.75) independently per subject; in relative-size mode it is fixed to ``m·c``.
+   ``min((S/2 − 32)/w, (S − 32)/h)``; on canvases smaller than 256 px -- tiny test runs -- the
+   default margin is S/8 so that a slot stays usable; pass ``margin=`` to override). The scale is
+   drawn uniformly in ``[low·m, m]`` (``low`` = 0.75) independently per subject; in relative-size
+   mode it is fixed to ``m·c``.
    The scaled size is ``(round(w·s), round(h·s))`` (at least 1 px).
 3. The canvas is split into k equal vertical slots; a random permutation decides which subject
    takes which slot (k = 2: "a random one goes left"). With edge range ``E`` (default
@@ -62,6 +64,8 @@ MIX_KINDS = ("segmix", "cutmix", "none")
 WHITE = (255, 255, 255)
 DEFAULT_LOW = 0.75
 DEFAULT_MARGIN = 32
+#: Below this canvas side the default margin shrinks proportionally (S/8), so tiny test canvases work.
+MARGIN_FULL_FROM = 256
 #: Resampling filter for photos (masks use bilinear + threshold 128).
 RESAMPLE = Image.BICUBIC
 
@@ -169,8 +173,15 @@ def composite_caption(phrases: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------- geometry helpers
 
 
-def max_scale(w: int, h: int, size: int, k: int = 2, margin: float = DEFAULT_MARGIN) -> float:
+def default_margin(size: int) -> float:
+    """The default margin: 32 px (METHOD §2) for canvases of 256 px and more, S/8 below that."""
+    return float(DEFAULT_MARGIN) if size >= MARGIN_FULL_FROM else size / 8
+
+
+def max_scale(w: int, h: int, size: int, k: int = 2, margin: float | None = None) -> float:
     """Largest Seg-Mix scale ``m = min((S/k − margin)/w, (S − margin)/h)``."""
+    if margin is None:
+        margin = default_margin(size)
     return min((size / k - margin) / w, (size - margin) / h)
 
 
@@ -194,7 +205,9 @@ def _anchor(slot: int, k: int) -> str:
     return "center"
 
 
-def _check_params(size: int, k: int, low: float, margin: float, edge_range: int | None) -> int:
+def _check_params(size: int, k: int, low: float, margin: float | None, edge_range: int | None) -> int:
+    if margin is None:
+        margin = default_margin(size)
     if k < 2:
         raise MudiError(f"a composite needs at least 2 subjects (got k={k}).")
     if not isinstance(size, (int, np.integer)) or size <= 0:
@@ -250,7 +263,7 @@ def seg_mix(
     keys: Sequence[str] | None = None,
     relative: Sequence[float] | None = None,
     low: float = DEFAULT_LOW,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     edge_range: int | None = None,
     slots: Sequence[int] | None = None,
     y_tops: Sequence[int] | None = None,
@@ -269,6 +282,7 @@ def seg_mix(
         raise MudiError(f"seg_mix: {k} photos but {len(phrases)} phrases.")
     keys = list(keys) if keys is not None else list(phrases)
     E = _check_params(size, k, low, margin, edge_range)
+    margin = default_margin(size) if margin is None else float(margin)
     crops = [_as_crop(p) for p in photos]
 
     # 1-2. scales
@@ -455,7 +469,7 @@ class Composer:
     it is the plain photo. The decision draw ``rng.random()`` is always made (also for
     ``mix="none"``), so the same seed gives the same decisions whatever the mix kind.
 
-    Options: ``low`` (0.75), ``margin`` (32), ``edge_range`` (S // (2k)), ``relative_sizes``
+    Options: ``low`` (0.75), ``margin`` (32; S/8 below 256 px), ``edge_range`` (S // (2k)), ``relative_sizes``
     (mapping key/identifier/phrase → c in (0, 1]; unlisted subjects get 1; enables
     relative-size mode for every composite).
     """
@@ -469,7 +483,7 @@ class Composer:
         k: int = 2,
         *,
         low: float = DEFAULT_LOW,
-        margin: float = DEFAULT_MARGIN,
+        margin: float | None = None,
         edge_range: int | None = None,
         relative_sizes: Mapping[str, float] | None = None,
     ):
@@ -489,7 +503,7 @@ class Composer:
         self.p = float(p)
         self.k = int(k)
         self.low = float(low)
-        self.margin = float(margin)
+        self.margin = default_margin(size) if margin is None else float(margin)
         self.relative: dict[str, float] | None = None
         if relative_sizes:
             self.relative = {s.key: 1.0 for s in subject_set}

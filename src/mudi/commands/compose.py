@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fixed relative sizes, e.g. a=1,b=0.6 (scale = m*C, 0 < C <= 1; unlisted subjects get 1)",
     )
     p.add_argument("--low", type=float, default=0.75, help="Seg-Mix scale range low fraction of m (default 0.75)")
-    p.add_argument("--margin", type=float, default=32, help="Seg-Mix margin in pixels (default 32)")
+    p.add_argument(
+        "--margin", type=float, default=None,
+        help="Seg-Mix margin in pixels (default 32; S/8 for canvases under 256 px)",
+    )
     p.add_argument(
         "--edge-range", type=int, default=None,
         help="Seg-Mix horizontal offset range in pixels (default S/(2k), i.e. S/4 for two subjects)",
