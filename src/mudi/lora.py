@@ -1,0 +1,186 @@
+"""LoRA on the UNet: attach, export (diffusers and kohya/ComfyUI formats), restore.
+
+- :func:`add_unet_lora` attaches a peft LoRA adapter to the UNet attention projections
+  (METHOD.md §3: to_q, to_k, to_v, to_out.0; rank 32, alpha 32) and freezes everything else.
+- :func:`save_diffusers_lora` writes ``pytorch_lora_weights.safetensors`` with the pipeline
+  class's own ``save_lora_weights`` so ``pipe.load_lora_weights(folder)`` reads it back;
+  the LoRA config (rank, alpha, targets) goes into the safetensors metadata.
+- :func:`save_kohya_lora` writes the same weights with ``lora_unet_*`` keys, ``lora_down`` /
+  ``lora_up`` names and one ``alpha`` tensor per module: the format AUTOMATIC1111, ComfyUI,
+  SD.Next and InvokeAI load.
+- :func:`lora_state_dict` / :func:`load_lora_state_dict` move the trainable weights in and
+  out of a training checkpoint (peft key names, exact tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
+
+
+def add_unet_lora(unet, *, rank: int, alpha: float, target_modules: list[str], dropout: float = 0.0) -> list[torch.nn.Parameter]:
+    """Freeze ``unet`` and attach a trainable LoRA adapter; return the trainable parameters.
+
+    The adapter's ``B`` matrices start at zero (``init_lora_weights="gaussian"`` draws ``A``
+    from N(0, 1/r)), so the adapted UNet starts equal to the base model.
+    """
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        init_lora_weights="gaussian",
+        target_modules=list(target_modules),
+    )
+    unet.add_adapter(config)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"no UNet module matched the LoRA targets {target_modules}")
+    return params
+
+
+def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The adapter weights with peft key names (``...to_q.lora_A.weight``), detached, on CPU, contiguous."""
+    from peft.utils import get_peft_model_state_dict
+
+    sd = get_peft_model_state_dict(_unwrap(unet))
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def load_lora_state_dict(unet, state: dict[str, torch.Tensor]) -> None:
+    """Copy saved adapter weights (from :func:`lora_state_dict`) back into ``unet`` exactly."""
+    from peft.utils import get_peft_model_state_dict
+
+    model = _unwrap(unet)
+    current = get_peft_model_state_dict(model)
+    if set(current) != set(state):
+        missing = sorted(set(current) - set(state))[:3]
+        extra = sorted(set(state) - set(current))[:3]
+        raise ValueError(f"checkpoint LoRA keys do not match the model (missing {missing}, unexpected {extra})")
+    # get_peft_model_state_dict strips the adapter name; map back to the live parameters.
+    params = dict(model.named_parameters())
+    for key, value in state.items():
+        live = key.replace(".weight", ".default.weight")
+        if live not in params:
+            raise ValueError(f"checkpoint key {key} has no matching parameter {live}")
+        with torch.no_grad():
+            params[live].copy_(value.to(params[live].device, params[live].dtype))
+
+
+def lora_metadata(unet) -> dict:
+    """The adapter's LoRA config as a JSON-able dict (stored beside the weights)."""
+    cfg = _unwrap(unet).peft_config["default"]
+    meta = {
+        "r": int(cfg.r),
+        "lora_alpha": float(cfg.lora_alpha),
+        "target_modules": sorted(cfg.target_modules),
+        "lora_dropout": float(cfg.lora_dropout),
+        "init_lora_weights": cfg.init_lora_weights,
+    }
+    return meta
+
+
+def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path) -> Path:
+    """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format), atomically.
+
+    ``pipeline_cls`` is ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``: its
+    ``save_lora_weights`` adds the ``unet.`` prefix and metadata that its ``load_lora_weights``
+    expects.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(lora_state_dict(unet))
+    tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out_dir))
+    try:
+        pipeline_cls.save_lora_weights(
+            tmp,
+            unet_lora_layers=layers,
+            safe_serialization=True,
+            unet_lora_adapter_metadata=lora_metadata(unet),
+        )
+        os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir / DIFFUSERS_WEIGHT_NAME
+
+
+def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """Convert peft-named UNet LoRA weights to kohya names.
+
+    ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` becomes
+    ``lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight``
+    (``lora_B`` → ``lora_up``), plus ``<module>.alpha`` = alpha for every module.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
+            if key.endswith(peft_name):
+                module = "lora_unet_" + key[: -len(peft_name)].replace(".", "_")
+                out[f"{module}.{kohya_name}.weight"] = value.contiguous()
+                out[f"{module}.alpha"] = torch.tensor(float(alpha))
+                break
+        else:
+            raise ValueError(f"unexpected LoRA key {key}")
+    return out
+
+
+def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, base: str = "", sdxl: bool = False) -> Path:
+    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically)."""
+    from safetensors.torch import save_file
+
+    out_path = Path(out_path)
+    sd = kohya_state_dict(lora_state_dict(unet), alpha)
+    meta = lora_metadata(unet)
+    metadata = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(meta["r"]),
+        "ss_network_alpha": str(alpha),
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_sd_model_name": str(base),
+        "mudi_lora_config": json.dumps(meta),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata=metadata)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def _unwrap(model):
+    """Strip DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+__all__ = [
+    "DIFFUSERS_WEIGHT_NAME",
+    "KOHYA_WEIGHT_NAME",
+    "add_unet_lora",
+    "kohya_state_dict",
+    "load_lora_state_dict",
+    "lora_metadata",
+    "lora_state_dict",
+    "save_diffusers_lora",
+    "save_kohya_lora",
+]
