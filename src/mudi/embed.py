@@ -1,0 +1,244 @@
+"""Image embedders for Detect-and-Compare, and the per-subject reference-embedding cache.
+
+Both embedders implement :class:`mudi.protocols.Embedder` (``embed(images) -> (N, D)``
+L2-normalised float32):
+
+- :class:`Dinov2Embedder` — D&C-DINO: a DINOv2 model (``transformers.Dinov2Model`` loaded
+  through :func:`mudi.models.load_dinov2`); the embedding is the mean of **all** output tokens
+  of ``last_hidden_state`` (CLS and patch tokens), L2-normalised. Images go through the model in
+  batches of ``batch_size``.
+- :class:`DreamSimEmbedder` — D&C-DS: the ``dreamsim`` package (optional extra
+  ``pip install mudi[dreamsim]``; it is imported only when this class is instantiated).
+
+:class:`ReferenceEmbeddings` embeds each subject's reference photos once and keeps them, so an
+evaluation of N images embeds the references K·n times in total instead of N·K·n times.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mudi.errors import MudiError
+from mudi.protocols import Embedder
+
+#: Names accepted by :func:`make_embedder` besides a model folder / hub id.
+EMBEDDER_NAMES = ("dinov2", "dreamsim")
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), max(1, size)):
+        yield items[i : i + size]
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class Dinov2Embedder:
+    """DINOv2 embeddings: mean of all output tokens, L2-normalised (D&C-DINO).
+
+    Args:
+        model: a model folder or hub id (default ``facebook/dinov2-base``, as in the paper), or
+            an already loaded ``(model, processor)`` pair.
+        device: ``"cpu"``, ``"cuda"``, …
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
+        import torch
+
+        from mudi import models
+
+        if model is None:
+            model = models.DEFAULT_DINO
+        if isinstance(model, tuple):
+            self.model, self.processor = model
+            self.model = self.model.to(device).eval()
+            self.name = getattr(self.model.config, "_name_or_path", "") or "dinov2"
+        else:
+            self.model, self.processor = models.load_dinov2(str(model), device=device)
+            self.name = str(model)
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        #: number of images embedded so far (handy to check that references are embedded once)
+        self.n_embedded = 0
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        images = [im.convert("RGB") for im in images]
+        if not images:
+            return np.zeros((0, int(self.model.config.hidden_size)), dtype=np.float32)
+        out = []
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            for chunk in _batches(images, self.batch_size):
+                inputs = self.processor(images=list(chunk), return_tensors="pt")
+                pixel_values = inputs["pixel_values"].to(self.device, dtype)
+                hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
+                out.append(hidden.float().mean(dim=1).cpu().numpy())
+        self.n_embedded += len(images)
+        return _l2(np.concatenate(out, axis=0))
+
+    def __repr__(self) -> str:
+        return f"Dinov2Embedder({self.name!r})"
+
+
+class DreamSimEmbedder:
+    """DreamSim embeddings (D&C-DS), from the optional ``dreamsim`` package.
+
+    DreamSim downloads its weights on first use into ``cache_dir``; offline, point
+    ``cache_dir`` at a folder that already holds them.
+    """
+
+    def __init__(self, *, device: str = "cpu", batch_size: int = 16, cache_dir: str | None = None,
+                 dreamsim_type: str = "ensemble"):
+        try:
+            from dreamsim import dreamsim  # type: ignore
+        except ImportError:
+            raise MudiError(
+                "--embedder dreamsim needs the optional 'dreamsim' package, which is not installed. "
+                "Install it with `pip install 'mudi[dreamsim]'` (it needs torchvision matching your "
+                "torch), or use --embedder dinov2."
+            ) from None
+        import torch
+
+        kwargs = {"pretrained": True, "device": device, "dreamsim_type": dreamsim_type}
+        if cache_dir:
+            kwargs["cache_dir"] = cache_dir
+        try:
+            self.model, self.preprocess = dreamsim(**kwargs)
+        except Exception as exc:  # network / missing weights
+            raise MudiError(
+                f"DreamSim could not load its weights ({exc.__class__.__name__}: {exc}). Offline, pass a "
+                "cache folder that already holds them, or use --embedder dinov2."
+            ) from None
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.name = f"dreamsim-{dreamsim_type}"
+        self.n_embedded = 0
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for chunk in _batches([im.convert("RGB") for im in images], self.batch_size):
+                x = torch.cat([self.preprocess(im) for im in chunk], dim=0).to(self.device)
+                out.append(self.model.embed(x).float().cpu().numpy())
+        self.n_embedded += len(images)
+        if not out:
+            return np.zeros((0, 1), dtype=np.float32)
+        return _l2(np.concatenate(out, axis=0))
+
+    def __repr__(self) -> str:
+        return f"DreamSimEmbedder({self.name!r})"
+
+
+def make_embedder(spec: str | None, *, device: str = "cpu", batch_size: int = 16) -> Embedder:
+    """``"dinov2"`` (default DINOv2-base), ``"dreamsim"``, or a DINOv2 model folder / hub id."""
+    if spec is None or spec == "dinov2":
+        return Dinov2Embedder(None, device=device, batch_size=batch_size)
+    if spec == "dreamsim":
+        return DreamSimEmbedder(device=device, batch_size=batch_size)
+    return Dinov2Embedder(spec, device=device, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- references
+
+def masked_reference(image: np.ndarray, mask: np.ndarray) -> Image.Image:
+    """The subject alone: mask-bbox crop with the background painted white, padded square."""
+    from mudi.dnc import pad_to_square
+    from mudi.subjects import mask_bbox
+
+    x0, y0, x1, y1 = mask_bbox(mask)
+    arr = np.where(mask[..., None], image, 255).astype(np.uint8)[y0:y1, x0:x1]
+    return pad_to_square(Image.fromarray(arr))
+
+
+class ReferenceEmbeddings:
+    """Reference-photo embeddings of each subject of a set, computed once and reused.
+
+    ``refs[key]`` is an (n_k, D) array; :meth:`ground_truth` gives S_GT for any ordered list of
+    subject keys (cached per tuple). Photos of all requested subjects not yet embedded go through
+    the embedder together, in its own batches.
+
+    Args:
+        subject_set: a :class:`mudi.subjects.SubjectSet`.
+        embedder: any :class:`~mudi.protocols.Embedder`.
+        mode: ``"whole"`` (default, as in the paper: the reference photo as it is) or
+            ``"masked"`` (the subject cut out with its mask on white, padded square — closer to
+            what the detected crops look like).
+    """
+
+    MODES = ("whole", "masked")
+
+    def __init__(self, subject_set, embedder: Embedder, *, mode: str = "whole"):
+        if mode not in self.MODES:
+            raise MudiError(f"reference mode {mode!r} is unknown; choose one of {', '.join(self.MODES)}.")
+        self.subject_set = subject_set
+        self.embedder = embedder
+        self.mode = mode
+        self._refs: dict[str, np.ndarray] = {}
+        self._gt: dict[tuple[str, ...], np.ndarray] = {}
+
+    def _images(self, key: str) -> list[Image.Image]:
+        photos = self.subject_set.photos(key)
+        if self.mode == "masked":
+            return [masked_reference(p.image, p.mask) for p in photos]
+        return [Image.fromarray(p.image) for p in photos]
+
+    def ensure(self, keys: Sequence[str]) -> None:
+        """Embed the references of every key not embedded yet (one embedder call)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._refs]
+        if not todo:
+            return
+        images: list[Image.Image] = []
+        counts: list[int] = []
+        for k in todo:
+            ims = self._images(k)
+            if not ims:
+                raise MudiError(f"subject {k!r} has no reference photos.")
+            images.extend(ims)
+            counts.append(len(ims))
+        emb = np.asarray(self.embedder.embed(images), dtype=np.float32)
+        if emb.shape[0] != len(images):
+            raise MudiError(f"embedder {self.embedder!r} returned {emb.shape[0]} rows for {len(images)} images.")
+        start = 0
+        for k, n in zip(todo, counts):
+            self._refs[k] = emb[start : start + n]
+            start += n
+
+    def get(self, key: str) -> np.ndarray:
+        self.ensure([key])
+        return self._refs[key]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.get(key)
+
+    def for_keys(self, keys: Sequence[str]) -> list[np.ndarray]:
+        self.ensure(keys)
+        return [self._refs[k] for k in keys]
+
+    def ground_truth(self, keys: Sequence[str]) -> np.ndarray:
+        """S_GT for the subjects ``keys`` in this order (K × K), cached."""
+        from mudi.dnc import ground_truth_similarity
+
+        t = tuple(keys)
+        if t not in self._gt:
+            self._gt[t] = ground_truth_similarity(self.for_keys(t))
+        return self._gt[t]
+
+
+__all__ = [
+    "EMBEDDER_NAMES",
+    "Dinov2Embedder",
+    "DreamSimEmbedder",
+    "ReferenceEmbeddings",
+    "make_embedder",
+    "masked_reference",
+]

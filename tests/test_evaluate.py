@@ -1,0 +1,444 @@
+"""Evaluation: D&C over images with fake detector/embedder, folders, reports, CLI on tiny models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mudi.errors import MudiError
+from mudi.evaluate import (
+    DetectAndCompare,
+    Evaluation,
+    RunData,
+    collect_folder,
+    compare_runs,
+    evaluate_folder,
+    evaluate_images,
+)
+from mudi.protocols import Detection, Detector, Embedder
+from mudi.subjects import SubjectSet
+
+RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
+
+
+# ----------------------------------------------------------------------------- fakes
+
+class ColourDetector:
+    """Finds solid non-white, non-grey squares: one box per connected colour blob (by colour)."""
+
+    def __init__(self):
+        self.calls: list[tuple[int, tuple[str, ...], float]] = []
+
+    def detect(self, images, queries, threshold):
+        from scipy import ndimage
+
+        self.calls.append((len(images), tuple(queries), threshold))
+        out = []
+        for im in images:
+            a = np.asarray(im.convert("RGB")).astype(int)
+            sat = a.max(axis=2) - a.min(axis=2) > 80
+            lab, n = ndimage.label(sat)
+            dets = []
+            for sl in ndimage.find_objects(lab):
+                ys, xs = sl
+                dets.append(Detection((xs.start, ys.start, xs.stop, ys.stop), 0.9, 0))
+            out.append(dets)
+        return out
+
+
+class MeanColourEmbedder:
+    """Embedding = centred mean colour of the saturated pixels; counts what it embeds."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    @property
+    def n_embedded(self) -> int:
+        return sum(self.calls)
+
+    def embed(self, images):
+        self.calls.append(len(images))
+        rows = []
+        for im in images:
+            a = np.asarray(im.convert("RGB")).astype(float) / 255
+            sat = a.max(axis=2) - a.min(axis=2) > 0.3
+            v = a[sat].mean(axis=0) - 0.5 if sat.any() else np.full(3, 0.01)
+            rows.append(v / np.linalg.norm(v))
+        return np.asarray(rows, dtype=np.float32).reshape(len(images), 3)
+
+
+def canvas(*squares, size=64):
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    arr = np.asarray(img).copy()
+    for colour, (x, y, s) in squares:
+        arr[y:y + s, x:x + s] = colour
+    return Image.fromarray(arr)
+
+
+def photo(colour, n):
+    img = canvas((colour, (8 + n, 10, 30 + n)))
+    mask = np.asarray(img).min(axis=2) < 250
+    return img, mask, f"a photo {n}"
+
+
+@pytest.fixture()
+def sset():
+    return SubjectSet.from_arrays([
+        ("a", "olis red block", [photo(RED, i) for i in range(5)]),
+        ("b", "hta blue block", [photo(BLUE, i) for i in range(5)]),
+        ("c", "ult green block", [photo(GREEN, i) for i in range(3)]),
+    ])
+
+
+GOOD = canvas((RED, (2, 20, 20)), (BLUE, (36, 20, 20)))
+TWICE = canvas((RED, (2, 20, 20)), (RED, (36, 20, 20)))  # subject a drawn twice, b missing
+ONE = canvas((RED, (2, 20, 20)))
+THREE = canvas((RED, (0, 0, 18)), (BLUE, (40, 0, 18)), (RED, (20, 40, 18)))
+PROMPT = "a olis red block and a hta blue block on a table"
+
+
+def test_fakes_implement_the_protocols():
+    assert isinstance(ColourDetector(), Detector) and isinstance(MeanColourEmbedder(), Embedder)
+
+
+# ----------------------------------------------------------------------------- D&C over images
+
+def test_evaluate_images_logic(sset):
+    det, emb = ColourDetector(), MeanColourEmbedder()
+    ev = evaluate_images([GOOD, TWICE, ONE, THREE], sset, det, emb, prompts=PROMPT, names=list("wxyz"))
+    good, twice, one, three = ev.results
+    assert good.dnc.count_ok and good.dnc.score > 0.95 and good.success and good.dnc.identities_ok
+    assert good.subjects == ["a", "b"] and good.fidelity_prompt == "a red block and a blue block on a table"
+    # matched boxes: row 0 is the red box (left), row 1 the blue one (right)
+    assert good.dnc.matched_boxes[0][0] < 10 and good.dnc.matched_boxes[1][0] > 30
+    assert twice.dnc.count_ok and twice.dnc.score < 0.5 and not twice.success and not twice.dnc.identities_ok
+    assert one.dnc.score == 0 and one.dnc.count_error == "missing" and not one.success
+    assert three.dnc.score == 0 and three.dnc.count_error == "duplicate"
+    assert three.dnc.s_dc_raw.shape == (3, 2)  # diagnosis: similarities of the extra boxes are kept
+    s = ev.summary
+    assert s["n_scored"] == 4 and s["success_rate"] == 0.25 and s["count_error_rate"] == 0.5
+    assert s["n_missing"] == 1 and s["n_duplicate"] == 1
+    assert s["dnc_mean"] == pytest.approx(np.mean([r.dnc.score for r in ev.results]), abs=1e-6)
+    # the detector is asked for every subject's class at once, with the paper's threshold
+    assert det.calls == [(4, ("red block", "blue block"), 0.4)]
+
+
+def test_references_embedded_once_and_crops_batched(sset):
+    det, emb = ColourDetector(), MeanColourEmbedder()
+    images = [GOOD, TWICE, GOOD, ONE, GOOD, GOOD, TWICE]
+    ev = evaluate_images(images, sset, det, emb, prompts=PROMPT, batch_size=3)
+    n_refs = 10  # 5 photos of a + 5 of b (c is not in the prompt: never embedded)
+    n_crops = sum(r.dnc.n_boxes for r in ev.results)
+    assert emb.calls[0] == n_refs  # first call: all references together
+    assert emb.n_embedded == n_refs + n_crops  # references never re-embedded
+    assert len(emb.calls) == 1 + 3  # then one call per batch of 3 images (ceil(7/3) = 3)
+    # a second evaluation with the same engine reuses the cached references
+    engine = DetectAndCompare(sset, det, emb)
+    before = emb.n_embedded
+    evaluate_images([GOOD], sset, det, emb, prompts=PROMPT, engine=engine)
+    evaluate_images([GOOD, GOOD], sset, det, emb, prompts=PROMPT, engine=engine)
+    assert emb.n_embedded - before == n_refs + 2 + 4
+
+
+def test_per_k_and_subject_keys(sset):
+    det, emb = ColourDetector(), MeanColourEmbedder()
+    three_subjects = canvas((RED, (0, 0, 18)), (BLUE, (40, 0, 18)), (GREEN, (20, 40, 18)))
+    ev = evaluate_images(
+        [GOOD, three_subjects, ONE],
+        sset, det, emb,
+        prompts=[PROMPT, None, None],
+        subjects=[None, ["a", "b", "ult"], ["olis red block"]],
+    )
+    assert [r.k for r in ev.results] == [2, 3, 1]
+    assert ev.results[1].subjects == ["a", "b", "c"] and ev.results[1].success
+    assert ev.results[2].success and ev.results[2].dnc.score == pytest.approx(1.0, abs=0.02)
+    assert set(ev.summary["per_k"]) == {"1", "2", "3"}
+    assert ev.summary["per_k"]["3"]["success_rate"] == 1.0
+    assert ev.results[1].clip_score is None  # no prompt, no CLIP
+
+
+def test_success_threshold_and_norm_are_configurable(sset):
+    det, emb = ColourDetector(), MeanColourEmbedder()
+    strict = evaluate_images([GOOD], sset, det, emb, prompts=PROMPT, success_threshold=1.0)
+    assert not strict.results[0].success and strict.summary["success_threshold"] == 1.0
+    spec = evaluate_images([TWICE], sset, det, emb, prompts=PROMPT, norm="spectral")
+    fro = evaluate_images([TWICE], sset, det, emb, prompts=PROMPT)
+    assert spec.results[0].score >= fro.results[0].score  # spectral norm <= Frobenius norm
+    with pytest.raises(MudiError):
+        evaluate_images([GOOD], sset, det, emb, prompts=PROMPT, norm="max")
+    with pytest.raises(MudiError):
+        evaluate_images([GOOD], sset, det, emb, prompts=PROMPT, success_threshold=2)
+
+
+def test_prompt_without_known_identifiers_is_a_clear_error(sset):
+    with pytest.raises(MudiError, match="none of the identifiers"):
+        evaluate_images([GOOD], sset, ColourDetector(), MeanColourEmbedder(), prompts="a sks dog and a zwx cat")
+    with pytest.raises(MudiError, match="not in the subject set"):
+        evaluate_images([GOOD], sset, ColourDetector(), MeanColourEmbedder(), subjects=[["a", "zz"]])
+
+
+def test_bad_image_does_not_stop_the_run(sset, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    ev = evaluate_images([GOOD, bad, tmp_path / "missing.png", GOOD], sset, ColourDetector(), MeanColourEmbedder(),
+                         prompts=PROMPT, batch_size=2)
+    assert [r.error is None for r in ev.results] == [True, False, False, True]
+    assert "bad.png" in ev.results[1].error
+    assert ev.summary["n_errors"] == 2 and ev.summary["n_scored"] == 2 and ev.summary["success_rate"] == 1.0
+
+
+def test_detector_crash_on_one_image_is_isolated(sset):
+    class Flaky(ColourDetector):
+        def detect(self, images, queries, threshold):
+            if any(im.size == (50, 50) for im in images):
+                raise RuntimeError("boom")
+            return super().detect(images, queries, threshold)
+
+    ev = evaluate_images([GOOD, GOOD.resize((50, 50)), GOOD], sset, Flaky(), MeanColourEmbedder(), prompts=PROMPT,
+                         batch_size=3)
+    assert [r.error is None for r in ev.results] == [True, False, True]
+    assert "boom" in ev.results[1].error
+
+
+# ----------------------------------------------------------------------------- folders
+
+def write_generation(folder: Path, images, prompt=PROMPT, subjects=("a", "b"), phrases=None, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images, start):
+        im.save(folder / f"{i:04d}.png")
+        side = {"prompt": prompt, "negative_prompt": "", "seed": i, "subjects": list(subjects),
+                "phrases": list(phrases or ["olis red block", "hta blue block"][:len(subjects)]),
+                "subject_set": "S", "layout": [], "gamma": 3.0, "init": "mudi", "base": "tiny", "lora": None,
+                "steps": 2, "guidance_scale": 5.0, "height": 64, "width": 64, "scheduler": "x"}
+        (folder / f"{i:04d}.json").write_text(json.dumps(side))
+    return folder
+
+
+def test_evaluate_folder_reads_sidecars_and_skips_artifacts(sset, tmp_path):
+    g = write_generation(tmp_path / "g", [GOOD, TWICE, GOOD])
+    canvas().save(g / "contact_sheet.png")
+    canvas().save(g / "0000_init.png")
+    (g / "0002.png").write_bytes(b"\x89PNG broken")
+    ev = evaluate_folder(g, sset, ColourDetector(), MeanColourEmbedder())
+    assert [r.name for r in ev.results] == ["0000", "0001", "0002"]
+    assert ev.results[0].success and not ev.results[1].success
+    assert ev.results[2].error and "0002.png" in ev.results[2].error
+    assert ev.results[0].meta["seed"] == 0 and ev.label == "g"
+
+
+def test_folder_subject_mismatch_is_a_clear_error(sset, tmp_path):
+    g = write_generation(tmp_path / "g", [GOOD], subjects=("a", "d"), phrases=["olis red block", "zwx cat"])
+    with pytest.raises(MudiError, match="not in the subject set"):
+        collect_folder(g, sset)
+    g2 = write_generation(tmp_path / "g2", [GOOD], phrases=["sks red block", "hta blue block"])
+    with pytest.raises(MudiError, match="sks red block"):
+        collect_folder(g2, sset)
+
+
+def test_images_without_sidecars(sset, tmp_path):
+    g = tmp_path / "plain"
+    g.mkdir()
+    GOOD.save(g / "x.png")
+    ONE.save(g / "y.jpg")
+    with pytest.raises(MudiError, match="no sidecar"):
+        collect_folder(g, sset)
+    items = collect_folder(g, sset, prompt=PROMPT)
+    assert [it.subjects for it in items] == [["a", "b"], ["a", "b"]]
+    items = collect_folder(g, sset, subject_keys=["a"])
+    assert items[0].subjects == ["a"] and items[0].prompt is None
+    with pytest.raises(MudiError, match="none of the identifiers"):
+        collect_folder(g, sset, prompt="two blocks")
+
+
+def test_broken_sidecar_is_reported_per_image(sset, tmp_path):
+    g = write_generation(tmp_path / "g", [GOOD, GOOD])
+    (g / "0001.json").write_text("{not json")
+    ev = evaluate_folder(g, sset, ColourDetector(), MeanColourEmbedder())
+    assert ev.results[0].success and "unreadable sidecar" in ev.results[1].error
+
+
+def test_write_outputs_and_report(sset, tmp_path):
+    g = write_generation(tmp_path / "g", [GOOD, TWICE, ONE])
+    ev = evaluate_folder(g, sset, ColourDetector(), MeanColourEmbedder())
+    out = ev.write(tmp_path / "E")
+    for name in ("scores.csv", "per_image.json", "scores.json", "report.html"):
+        assert (out / name).is_file()
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["summary"]["n_images"] == 3 and "per_k" in scores["summary"]
+    assert scores["settings"]["success_threshold"] == 0.8 and scores["settings"]["detection_threshold"] == 0.4
+    per = json.loads((out / "per_image.json").read_text())
+    assert per[0]["S_DC"] is not None and per[0]["S_GT"] is not None and len(per[0]["boxes"]) == 2
+    assert per[2]["count_error"] == "missing" and per[2]["dnc"] == 0
+    csv_lines = (out / "scores.csv").read_text().splitlines()
+    assert len(csv_lines) == 4 and csv_lines[0].startswith("name,k,subjects,dnc,success")
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/jpeg;base64,") == 3 and "data:image/png;base64," in html
+    assert "S_DC" in html and "S_GT" in html and "count error (missing" in html
+    with pytest.raises(MudiError, match="already has content"):
+        ev.write(tmp_path / "E")
+    ev.write(tmp_path / "E", overwrite=True)
+    run = RunData.load(out)
+    assert run.label == "g" and run.dnc_by_name["0000"] > 0.9
+
+
+def test_compare_runs_table_and_win_rate(sset, tmp_path):
+    det, emb = ColourDetector(), MeanColourEmbedder()
+    ga = write_generation(tmp_path / "mudi", [GOOD, GOOD, TWICE])
+    gb = write_generation(tmp_path / "dreambooth", [TWICE, ONE, GOOD])
+    ea = evaluate_folder(ga, sset, det, emb)
+    eb = evaluate_folder(gb, sset, det, emb)
+    comp = compare_runs([RunData.from_evaluation(ea), RunData.from_evaluation(eb)])
+    assert [r["label"] for r in comp.table] == ["mudi", "dreambooth"]
+    assert comp.table[0]["success_rate"] == pytest.approx(2 / 3)
+    assert comp.win_rate["mudi"]["dreambooth"] == pytest.approx(2 / 3, abs=1e-4)
+    assert comp.win_rate["dreambooth"]["mudi"] == pytest.approx(1 / 3, abs=1e-4)
+    from mudi.evaluate import write_comparison
+
+    paths = write_comparison(comp, tmp_path)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(paths["json"].read_text())["n_shared_images"]["mudi"]["dreambooth"] == 3
+    with pytest.raises(MudiError, match="unique"):
+        compare_runs([RunData.from_evaluation(ea), RunData.from_evaluation(ea)])
+
+
+# ----------------------------------------------------------------------------- real model wrappers (tiny)
+
+def test_dinov2_embedder_mean_of_all_tokens(tiny_models):
+    import torch
+
+    from mudi.embed import Dinov2Embedder
+
+    e1 = Dinov2Embedder(tiny_models / "dinov2", batch_size=1)
+    e4 = Dinov2Embedder((e1.model, e1.processor), batch_size=4)
+    ims = [GOOD, TWICE, ONE, THREE, GOOD.resize((40, 70))]
+    a, b = e1.embed(ims), e4.embed(ims)
+    assert a.shape == (5, 32) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # batching does not change embeddings
+    with torch.no_grad():
+        px = e1.processor(images=[GOOD], return_tensors="pt")["pixel_values"]
+        h = e1.model(pixel_values=px).last_hidden_state[0]
+    assert h.shape[0] == 1 + 16  # CLS + 4x4 patches: all of them are averaged
+    ref = h.mean(0).numpy()
+    np.testing.assert_allclose(a[0], ref / np.linalg.norm(ref), atol=1e-5)
+    assert e1.n_embedded == 5
+
+
+def test_dreamsim_missing_is_a_clear_error(monkeypatch):
+    from mudi.embed import DreamSimEmbedder, make_embedder
+
+    monkeypatch.setitem(sys.modules, "dreamsim", None)  # make `import dreamsim` fail
+    with pytest.raises(MudiError, match="dreamsim"):
+        DreamSimEmbedder()
+    with pytest.raises(MudiError, match="dinov2"):
+        make_embedder("dreamsim")
+
+
+def test_clip_scorer(tiny_models, sset):
+    from mudi.textfid import ClipScorer, fidelity_prompt
+
+    clip = ClipScorer(tiny_models / "clip", batch_size=2)
+    texts = [fidelity_prompt(PROMPT, sset)] * 3
+    s = clip.score([GOOD, TWICE, ONE], texts)
+    assert s.shape == (3,) and np.all((s >= 0) & (s <= 100))
+    im = clip.image_embeds([GOOD])
+    t = clip.text_embeds(texts[:1])
+    assert s[0] == pytest.approx(100 * max(float(im[0] @ t[0]), 0.0), abs=1e-3)
+    assert texts[0] == "a red block and a blue block on a table"
+    long = clip.score([GOOD], ["a red block " * 60])  # truncated to 77 tokens, no crash
+    assert np.isfinite(long).all()
+
+
+# ----------------------------------------------------------------------------- CLI end to end (tiny)
+
+@pytest.fixture()
+def saved_set(sset, tmp_path):
+    return sset.save(tmp_path / "S")
+
+
+def _cli(*argv):
+    from mudi.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def test_cli_end_to_end_tiny_models(tiny_models, saved_set, tmp_path, capsys):
+    g = write_generation(tmp_path / "G", [GOOD, TWICE, ONE])
+    (g / "0003.png").write_bytes(b"")  # unreadable: reported, the run goes on
+    (g / "0003.json").write_text((g / "0000.json").read_text())
+    E = tmp_path / "E"
+    rc = _cli("evaluate", "--images", g, "--subjects", saved_set, "--detector", tiny_models / "owlv2",
+              "--embedder", tiny_models / "dinov2", "--clip", tiny_models / "clip", "--out", E,
+              "--threshold", "0.05", "--device", "cpu", "--batch-size", "2")
+    assert rc == 0
+    scores = json.loads((E / "scores.json").read_text())
+    s = scores["summary"]
+    assert s["n_images"] == 4 and s["n_scored"] == 3 and s["n_errors"] == 1
+    assert s["clip_score_mean"] is not None and 0 <= s["success_rate"] <= 1
+    assert 0.0 <= s["dnc_mean"] <= 1.0
+    per = json.loads((E / "per_image.json").read_text())
+    assert [p["name"] for p in per] == ["0000", "0001", "0002", "0003"]
+    assert all(p["detections"] is not None for p in per[:3]) and per[3]["error"]
+    html = (E / "report.html").read_text()
+    assert "data:image/jpeg;base64," in html and "S_GT" in html
+    assert (E / "scores.csv").is_file()
+    assert "run" in capsys.readouterr().out
+
+    # compare this evaluation with a second image folder, evaluated with the same models
+    g2 = write_generation(tmp_path / "G2", [GOOD, GOOD])
+    rc = _cli("evaluate", "--images", f"mudi={g2}", "--subjects", saved_set, "--detector", tiny_models / "owlv2",
+              "--embedder", tiny_models / "dinov2", "--clip", "none", "--out", tmp_path / "E2",
+              "--threshold", "0.05", "--compare", f"baseline={E}", "--device", "cpu")
+    assert rc == 0
+    comp = json.loads((tmp_path / "E2" / "comparison.json").read_text())
+    assert [r["label"] for r in comp["runs"]] == ["mudi", "baseline"]
+    assert (tmp_path / "E2" / "comparison.png").is_file() and (tmp_path / "E2" / "scores.json").is_file()
+    assert "Comparison" in (tmp_path / "E2" / "report.html").read_text()
+
+    # comparing finished evaluations needs no model
+    rc = _cli("evaluate", "--compare", f"a={E}", f"b={tmp_path / 'E2'}", "--out", tmp_path / "C")
+    assert rc == 0
+    assert {"comparison.csv", "comparison.json", "comparison.png", "report.html"} <= {
+        p.name for p in (tmp_path / "C").iterdir()}
+
+
+def test_cli_several_runs_side_by_side(tiny_models, saved_set, tmp_path):
+    a = write_generation(tmp_path / "db", [GOOD])
+    b = write_generation(tmp_path / "mudi", [TWICE])
+    rc = _cli("evaluate", "--images", a, "--images", b, "--subjects", saved_set, "--detector", tiny_models / "owlv2",
+              "--embedder", tiny_models / "dinov2", "--clip", "none", "--out", tmp_path / "E",
+              "--threshold", "0.05", "--nms", "none", "--norm", "spectral", "--device", "cpu")
+    assert rc == 0
+    E = tmp_path / "E"
+    assert (E / "db" / "scores.json").is_file() and (E / "mudi" / "report.html").is_file()
+    comp = json.loads((E / "comparison.json").read_text())
+    assert [r["label"] for r in comp["runs"]] == ["db", "mudi"]
+    html = (E / "report.html").read_text()
+    assert 'href="db/report.html"' in html and "data:image/png;base64," in html
+    settings = json.loads((E / "db" / "scores.json").read_text())["settings"]
+    assert settings["norm"] == "spectral" and "nms_iou=None" in settings["detector"]
+
+
+def test_cli_errors(tiny_models, saved_set, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    GOOD.save(plain / "x.png")
+    common = ["--subjects", saved_set, "--detector", tiny_models / "owlv2", "--embedder", tiny_models / "dinov2",
+              "--clip", "none", "--device", "cpu"]
+    assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o1") == 2
+    assert "no sidecar" in capsys.readouterr().err
+    assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o2", "--prompt", PROMPT,
+                "--threshold", "0.05") == 0
+    wrong = write_generation(tmp_path / "wrong", [GOOD], subjects=("a", "x"), phrases=["olis red block", "sks dog"])
+    assert _cli("evaluate", "--images", wrong, *common, "--out", tmp_path / "o3") == 2
+    assert "not in the subject set" in capsys.readouterr().err
+    assert _cli("evaluate", "--out", tmp_path / "o4") == 2
+    assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o2", "--prompt", PROMPT) == 2
+    assert "already has content" in capsys.readouterr().err
+    assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o5", "--prompt", PROMPT,
+                "--success-threshold", "3") == 2
