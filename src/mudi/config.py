@@ -69,7 +69,7 @@ class TrainConfig:
     p: float = 0.3
     k: int = 2
     loss_alpha: float = 1.0  # mask loss weighting w = M(1-α)+α; 1 = off
-    segmix_margin: float = -1.0  # Seg-Mix margin in px; -1 = 32·S/1024 (32 px at 1024, METHOD §2)
+    segmix_margin: float = -1.0  # Seg-Mix margin in px; -1 = compose's default (32 px, S/8 below 256 px)
     relative_sizes: str = ""  # "a=1,b=0.6": fixed relative Seg-Mix scales ("" = random scales)
     # prior preservation (METHOD §3)
     prior_dir: str = ""  # class set from `mudi priors` ("" = no prior preservation)

@@ -530,7 +530,7 @@ def _resolve_resume(cfg: TrainConfig) -> TrainConfig:
         return cfg  # killed before anything was written: start from scratch
     saved = TrainConfig.from_toml(saved_path)
     given = cfg
-    unresolved = {"resolution": 0, "mixed_precision": "auto"}
+    unresolved = {"resolution": 0, "mixed_precision": "auto", "segmix_margin": -1.0}
     path_fields = {"subjects", "base", "prior_dir", "vae"}
     for f in saved.to_dict():
         if f in RESUME_SAFE_FIELDS:
@@ -670,7 +670,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from mudi.compose import Composer, loss_weight_map, parse_relative_sizes
+    from mudi.compose import Composer, default_margin, loss_weight_map, parse_relative_sizes
     from mudi.lora import KOHYA_WEIGHT_NAME, add_unet_lora, save_diffusers_lora, save_kohya_lora
     from mudi.models import is_sdxl, load_pipeline
 
@@ -702,7 +702,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             cfg = cfg.updated({"resolution": info.default_resolution})
         check_resolution(cfg.resolution, info, cfg.base)
     S = cfg.resolution
-    margin = cfg.segmix_margin if cfg.segmix_margin >= 0 else 32.0 * S / 1024.0
+    margin = cfg.segmix_margin if cfg.segmix_margin >= 0 else float(default_margin(S))
     relative = parse_relative_sizes(cfg.relative_sizes) if cfg.relative_sizes else None
     composer = Composer(sset, S, mix=cfg.mix, p=cfg.p, k=cfg.k, margin=margin, relative_sizes=relative)
 
@@ -966,9 +966,10 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
                 save_checkpoint(out, done, unet, optimizer, scaler=scaler,
                                 sampler=schedule.state((done * world) * accum * B), keep=cfg.keep_checkpoints,
                                 extra={"config": resolved.to_dict()})
-                write_loss_plot(log_path, out / "loss.png")
             if cfg.validate_every > 0 and done % cfg.validate_every == 0 and done != cfg.max_train_steps:
                 validate(done)
+                if log_fh:
+                    write_loss_plot(log_path, out / "loss.png")
             accelerator.wait_for_everyone()
     finally:
         bar.close()
