@@ -1,0 +1,312 @@
+"""Mean-shifted initialization (METHOD.md §4): start sampling from the segmented subjects.
+
+For a prompt naming k subjects and a :mod:`mudi.layout`:
+
+1. ``canvas`` = white S×S image with one segmented reference photo per subject pasted into its
+   layout box (mask pixels only) — :func:`render_canvas`.
+2. ``z = s · VAE.encode(canvas).sample()`` (``s`` = ``vae.config.scaling_factor``; a VAE with a
+   ``shift_factor`` or ``latents_mean``/``latents_std`` is normalized the way the pipeline's
+   decoder expects).
+3. ``M`` = union mask on the latent grid (area-downsampled, then ``>= 0.5``), ``z_m = z ⊙ M``.
+4. ``x_T = scheduler.add_noise(γ · z_m, ε, t_first)`` where ``t_first`` is the first timestep of
+   the schedule the pipeline will use for ``num_inference_steps`` (computed on a *copy* of the
+   pipeline's scheduler with the same ``set_timesteps`` call the pipeline makes).
+5. The diffusers SD/SDXL pipelines multiply latents passed as ``latents=`` by
+   ``scheduler.init_noise_sigma`` (``prepare_latents``), so we return ``x_T / init_noise_sigma``:
+   the denoising loop then starts from exactly ``x_T``.
+
+This holds for every scheduler with ``add_noise`` — sigma-space ones (Euler: ``x + σ·ε``,
+``init_noise_sigma`` = σ_max or sqrt(σ_max² + 1)), and alpha-space ones (DDIM, PNDM,
+DPM-Solver: ``α_t·x + σ_t·ε``, ``init_noise_sigma`` = 1).
+
+ε is drawn first from ``generator`` with the same call the pipeline uses for its own initial
+noise, so for a given seed ``--init none`` and ``--init mudi`` share ε (the VAE sample is drawn
+after it).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mudi.errors import MudiError
+from mudi.layout import Placement, fit_box
+from mudi.subjects import SegmentedPhoto, mask_bbox
+
+#: METHOD.md §4 default γ.
+DEFAULT_GAMMA = 3.0
+
+
+@dataclass
+class InitLatents:
+    """Result of :func:`mean_shifted_latents`.
+
+    Attributes:
+        latents: (1, C, H/f, W/f) tensor to pass as ``pipe(..., latents=latents)``
+            (already divided by ``init_noise_sigma``), on the pipeline's device, UNet dtype.
+        x_T: the noised latent ``add_noise(γ·z_m, ε, t_first)`` (float32) the loop starts from.
+        canvas: the white init canvas (PIL RGB, width × height).
+        mask: union subject mask on the canvas (bool, height × width).
+        latent_mask: ``M`` on the latent grid (float32 0/1, shape (h, w)).
+        noise: ε (float32), timestep: t_first, init_noise_sigma: the pipeline's multiplier.
+        layout: the placements actually drawn (boxes fitted to the photos).
+    """
+
+    latents: torch.Tensor
+    x_T: torch.Tensor
+    canvas: Image.Image
+    mask: np.ndarray
+    latent_mask: torch.Tensor
+    noise: torch.Tensor
+    z: torch.Tensor
+    timestep: Any
+    init_noise_sigma: float
+    layout: list[Placement]
+
+
+# ------------------------------------------------------------------------------ canvas
+
+def _one_photo(value: SegmentedPhoto | Sequence[SegmentedPhoto], key: str) -> SegmentedPhoto:
+    if isinstance(value, SegmentedPhoto):
+        return value
+    if isinstance(value, Sequence) and value and isinstance(value[0], SegmentedPhoto):
+        return value[0]
+    raise MudiError(f"subject {key!r}: expected a SegmentedPhoto (or a non-empty list of them) for the init canvas.")
+
+
+def render_canvas(
+    photos: Mapping[str, SegmentedPhoto | Sequence[SegmentedPhoto]],
+    layout: Sequence[Placement | tuple[str, Sequence[int]]],
+    width: int,
+    height: int | None = None,
+    *,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> tuple[Image.Image, np.ndarray, list[Placement]]:
+    """Paste each subject's segmented photo into its layout box on a white canvas.
+
+    The photo and mask are cropped to the mask's bounding box, fitted into the box keeping
+    their aspect ratio (centred), resized (Lanczos for the photo, bilinear + threshold 0.5 for
+    the mask) and pasted where the mask is true. Later placements are drawn on top.
+
+    Returns:
+        ``(canvas, union_mask, placements)`` with the placements' boxes as actually drawn.
+    """
+    height = width if height is None else height
+    canvas = np.empty((height, width, 3), dtype=np.uint8)
+    canvas[:] = np.asarray(background, dtype=np.uint8)
+    union = np.zeros((height, width), dtype=bool)
+    drawn: list[Placement] = []
+    for item in layout:
+        key, box = item[0], item[1]
+        if key not in photos:
+            raise MudiError(f"layout names subject {key!r} but no photo was given for it.")
+        photo = _one_photo(photos[key], key)
+        if not photo.mask.any():
+            raise MudiError(f"{photo.path}: the mask is empty; cannot place subject {key!r}.")
+        x0, y0, x1, y1 = mask_bbox(photo.mask)
+        crop = photo.image[y0:y1, x0:x1]
+        cmask = photo.mask[y0:y1, x0:x1]
+        fb = fit_box(box, (x1 - x0, y1 - y0))
+        bx0, by0, bx1, by1 = fb
+        # clip to the canvas (boxes from the layout module are already inside)
+        bw, bh = bx1 - bx0, by1 - by0
+        img = Image.fromarray(crop).resize((bw, bh), Image.LANCZOS)
+        m = Image.fromarray(cmask.astype(np.uint8) * 255).resize((bw, bh), Image.BILINEAR)
+        img_a = np.asarray(img)
+        m_a = np.asarray(m) >= 128
+        cx0, cy0 = max(bx0, 0), max(by0, 0)
+        cx1, cy1 = min(bx1, width), min(by1, height)
+        if cx1 <= cx0 or cy1 <= cy0:
+            raise MudiError(f"subject {key!r}: box {list(box)} lies outside the {width}x{height} canvas.")
+        sub_img = img_a[cy0 - by0: cy1 - by0, cx0 - bx0: cx1 - bx0]
+        sub_m = m_a[cy0 - by0: cy1 - by0, cx0 - bx0: cx1 - bx0]
+        region = canvas[cy0:cy1, cx0:cx1]
+        region[sub_m] = sub_img[sub_m]
+        union[cy0:cy1, cx0:cx1] |= sub_m
+        drawn.append(Placement(key, (int(bx0), int(by0), int(bx1), int(by1))))
+    return Image.fromarray(canvas), union, drawn
+
+
+# --------------------------------------------------------------------------- schedule
+
+def _execution_device(pipe) -> torch.device:
+    dev = getattr(pipe, "_execution_device", None)
+    if dev is None:
+        dev = getattr(pipe, "device", torch.device("cpu"))
+    return torch.device(dev)
+
+
+def schedule_start(scheduler, num_inference_steps: int, device: torch.device | str | None = None):
+    """A copy of ``scheduler`` set up exactly as the pipeline sets it up, its first timestep and
+    its ``init_noise_sigma``.
+
+    The SD/SDXL pipelines call ``scheduler.set_timesteps(num_inference_steps, device=device)``
+    before ``prepare_latents``; ``init_noise_sigma`` of sigma-space schedulers depends on it.
+    """
+    sch = copy.deepcopy(scheduler)
+    params = inspect.signature(sch.set_timesteps).parameters
+    if "device" in params:
+        sch.set_timesteps(num_inference_steps, device=device)
+    else:  # pragma: no cover - every diffusers scheduler we use accepts device
+        sch.set_timesteps(num_inference_steps)
+    t_first = sch.timesteps[0]
+    sigma = sch.init_noise_sigma
+    sigma = float(sigma.item() if torch.is_tensor(sigma) else sigma)
+    return sch, t_first, sigma
+
+
+def add_noise_at(scheduler_copy, sample: torch.Tensor, noise: torch.Tensor, t_first) -> torch.Tensor:
+    """``scheduler.add_noise(sample, noise, t_first)`` on a scheduler copy after set_timesteps."""
+    t = t_first if torch.is_tensor(t_first) else torch.tensor(t_first)
+    t = t.reshape(1).to(sample.device).repeat(sample.shape[0])
+    return scheduler_copy.add_noise(sample, noise, t)
+
+
+# ---------------------------------------------------------------------------------- VAE
+
+@torch.no_grad()
+def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``s · VAE.encode(canvas).latent_dist.sample(generator)`` in float32, normalized like the
+    pipelines expect their latents (``shift_factor`` / ``latents_mean``,``latents_std`` aware)."""
+    arr = np.asarray(canvas.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    pixels = torch.from_numpy(arr).permute(2, 0, 1)[None]
+    cfg = vae.config
+    vae_dtype = next(vae.parameters()).dtype
+    upcast = vae_dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        enc_dtype = torch.float32 if upcast else vae_dtype
+        dist = vae.encode(pixels.to(device=device, dtype=enc_dtype)).latent_dist
+        z = dist.sample(generator=generator).float()
+    finally:
+        if upcast:
+            vae.to(vae_dtype)
+    scaling = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
+    shift = getattr(cfg, "shift_factor", None)
+    mean = getattr(cfg, "latents_mean", None)
+    std = getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        m = torch.tensor(mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1)
+        return (z - m) * scaling / s
+    if shift is not None:
+        return (z - float(shift)) * scaling
+    return z * scaling
+
+
+def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> torch.Tensor:
+    """Union mask → binary (h, w) float32 mask on the latent grid (area average >= 0.5)."""
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    m = F.interpolate(m, size=latent_hw, mode="area")
+    return (m[0, 0] >= 0.5).float().to(device)
+
+
+# ----------------------------------------------------------------------------- the API
+
+def vae_scale_factor(pipe) -> int:
+    """Pixels per latent cell of a pipeline (8 for SD/SDXL)."""
+    f = getattr(pipe, "vae_scale_factor", None)
+    if f:
+        return int(f)
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def mean_shifted_latents(
+    pipe,
+    subjects_photos: Mapping[str, SegmentedPhoto | Sequence[SegmentedPhoto]],
+    layout: Sequence[Placement | tuple[str, Sequence[int]]],
+    *,
+    gamma: float = DEFAULT_GAMMA,
+    generator: torch.Generator | None = None,
+    height: int,
+    width: int,
+    num_inference_steps: int,
+    scheduler=None,
+    noise: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> InitLatents:
+    """Initial latents for ``pipe(..., latents=...)`` per METHOD.md §4.
+
+    Args:
+        pipe: a diffusers SD or SDXL pipeline (any pipeline with ``vae``, ``unet``, ``scheduler``
+            whose ``prepare_latents`` multiplies given latents by ``scheduler.init_noise_sigma``).
+        subjects_photos: key → the segmented photo to paste (a list: its first photo is used).
+        layout: ``(key, box)`` placements, e.g. from :func:`mudi.layout.auto_layout`.
+        gamma: γ, the scale of the subjects' latent mean (3 by default; 0 = no shift).
+        generator: torch generator; ε is drawn first (as the pipeline would draw its own
+            noise), then the VAE posterior sample.
+        height, width: output size in pixels (must be what you pass to the pipeline).
+        num_inference_steps: the number of steps you pass to the pipeline.
+        scheduler: the scheduler the pipeline will use (default ``pipe.scheduler``; never
+            modified — a copy is set up).
+        noise: optional ε to use instead of drawing it (shape (1, C, h, w)).
+        dtype, device: of the returned latents (default: the UNet's dtype, the pipeline's
+            execution device).
+
+    Returns:
+        :class:`InitLatents` with ``latents = add_noise(γ·z_m, ε, t_first) / init_noise_sigma``.
+    """
+    if gamma < 0 or not np.isfinite(gamma):
+        raise MudiError(f"gamma must be a finite number >= 0, got {gamma}.")
+    f = vae_scale_factor(pipe)
+    if height % f or width % f:
+        raise MudiError(f"height and width ({height}x{width}) must be multiples of the VAE factor {f}.")
+    device = torch.device(device) if device is not None else _execution_device(pipe)
+    dtype = dtype or pipe.unet.dtype
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
+    channels = pipe.unet.config.in_channels
+    shape = (1, channels, height // f, width // f)
+
+    if noise is None:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        # the same call as the pipelines' prepare_latents, so ε matches the no-init noise
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != shape:
+        raise MudiError(f"noise has shape {tuple(noise.shape)}, expected {shape}.")
+    noise = noise.to(device=device, dtype=torch.float32)
+
+    canvas, mask, drawn = render_canvas(subjects_photos, layout, width, height)
+    z = encode_canvas(pipe.vae, canvas, generator, device)
+    if tuple(z.shape[-2:]) != shape[-2:] or z.shape[1] != channels:
+        raise MudiError(f"VAE latent shape {tuple(z.shape)} does not match the UNet input {shape}.")
+    m = latent_mask(mask, shape[-2:], device=device)
+    z_m = z * m
+    sch, t_first, init_sigma = schedule_start(scheduler, num_inference_steps, device)
+    x_t = add_noise_at(sch, float(gamma) * z_m, noise, t_first).float()
+    latents = (x_t / init_sigma).to(dtype)
+    return InitLatents(
+        latents=latents,
+        x_T=x_t,
+        canvas=canvas,
+        mask=mask,
+        latent_mask=m,
+        noise=noise,
+        z=z,
+        timestep=t_first,
+        init_noise_sigma=init_sigma,
+        layout=drawn,
+    )
+
+
+__all__ = [
+    "DEFAULT_GAMMA",
+    "InitLatents",
+    "add_noise_at",
+    "encode_canvas",
+    "latent_mask",
+    "mean_shifted_latents",
+    "render_canvas",
+    "schedule_start",
+    "vae_scale_factor",
+]
