@@ -121,9 +121,6 @@ def run(args: argparse.Namespace) -> int:
     threshold = prep.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     margin = prep.DEFAULT_MARGIN if args.margin is None else args.margin
     device = _device(args.device)
-    if (args.segmenter or "").lower() == "grabcut":
-        print("note: --segmenter grabcut is a weight-free fallback (OpenCV GrabCut), not SAM; "
-              "masks are rougher: check the contact sheet.", file=sys.stderr)
     report = prep.prepare_from_photos(
         specs, args.out,
         detector=args.detector, segmenter=args.segmenter,
@@ -138,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         f"Wrote {len(report.subject_set)} subjects ({n_ok} photos) to {report.out}; "
         f"contact sheet: {report.out / prep.CONTACT_SHEET}"
     )
+    if (args.segmenter or "").lower() == "grabcut":
+        print("note: masks were made with --segmenter grabcut, a weight-free fallback (OpenCV GrabCut), "
+              "not SAM; they are rougher: check the contact sheet.", file=sys.stderr)
     if report.failures:
         print(
             f"warning: {len(report.failures)} photo(s) failed and were left out "
