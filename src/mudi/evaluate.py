@@ -280,7 +280,7 @@ class EvalItem:
 
     def load(self) -> Image.Image:
         if self.image is not None:
-            return self.image.convert("RGB")
+            return self.image if self.image.mode == "RGB" else self.image.convert("RGB")
         if self.path is None:
             raise MudiError(f"{self.name}: no image given.")
         return load_rgb(self.path)
@@ -419,12 +419,11 @@ def collect_folder(images_dir: str | Path, subject_set, *, prompt: str | None = 
 def _thumbnail(image: Image.Image, result: ImageResult, subject_set, side: int = 320) -> bytes:
     from mudi.viz import draw_boxes
 
+    # Small generations (64 px test images) are scaled up too, so boxes and labels stay legible.
     scale = side / max(image.size)
-    thumb = image.convert("RGB")
-    if scale < 1:
-        thumb = thumb.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
-    else:
-        scale = 1.0
+    thumb = image.convert("RGB").resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.BICUBIC if scale < 1 else Image.NEAREST)
     colors = [(255, 0, 64), (0, 140, 255), (0, 180, 60), (255, 150, 0), (170, 0, 255), (0, 200, 200)]
     dnc = result.dnc
     if dnc is not None and dnc.matched is not None and dnc.boxes:

@@ -97,17 +97,25 @@ def _matrix_html(mat, row_labels: Sequence[str], col_labels: Sequence[str], titl
 
 # ----------------------------------------------------------------------------- plots
 
-def plot_dnc_histogram(values: Sequence[float], threshold: float | None = None, title: str = "D&C") -> bytes:
-    """Histogram of per-image D&C (count errors are the bar at 0) with the success threshold."""
+def plot_dnc_histogram(values: Sequence[float], threshold: float | None = None, title: str = "D&C",
+                       count_errors: Sequence[bool] | None = None) -> bytes:
+    """Histogram of per-image D&C with the success threshold; count errors (score 0) are
+    stacked in their own colour when ``count_errors`` flags them."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     vals = np.asarray(list(values), dtype=float)
-    ax.hist(vals, bins=np.linspace(min(0.0, vals.min() if vals.size else 0.0), 1.0, 21), color="#4a7ab7",
-            edgecolor="white")
+    lo = min(0.0, float(vals.min())) if vals.size else 0.0
+    bins = np.linspace(lo - 0.025, 1.025, max(2, int(round((1.05 - lo) / 0.05))) + 1)
+    if count_errors is not None and len(count_errors) == len(vals):
+        flags = np.asarray(count_errors, dtype=bool)
+        ax.hist([vals[~flags], vals[flags]], bins=bins, stacked=True, color=["#4a7ab7", "#d9534f"],
+                edgecolor="white", label=["right count", "count error (scored 0)"])
+    else:
+        ax.hist(vals, bins=bins, color="#4a7ab7", edgecolor="white")
     if threshold is not None:
-        ax.axvline(threshold, color="#c33", linestyle="--", label=f"success threshold {threshold:g}")
-        ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("D&C (0 = count error)")
+        ax.axvline(threshold, color="#333", linestyle="--", label=f"success threshold {threshold:g}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel("D&C per image")
     ax.set_ylabel("images")
     ax.set_title(title)
     return _fig_png(fig)
@@ -156,7 +164,8 @@ def plot_comparison(comp: "Comparison") -> bytes:
             ax.set_ylim(*ylim)
         ax.set_title(title)
 
-    bars(axes["dnc"], "dnc_mean", "mean D&C (± s.e.m.)", "dnc_sem")
+    dlo = min([0.0] + [r.get("dnc_mean") or 0.0 for r in comp.table])
+    bars(axes["dnc"], "dnc_mean", "mean D&C (± s.e.m.)", "dnc_sem", ylim=(min(0.0, dlo - 0.1), 1))
     ks = sorted({k[len("success_rate_k"):] for r in comp.table for k in r if k.startswith("success_rate_k")}, key=int)
     ax = axes["succ"]
     if len(ks) > 1:
@@ -181,7 +190,8 @@ def plot_comparison(comp: "Comparison") -> bytes:
     data = [[v for v in run.dnc_by_name.values()] or [np.nan] for run in comp.runs]
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(np.arange(1, len(labels) + 1), labels)
-    ax.set_ylim(-0.05, 1.05)
+    lo = min([0.0] + [min(d) for d in data if np.isfinite(d).all()])
+    ax.set_ylim(lo - 0.05, 1.05)
     ax.set_title("per-image D&C")
     fig.tight_layout()
     return _fig_png(fig)
@@ -276,7 +286,7 @@ def _card(res, ev: "Evaluation", subject_set_phrases: dict[str, str]) -> str:
     elif res.success:
         cls, status = "card", "<span class='good'>success</span>"
     else:
-        why = f"count error ({d.count_error}: {d.n_boxes} boxes for {d.n_subjects} subjects)" if d and not d.count_ok \
+        why = f"count error ({d.count_error}: {d.n_boxes} box(es) for {d.n_subjects} subjects)" if d and not d.count_ok \
             else "D&amp;C below threshold"
         cls, status = "card fail", f"<span class='bad'>{why}</span>"
     parts = [f'<div class="{cls}">']
@@ -325,7 +335,9 @@ def render_run_report(ev: "Evaluation", *, comparison: "Comparison | None" = Non
     vals = ev.dnc_values
     plots = []
     if vals:
-        plots.append(_img_tag(plot_dnc_histogram(vals, thr, f"D&C — {ev.label}"), "image/png", "plot", "histogram"))
+        flags = [not r.dnc.count_ok for r in ev.results if r.dnc is not None]
+        plots.append(_img_tag(plot_dnc_histogram(vals, thr, f"D&C — {ev.label}", flags), "image/png", "plot",
+                              "histogram"))
     pk = plot_per_k(s)
     if pk:
         plots.append(_img_tag(pk, "image/png", "plot", "per k"))
