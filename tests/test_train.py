@@ -1,0 +1,276 @@
+"""mudi train on tiny SD / SDXL models: every mix mode, LoRA export and loading, resume,
+cached text embeddings, config files and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mudi.cli import main
+from mudi.config import TrainConfig
+from mudi.errors import MudiError
+from mudi.train import list_checkpoints, train
+
+FAST = dict(resolution=64, validate_every=-1, progress=False, checkpoint_every=0)
+
+
+@pytest.fixture(scope="module")
+def subjects(data_dir: Path) -> Path:
+    return data_dir / "subjects" / "dog6_and_dog2"
+
+
+def _cfg(tiny_models: Path, subjects: Path, out: Path, model: str = "sd", **kw) -> TrainConfig:
+    values = dict(FAST, subjects=str(subjects), base=str(tiny_models / model), out=str(out), max_train_steps=2)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def _lora(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "pytorch_lora_weights.safetensors"))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_defaults_are_method_section_3():
+    c = TrainConfig()
+    assert (c.rank, c.alpha, c.target_modules) == (32, 32.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert (c.learning_rate, c.lr_scheduler, c.weight_decay, c.max_grad_norm) == (1e-4, "constant", 1e-4, 1.0)
+    assert (c.train_batch_size, c.gradient_accumulation_steps, c.max_train_steps) == (1, 2, 2010)
+    assert (c.mix, c.p, c.k, c.seed, c.prior_weight, c.loss_alpha) == ("segmix", 0.3, 2, 42, 1.0, 1.0)
+    assert c.resolution == 0 and c.mixed_precision == "auto"  # resolved from the model / device
+
+
+def test_toml_round_trip_and_errors(tmp_path: Path):
+    c = TrainConfig(subjects="s", base="b", out="o", p=0.5, validation_prompts=['a "quoted"\nprompt'], rank=4)
+    path = tmp_path / "run.toml"
+    path.write_text(c.to_toml())
+    assert TrainConfig.from_toml(path) == c
+    path.write_text("rnak = 4\n")
+    with pytest.raises(MudiError, match="unknown option 'rnak'"):
+        TrainConfig.from_toml(path)
+    path.write_text('rank = "four"\n')
+    with pytest.raises(MudiError, match="rank"):
+        TrainConfig.from_toml(path)
+    path.write_text("rank = \n")
+    with pytest.raises(MudiError, match="not valid TOML"):
+        TrainConfig.from_toml(path)
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+@pytest.mark.parametrize("model", ["sd", "sdxl"])
+@pytest.mark.parametrize("mix", ["segmix", "cutmix", "none"])
+def test_train_each_model_and_mix(tiny_models, subjects, tmp_path, model, mix):
+    out = tmp_path / "lora"
+    # p = 1: every example is a composite (except for mix none = DreamBooth, all plain)
+    train(_cfg(tiny_models, subjects, out, model, mix=mix, p=1.0, max_train_steps=2))
+    for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "config.toml",
+                 "train_log.jsonl", "loss.png", "summary.json"):
+        assert (out / name).is_file(), name
+    rows = _log(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["lr"] == 1e-4 for r in rows)
+    kinds = {k for r in rows for k in r["kinds"]}
+    assert kinds == ({"plain"} if mix == "none" else {mix})
+    assert len(rows[0]["kinds"]) == 2  # batch 1 x accumulation 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["model"] == model
+    assert summary["text_encoder_calls_training"] == 0
+    assert summary["latents_cached"] == 10  # the 10 plain photos
+    assert summary["vae_encodes_training"] == (0 if mix == "none" else 4)
+    saved = TrainConfig.from_toml(out / "config.toml")
+    assert saved.resolution == 64 and saved.mixed_precision == "no" and saved.mix == mix
+    assert Path(saved.subjects).is_absolute()
+    with safe_open(str(out / "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert keys and all(k.startswith("unet.") for k in keys)
+    assert meta["unet.r"] == 32 and meta["unet.lora_alpha"] == 32
+    assert {k.split(".lora")[0].split(".", 1)[1].rsplit(".", 1)[-1] for k in keys} == {"to_q", "to_k", "to_v", "0"}
+
+
+def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects, tmp_path):
+    from mudi.models import load_pipeline
+
+    out = tmp_path / "lora"
+    train(_cfg(tiny_models, subjects, out, "sdxl", learning_rate=1e-2, max_train_steps=3))
+
+    def sample(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe("a photo of a olis corgi", num_inference_steps=2, height=64, width=64,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    base = sample(load_pipeline(str(tiny_models / "sdxl")))
+    pipe = load_pipeline(str(tiny_models / "sdxl"))
+    pipe.load_lora_weights(str(out))
+    tuned = sample(pipe)
+    assert np.abs(tuned - base).max() > 1e-3
+    # the kohya/ComfyUI copy holds the same LoRA: lora_unet_* keys, alpha tensors
+    kohya = load_file(str(out / "lora_kohya.safetensors"))
+    assert all(k.startswith("lora_unet_") for k in kohya)
+    alphas = [v for k, v in kohya.items() if k.endswith(".alpha")]
+    assert alphas and all(float(a) == 32.0 for a in alphas)
+    assert len(kohya) == len(_lora(out)) * 3 // 2
+    pipe2 = load_pipeline(str(tiny_models / "sdxl"))
+    pipe2.load_lora_weights(str(out), weight_name="lora_kohya.safetensors")
+    assert np.array_equal(sample(pipe2), tuned)
+
+
+def test_validation_grid_written(tiny_models, subjects, tmp_path):
+    out = tmp_path / "lora"
+    train(_cfg(tiny_models, subjects, out, "sd", validate_every=1, validation_inference_steps=1,
+               validation_images=1, max_train_steps=2))
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        "step_000000.png", "step_000001.png", "step_000002.png"]
+    # validation used cached prompt embeddings: still no text-encoder call after setup
+    assert json.loads((out / "summary.json").read_text())["text_encoder_calls_training"] == 0
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resume_is_bitwise_identical(tiny_models, subjects, tmp_path):
+    kw = dict(max_train_steps=4, checkpoint_every=1, learning_rate=1e-2, p=0.5, keep_checkpoints=1)
+    full = tmp_path / "full"
+    train(_cfg(tiny_models, subjects, full, "sdxl", **kw))
+    part = tmp_path / "part"
+    train(_cfg(tiny_models, subjects, part, "sdxl", stop_after=2, **kw))
+    assert not (part / "pytorch_lora_weights.safetensors").exists()
+    assert [s for s, _ in list_checkpoints(part)] == [2]
+    train(_cfg(tiny_models, subjects, part, "sdxl", resume=True, **kw))
+    a, b = _lora(full), _lora(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _log(part)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in _log(part)] == [r["loss"] for r in _log(full)]
+
+
+def test_resume_after_kill_between_checkpoints(tiny_models, subjects, tmp_path):
+    """A run dying at step 3 (last checkpoint at 2) resumes from 2 and ends identical."""
+    kw = dict(max_train_steps=4, checkpoint_every=2, learning_rate=1e-2, p=0.5)
+    full = tmp_path / "full"
+    train(_cfg(tiny_models, subjects, full, "sd", **kw))
+
+    def die(step, row):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tiny_models, subjects, part, "sd", **kw), on_step=die)
+    assert [s for s, _ in list_checkpoints(part)] == [2]
+    assert [r["step"] for r in _log(part)] == [1, 2, 3]
+    # a half-written checkpoint folder from the kill must not confuse the resume
+    (part / "checkpoints" / ".step_000004.tmp").mkdir()
+    train(_cfg(tiny_models, subjects, part, "sd", resume=True, **kw))
+    a, b = _lora(full), _lora(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _log(part)] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_method_options(tiny_models, subjects, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(tiny_models, subjects, out, "sd", stop_after=1, checkpoint_every=1))
+    with pytest.raises(MudiError, match="p = 0.9"):
+        train(_cfg(tiny_models, subjects, out, "sd", resume=True, p=0.9))
+    # more steps is fine
+    train(_cfg(tiny_models, subjects, out, "sd", resume=True, max_train_steps=3))
+    assert _log(out)[-1]["step"] == 3
+
+
+# ----------------------------------------------------------------------------- caching
+
+
+def test_text_encoders_never_called_during_steps(tiny_models, subjects, tmp_path):
+    from mudi.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_models / "sdxl"))
+    calls = {"n": 0}
+
+    def count(*_):
+        calls["n"] += 1
+
+    for enc in (pipe.text_encoder, pipe.text_encoder_2):
+        enc.register_forward_hook(count)
+    at_step: dict[int, int] = {}
+    train(_cfg(tiny_models, subjects, tmp_path / "o", "sdxl", p=0.5, max_train_steps=3, validate_every=1,
+               validation_inference_steps=1, validation_images=1),
+          pipeline=pipe, on_step=lambda s, row: at_step.__setitem__(s, calls["n"]))
+    assert calls["n"] > 0  # the captions were encoded once, before step 1
+    assert at_step[1] == at_step[2] == at_step[3] == calls["n"]  # and never again (validation included)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_prepare_then_train(tiny_models, subjects, tmp_path, capsys):
+    s = tmp_path / "S"
+    assert main(["prepare", "--from", str(subjects), "--out", str(s), "--no-progress"]) == 0
+    out = tmp_path / "L"
+    assert main(["train", "--subjects", str(s), "--base", str(tiny_models / "sdxl"), "--out", str(out),
+                 "--steps", "4", "--resolution", "64", "--validate-every", "-1", "--no-progress"]) == 0
+    assert "load_lora_weights" in capsys.readouterr().out
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_cli_config_file_and_flag_override(tiny_models, subjects, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'subjects = "{subjects}"\nbase = "{tiny_models / "sd"}"\nmax_train_steps = 5\n'
+                   'resolution = 64\nrank = 4\nmix = "cutmix"\nvalidate_every = -1\n')
+    out = tmp_path / "L"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--steps", "1", "--no-progress"]) == 0
+    saved = TrainConfig.from_toml(out / "config.toml")
+    assert (saved.max_train_steps, saved.rank, saved.mix, saved.resolution) == (1, 4, "cutmix", 64)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--base", "/nonexistent/model"], "does not exist"),
+        (["--resolution", "72"], "multiple of 16"),
+        (["--resolution", "32"], "resolution"),
+        (["--p", "1.5"], "p = 1.5"),
+        (["--rank", "0"], "rank"),
+        (["--steps", "0"], "steps"),
+        (["--k", "3"], "only 2 subjects"),
+        (["--mixed-precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
+        (["--prior-dir", "/nonexistent/priors"], "class set"),
+        (["--lr", "-1"], "learning_rate"),
+    ],
+)
+def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, message):
+    out = tmp_path / "L"
+    args = ["train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"), "--out", str(out),
+            "--resolution", "64", "--steps", "1", "--no-progress"]
+    assert main(args + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (out / "config.toml").exists()  # failed before any work was written
+
+
+def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subjects):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metadata.jsonl").write_text('{"id": {"a": "olis corgi"}}\n')
+    args = ["train", "--base", str(tiny_models / "sd"), "--resolution", "64", "--steps", "1"]
+    assert main(args + ["--subjects", str(bad), "--out", str(tmp_path / "o1")]) == 2
+    assert "subject" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    assert main(args + ["--subjects", str(subjects), "--out", str(busy)]) == 2
+    assert "--resume" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
+    assert main(args + ["--subjects", str(subjects), "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
