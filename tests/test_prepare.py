@@ -772,3 +772,39 @@ def test_photo_result_record_is_json():
                     reason="no box above 0.2", detections=[Detection((0, 0, 1, 1), 0.1, 0)])
     rec = json.loads(json.dumps(r.record()))
     assert rec["ok"] is False and rec["reason"] == "no box above 0.2" and rec["detections"][0]["score"] == 0.1
+
+
+def test_captions_sidecars_and_json_keys(photos, capsys):
+    root, masks, _ = photos
+    for sub in ("corgi", "chow"):
+        for p in (root / sub).glob("*.jpg"):
+            _write_mask(p.parent / f"mask_{p.stem}.png", masks[p.stem])
+    (root / "corgi" / "a01.txt").write_text("  olis corgi   on a sofa \n")
+    (root / "corgi" / "notes.pdf").write_text("x")
+    (root / "captions.json").write_text(json.dumps({"chow/b00.jpg": "hta chow chow in snow"}))
+    out = root / "out"
+    rc, _, stderr = _run(["prepare", *_subjects(root), "--captions", str(root / "captions.json"),
+                          "--out", str(out)], capsys)
+    assert rc == 0
+    assert "skipped 1 file(s) that are not photos: notes.pdf" in stderr
+    sset = SubjectSet.load(out)
+    assert [p.caption for p in sset.photos("a")] == ["a photo of a olis corgi", "olis corgi on a sofa"]
+    assert [p.caption for p in sset.photos("b")] == ["hta chow chow in snow", "a photo of a hta chow chow"]
+
+
+def test_ambiguous_names_across_subjects(photos, capsys):
+    """Two subjects with a photo of the same name: a plain-name box key or a shared masks-dir
+    mask is ambiguous and must be refused; "FOLDER/name" keys work."""
+    root, masks, boxes = photos
+    Image.open(root / "chow" / "b01.jpg").save(root / "chow" / "a00.jpg")
+    (root / "boxes.json").write_text(json.dumps({"a00.jpg": boxes["a00.jpg"]}))
+    rc, _, stderr = _run(["prepare", *_subjects(root), "--boxes", str(root / "boxes.json"),
+                          "--segmenter", "grabcut", "--out", str(root / "out")], capsys)
+    assert rc == 2 and "matches several photos" in stderr and "FOLDER/name" in stderr
+    mdir = root / "masks"
+    mdir.mkdir()
+    _write_mask(mdir / "a00.png", masks["a00"])
+    rc, _, stderr = _run(["prepare", *_subjects(root), "--masks", str(mdir), "--segmenter", "grabcut",
+                          "--out", str(root / "out")], capsys)
+    assert rc == 2 and "would apply to two photos" in stderr
+    assert not (root / "out").exists()

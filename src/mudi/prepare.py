@@ -322,12 +322,14 @@ def collect_inputs(
     masks_dir: str | Path | None = None,
     boxes: str | Path | Mapping[str, Any] | None = None,
     captions: str | Path | Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
 ) -> list[PhotoInput]:
     """Check and load everything the user gave, before any model is loaded.
 
     Raises :class:`MudiError` naming the file for: fewer than 2 subjects, duplicate
     identifiers/phrases/folders, missing or empty folders, unreadable photos, masks of the wrong
-    size or empty, fully transparent alpha, invalid box/caption files.
+    size or empty, fully transparent alpha, invalid box/caption files. Harmless oddities (files
+    that are not photos and were skipped) are appended to ``notes``.
     """
     validate_specs(specs)
     mdir = None
@@ -347,6 +349,9 @@ def collect_inputs(
                 f"{folder}: no photos of subject {spec.phrase!r}{extra}. Put JPEG/PNG/WebP photos "
                 f"({', '.join(IMAGE_SUFFIXES)}) in the folder."
             )
+        if ignored and notes is not None:
+            names = ", ".join(p.name for p in ignored[:5]) + (", ..." if len(ignored) > 5 else "")
+            notes.append(f"{folder}: skipped {len(ignored)} file(s) that are not photos: {names}")
         listed.extend((spec, p) for p in photos)
 
     box_map: dict[Path, Any] = {}
@@ -652,6 +657,7 @@ class PrepareReport:
     out: Path
     subject_set: SubjectSet
     results: list[PhotoResult]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[PhotoResult]:
@@ -701,7 +707,8 @@ def prepare_from_photos(
     specs = [SubjectSpec.parse(s) if isinstance(s, str) else s for s in specs]
     check_settings(threshold, margin)
     out = Path(out)
-    inputs = collect_inputs(specs, masks_dir=masks_dir, boxes=boxes, captions=captions)
+    notes: list[str] = []
+    inputs = collect_inputs(specs, masks_dir=masks_dir, boxes=boxes, captions=captions, notes=notes)
     check_output_dir(out, overwrite=overwrite)
     need_det, need_seg = models_needed(inputs)
     detector, segmenter = load_models(detector, segmenter, need_det, need_seg, device=device)
@@ -732,7 +739,7 @@ def prepare_from_photos(
         title += f" | {len(failed)} FAILED"
     with staged_output(out, overwrite=overwrite) as stage:
         _write_outputs(stage, sset, results, settings, title)
-    return PrepareReport(out, SubjectSet.load(out, validate=False), results)
+    return PrepareReport(out, SubjectSet.load(out, validate=False), results, notes)
 
 
 def load_models(

@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(prep.results_table(report.results))
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     n_ok = len(report.results) - len(report.failures)
     print(
         f"Wrote {len(report.subject_set)} subjects ({n_ok} photos) to {report.out}; "
