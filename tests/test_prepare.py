@@ -690,6 +690,7 @@ def test_cli_bad_settings(photos, capsys):
     for extra, expected in (
         (["--threshold", "1.5"], "--threshold"),
         (["--margin", "-0.1"], "--margin"),
+        (["--nms-iou", "0"], "--nms-iou"),
         (["--masks", str(root / "nope")], "--masks folder not found"),
     ):
         rc, _, stderr = _run(["prepare", *_subjects(root), "--out", str(root / "out"), *extra], capsys)

@@ -689,6 +689,7 @@ def prepare_from_photos(
     masks_dir: str | Path | None = None,
     captions: str | Path | Mapping[str, str] | None = None,
     device: str = "cpu",
+    nms_iou: float | None = 0.5,
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = True,
@@ -699,19 +700,22 @@ def prepare_from_photos(
     order). ``detector`` / ``segmenter``: objects implementing the protocols, or model names
     (hub id or local folder; default OWLv2 / SAM checkpoints); ``segmenter="grabcut"`` uses the
     weight-free GrabCut fallback. Models are loaded only if some photo needs them, and only
-    after every input was validated.
+    after every input was validated. ``nms_iou``: overlapping OWLv2 boxes (IoU above it) count
+    as one box (1.0 keeps the raw boxes, as the reference notebook does).
 
     Photos that fail are left out and listed (``failures.json``, contact sheet). A subject with
     no usable photo, or any failure with ``strict``, raises MudiError and writes nothing.
     """
     specs = [SubjectSpec.parse(s) if isinstance(s, str) else s for s in specs]
     check_settings(threshold, margin)
+    if nms_iou is not None and not (0.0 < nms_iou <= 1.0):
+        raise MudiError(f"--nms-iou must be in (0, 1], got {nms_iou}.")
     out = Path(out)
     notes: list[str] = []
     inputs = collect_inputs(specs, masks_dir=masks_dir, boxes=boxes, captions=captions, notes=notes)
     check_output_dir(out, overwrite=overwrite)
     need_det, need_seg = models_needed(inputs)
-    detector, segmenter = load_models(detector, segmenter, need_det, need_seg, device=device)
+    detector, segmenter = load_models(detector, segmenter, need_det, need_seg, device=device, nms_iou=nms_iou)
 
     results = run_preparation(inputs, detector, segmenter, threshold=threshold, margin=margin, progress=progress)
     failed = [r for r in results if not r.ok]
@@ -729,6 +733,7 @@ def prepare_from_photos(
         "detector": det_label,
         "segmenter": seg_label,
         "threshold": threshold,
+        "nms_iou": nms_iou if need_det else None,
         "margin": margin,
         "n_photos": len(results),
         "n_failed": len(failed),
@@ -749,6 +754,7 @@ def load_models(
     need_segmenter: bool,
     *,
     device: str = "cpu",
+    nms_iou: float | None = 0.5,
 ) -> tuple[Detector | None, Segmenter | None]:
     """Turn names into loaded models (only the needed ones). Names are resolved first, so an
     unavailable model fails before anything heavy is loaded."""
@@ -781,7 +787,7 @@ def load_models(
     if det_name is not None:
         from mudi.detect import Owlv2Detector
 
-        detector = Owlv2Detector(det_name, device=device)
+        detector = Owlv2Detector(det_name, device=device, nms_iou=nms_iou)
     if seg_name is not None:
         from mudi.segment import SamSegmenter
 

@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help=HELP,
         description=(
-            "Make a subject set (the folder format of metadata.jsonl + photos + masks) from raw photos "
-            "(detect with OWLv2, segment with SAM; METHOD.md §1), or validate and copy an existing set "
-            "(--from). Writes a contact sheet to check every mask at a glance."
+            "Make a subject set (metadata.jsonl + photos + masks) from raw photos (detect with OWLv2,\n"
+            "segment with SAM; METHOD.md §1), or validate and copy an existing set (--from). Writes\n"
+            "contact_sheet.png to check every mask at a glance, failures.json and prepare.json."
         ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "'grabcut' for the weight-free OpenCV GrabCut fallback (rougher masks)")
     seg.add_argument("--threshold", type=float, default=None,
                      help="detector score threshold (default 0.2); exactly one box must pass it")
+    seg.add_argument("--nms-iou", type=float, default=0.5, metavar="IOU",
+                     help="overlapping detector boxes with IoU above this count as one box (default 0.5; "
+                          "1 keeps the raw boxes)")
     seg.add_argument("--margin", type=float, default=None,
                      help="box enlargement per side, as a fraction of the image size (default 0.05)")
     seg.add_argument("--boxes", type=Path, default=None, metavar="FILE",
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         detector=args.detector, segmenter=args.segmenter,
         threshold=threshold, margin=margin,
         boxes=args.boxes, masks_dir=args.masks, captions=args.captions,
-        device=device, overwrite=args.overwrite, strict=args.strict,
+        device=device, nms_iou=args.nms_iou, overwrite=args.overwrite, strict=args.strict,
         progress=not args.no_progress,
     )
     print(prep.results_table(report.results))
