@@ -207,13 +207,13 @@ def test_detector_crash_on_one_image_is_isolated(sset):
 
 # ----------------------------------------------------------------------------- folders
 
-def write_generation(folder: Path, images, prompt=PROMPT, subjects=("a", "b"), phrases=None, start=0):
+def write_generation(folder: Path, images, prompt=PROMPT, subjects=("a", "b"), phrases=None, start=0, layout=()):
     folder.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images, start):
         im.save(folder / f"{i:04d}.png")
         side = {"prompt": prompt, "negative_prompt": "", "seed": i, "subjects": list(subjects),
                 "phrases": list(phrases or ["olis red block", "hta blue block"][:len(subjects)]),
-                "subject_set": "S", "layout": [], "gamma": 3.0, "init": "mudi", "base": "tiny", "lora": None,
+                "subject_set": "S", "layout": list(layout), "gamma": 3.0, "init": "mudi", "base": "tiny", "lora": None,
                 "steps": 2, "guidance_scale": 5.0, "height": 64, "width": 64, "scheduler": "x"}
         (folder / f"{i:04d}.json").write_text(json.dumps(side))
     return folder
@@ -238,6 +238,18 @@ def test_folder_subject_mismatch_is_a_clear_error(sset, tmp_path):
     g2 = write_generation(tmp_path / "g2", [GOOD], phrases=["sks red block", "hta blue block"])
     with pytest.raises(MudiError, match="sks red block"):
         collect_folder(g2, sset)
+
+
+def test_layout_iou_from_sidecar(sset, tmp_path):
+    right = [{"key": "a", "box": [2, 20, 22, 40]}, {"key": "b", "box": [36, 20, 56, 40]}]
+    swapped = [{"key": "a", "box": [36, 20, 56, 40]}, {"key": "b", "box": [2, 20, 22, 40]}]
+    write_generation(tmp_path / "g", [GOOD], layout=right)
+    write_generation(tmp_path / "g", [GOOD, ONE], layout=swapped, start=1)
+    ev = evaluate_folder(tmp_path / "g", sset, ColourDetector(), MeanColourEmbedder())
+    assert ev.results[0].layout_iou == pytest.approx(1.0)
+    assert ev.results[1].layout_iou == pytest.approx(0.0)
+    assert ev.results[2].layout_iou is None  # count error: no matched boxes
+    assert ev.summary["layout_iou_mean"] == pytest.approx(0.5)
 
 
 def test_images_without_sidecars(sset, tmp_path):
@@ -391,12 +403,15 @@ def test_cli_end_to_end_tiny_models(tiny_models, saved_set, tmp_path, capsys):
 
     # compare this evaluation with a second image folder, evaluated with the same models
     g2 = write_generation(tmp_path / "G2", [GOOD, GOOD])
+    g3 = write_generation(tmp_path / "G3", [TWICE])
     rc = _cli("evaluate", "--images", f"mudi={g2}", "--subjects", saved_set, "--detector", tiny_models / "owlv2",
               "--embedder", tiny_models / "dinov2", "--clip", "none", "--out", tmp_path / "E2",
-              "--threshold", "0.05", "--compare", f"baseline={E}", "--device", "cpu")
+              "--threshold", "0.05", "--compare", f"baseline={E}", g3, "--device", "cpu")
     assert rc == 0
     comp = json.loads((tmp_path / "E2" / "comparison.json").read_text())
-    assert [r["label"] for r in comp["runs"]] == ["mudi", "baseline"]
+    # image folders given to --compare are evaluated too (into OUT/compare/LABEL)
+    assert [r["label"] for r in comp["runs"]] == ["mudi", "baseline", "G3"]
+    assert json.loads((tmp_path / "E2" / "compare" / "G3" / "scores.json").read_text())["summary"]["n_images"] == 1
     assert (tmp_path / "E2" / "comparison.png").is_file() and (tmp_path / "E2" / "scores.json").is_file()
     assert "Comparison" in (tmp_path / "E2" / "report.html").read_text()
 

@@ -62,11 +62,11 @@ from mudi.protocols import Detection, Detector, Embedder
 DEFAULT_SUCCESS_THRESHOLD = 0.8
 DEFAULT_BATCH_SIZE = 8
 #: Files ``mudi generate`` writes beside the images that are not generations themselves.
-ARTIFACT_PATTERNS = (r"^contact_sheet", r"_init$", r"_layout$", r"_grid$", r"_boxes$", r"^grid$")
+ARTIFACT_PATTERNS = (r"^contact_sheet", r"_sheet$", r"_init$", r"_layout$", r"_grid$", r"_boxes$", r"^grid$")
 
 CSV_COLUMNS = [
     "name", "k", "subjects", "dnc", "success", "count_ok", "count_error", "n_boxes",
-    "identities_ok", "clip_score", "image_reward", "prompt", "fidelity_prompt", "seed", "path", "error",
+    "identities_ok", "layout_iou", "clip_score", "image_reward", "prompt", "fidelity_prompt", "seed", "path", "error",
 ]
 
 
@@ -88,6 +88,8 @@ class ImageResult:
     success: bool | None = None
     error: str | None = None
     meta: dict = field(default_factory=dict)
+    #: mean IoU of each subject's matched box with its box in the sidecar's layout (None if n/a)
+    layout_iou: float | None = None
 
     @property
     def k(self) -> int:
@@ -106,6 +108,7 @@ class ImageResult:
             "subjects": list(self.subjects),
             "k": self.k,
             "success": self.success,
+            "layout_iou": _r(self.layout_iou),
             "clip_score": _r(self.clip_score),
             "image_reward": _r(self.image_reward),
             "error": self.error,
@@ -439,6 +442,30 @@ def _thumbnail(image: Image.Image, result: ImageResult, subject_set, side: int =
     return buf.getvalue()
 
 
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def layout_iou(res: ImageResult) -> float | None:
+    """Mean IoU between each subject's matched box and its planned box in the sidecar layout
+    (``layout: [{key, box}]`` from ``mudi generate``): did each subject land where the layout
+    put it? ``None`` without a layout or on a count error."""
+    layout = res.meta.get("layout")
+    boxes = res.dnc.matched_boxes if res.dnc is not None else None
+    if not isinstance(layout, list) or not boxes:
+        return None
+    planned = {}
+    for entry in layout:
+        if isinstance(entry, dict) and isinstance(entry.get("box"), (list, tuple)) and len(entry["box"]) == 4:
+            planned[str(entry.get("key"))] = [float(v) for v in entry["box"]]
+    ious = [_iou(b, planned[k]) for k, b in zip(res.subjects, boxes) if k in planned]
+    return float(np.mean(ious)) if ious else None
+
+
 def evaluate_items(items: Sequence[EvalItem], subject_set, detector: Detector, embedder: Embedder, *,
                    clip=None, image_reward=None, threshold: float = DEFAULT_DETECTION_THRESHOLD,
                    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD, norm: str = "fro",
@@ -483,6 +510,7 @@ def evaluate_items(items: Sequence[EvalItem], subject_set, detector: Detector, e
         for it, im, res in loaded:
             if res.error is None:
                 res.success = bool(res.dnc.count_ok and res.dnc.score >= success_threshold)
+                res.layout_iou = layout_iou(res)
                 n_ok += 1
                 if thumbnails:
                     thumbs[res.name] = _thumbnail(im, res, subject_set)
@@ -629,6 +657,7 @@ def _group_summary(rs: Sequence[ImageResult]) -> dict:
         "n_missing": sum(1 for r in scored if r.dnc.count_error == "missing"),
         "n_duplicate": sum(1 for r in scored if r.dnc.count_error == "duplicate"),
         "identities_ok_rate": frac(sum(1 for r in scored if r.dnc.identities_ok)),
+        "layout_iou_mean": _stats([r.layout_iou for r in scored if r.layout_iou is not None])["mean"],
         "clip_score_mean": clip["mean"],
         "clip_score_std": clip["std"],
         "image_reward_mean": ir["mean"],
@@ -709,7 +738,7 @@ class Comparison:
 
 
 TABLE_KEYS = ("n_images", "n_scored", "n_errors", "dnc_mean", "dnc_sem", "dnc_mean_count_ok", "success_rate",
-              "count_error_rate", "n_missing", "n_duplicate", "identities_ok_rate", "clip_score_mean",
+              "count_error_rate", "n_missing", "n_duplicate", "identities_ok_rate", "layout_iou_mean", "clip_score_mean",
               "image_reward_mean", "success_threshold")
 
 

@@ -206,6 +206,7 @@ _SUMMARY_ROWS = [
     ("count-error rate", "count_error_rate", "pct"), ("  missing subject", "n_missing", "int"),
     ("  duplicated subject / extra box", "n_duplicate", "int"),
     ("identities OK (each box closest to its subject)", "identities_ok_rate", "pct"),
+    ("layout IoU (matched box vs planned box)", "layout_iou_mean", "f"),
     ("CLIP score (identifiers removed)", "clip_score_mean", "f"), ("ImageReward", "image_reward_mean", "f"),
 ]
 
@@ -216,7 +217,8 @@ def _val(v, kind: str) -> str:
 
 def _summary_table(summary: dict) -> str:
     rows = "".join(f'<tr><th class="l">{_esc(name)}</th><td>{_val(summary.get(key), kind)}</td></tr>'
-                   for name, key, kind in _SUMMARY_ROWS if not (key == "image_reward_mean" and summary.get(key) is None))
+                   for name, key, kind in _SUMMARY_ROWS
+                   if not (key in ("image_reward_mean", "layout_iou_mean") and summary.get(key) is None))
     return f"<table>{rows}</table>"
 
 
@@ -296,7 +298,8 @@ def _card(res, ev: "Evaluation", subject_set_phrases: dict[str, str]) -> str:
     parts.append(f"<b>{_esc(res.name)}</b> — {status}<br>")
     if d is not None:
         parts.append(f"D&amp;C <b>{_fmt(d.score)}</b> · boxes {d.n_boxes}/{d.n_subjects}"
-                     f" · CLIP {_fmt(res.clip_score, 1)}<br>")
+                     f" · CLIP {_fmt(res.clip_score, 1)}"
+                     + (f" · layout IoU {_fmt(res.layout_iou, 2)}" if res.layout_iou is not None else "") + "<br>")
     if res.prompt:
         parts.append(f"<span class='muted'>{_esc(res.prompt)}</span><br>")
     if d is not None:

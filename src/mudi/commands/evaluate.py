@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- which runs: (label, images dir) to evaluate, and finished evaluations to load
     taken: set[str] = set()
+    taken_order: list[str] = []
     to_eval: list[tuple[str, Path, bool]] = []  # (label, dir, primary?)
     loaded: list[RunData] = []
     for spec in args.images:
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         if label in taken:
             raise MudiError(f"run label {label!r} is used twice; name runs with LABEL=DIR.")
         taken.add(label)
+        taken_order.append(label)
         to_eval.append((label, path, True))
     for spec in args.compare:
         label, path = _split_label(spec)
@@ -192,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         if label in taken:
             raise MudiError(f"run label {label!r} is used twice; name runs with LABEL=PATH.")
         taken.add(label)
+        taken_order.append(label)
         if (path / "scores.json").exists():
             loaded.append(RunData.load(path, label))
         elif path.is_dir():
@@ -264,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
             evaluations.append((ev, dest, is_primary))
 
     # ---- comparison
-    runs = [RunData.from_evaluation(ev, dest) for ev, dest, _ in evaluations] + loaded
+    order = {label: i for i, label in enumerate(taken_order)}  # runs in the order they were given
+    runs = sorted([RunData.from_evaluation(ev, dest) for ev, dest, _ in evaluations] + loaded,
+                  key=lambda r: order[r.label])
     comp = compare_runs(runs) if len(runs) > 1 else None
     links = None
     if comp is not None:
