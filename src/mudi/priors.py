@@ -98,7 +98,7 @@ class ClassSet:
         """
         out: dict[str, list[SegmentedPhoto]] = {}
         for s in subject_set:
-            imgs = self.photos.get(s.cls) or self.photos.get(self.classes.get(s.key, ""), [])
+            imgs = self.photos.get(s.cls, [])
             if not imgs:
                 where = f"{self.root}: " if self.root else ""
                 have = ", ".join(f"{c} ({len(v)})" for c, v in self.photos.items()) or "none"
