@@ -236,11 +236,12 @@ class SubjectSet:
             ident, klass = split_phrase(phrase, f"{meta}:{lineno}: ")
             subjects[str(key)] = Subject(str(key), ident, klass)
         root_res = root.resolve()
+        seen_photos: dict[Path, int] = {}
         for lineno, rec in records[1:]:
             if not isinstance(rec, dict):
                 raise MudiError(f"{meta}:{lineno}: expected a JSON object.")
             key = rec.get("id")
-            if key not in subjects:
+            if not isinstance(key, str) or key not in subjects:
                 raise MudiError(
                     f"{meta}:{lineno}: subject id {key!r} is not declared on line 1 "
                     f"(declared: {', '.join(subjects)})."
@@ -249,8 +250,17 @@ class SubjectSet:
             if not isinstance(fname, str) or not fname:
                 raise MudiError(f"{meta}:{lineno}: missing \"file_name\".")
             img_path = _inside(root, root_res, fname, meta, lineno)
+            resolved = img_path.resolve()
+            if resolved in seen_photos:
+                raise MudiError(
+                    f"{meta}:{lineno}: photo {fname!r} is listed twice (also on line {seen_photos[resolved]}); "
+                    "list each photo once, under one subject."
+                )
+            seen_photos[resolved] = lineno
             mask_path = None
             if rec.get("mask_path"):
+                if not isinstance(rec["mask_path"], str):
+                    raise MudiError(f"{meta}:{lineno}: \"mask_path\" must be a string (a file name).")
                 mask_path = _inside(root, root_res, rec["mask_path"], meta, lineno)
             caption = rec.get("text") or f"a photo of a {subjects[key].phrase}"
             if not isinstance(caption, str):
