@@ -498,3 +498,19 @@ def test_from_arrays_checks_mask_shapes():
     s.validate()
     assert s.photos("b")[0].image.shape == (10, 12, 3)
     assert mask_bbox(s.photos("a")[0].mask) == (0, 0, 12, 10)
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: [r[0] | {"mask_path": 5}] + r[1:], "\"mask_path\" must be a string"),
+        (lambda r: [r[0] | {"id": ["a"]}] + r[1:], "not declared"),
+        (lambda r: r + [r[0] | {"id": "b"}], "listed twice"),
+        (lambda r: r + [dict(r[0])], "listed twice"),
+    ],
+)
+def test_malformed_metadata_records(tmp_path, edit, expected):
+    root = _make_set(tmp_path / "s", records=_records_edit(edit))
+    with pytest.raises(MudiError) as exc:
+        SubjectSet.load(root)
+    assert expected in str(exc.value) and "metadata.jsonl:" in str(exc.value)
