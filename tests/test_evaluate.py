@@ -238,6 +238,10 @@ def test_folder_subject_mismatch_is_a_clear_error(sset, tmp_path):
     g2 = write_generation(tmp_path / "g2", [GOOD], phrases=["sks red block", "hta blue block"])
     with pytest.raises(MudiError, match="sks red block"):
         collect_folder(g2, sset)
+    # same keys and identifiers, other classes: the wrong subject set
+    g3 = write_generation(tmp_path / "g3", [GOOD], phrases=["olis red monster plush", "hta blue block"])
+    with pytest.raises(MudiError, match="olis red monster plush"):
+        collect_folder(g3, sset)
 
 
 def test_layout_iou_from_sidecar(sset, tmp_path):
@@ -452,6 +456,7 @@ def test_cli_errors(tiny_models, saved_set, tmp_path, capsys):
     wrong = write_generation(tmp_path / "wrong", [GOOD], subjects=("a", "x"), phrases=["olis red block", "sks dog"])
     assert _cli("evaluate", "--images", wrong, *common, "--out", tmp_path / "o3") == 2
     assert "not in the subject set" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()  # nothing created before the inputs are known to be right
     assert _cli("evaluate", "--out", tmp_path / "o4") == 2
     assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o2", "--prompt", PROMPT) == 2
     assert "already has content" in capsys.readouterr().err

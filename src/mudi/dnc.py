@@ -15,6 +15,9 @@ way:
 - count rule: if m ≠ K the score is 0 and the image is a *count error* ("missing" if m < K,
   "duplicate" if m > K) — :func:`detect_and_compare`.
 
+D&C is 1 for a perfect match; it is not clipped, so an image whose boxes look like the wrong
+subjects can score below 0 (below a count error), which is faithful to the formula.
+
 Crops are cut from the image and padded with white to a square (:func:`crop_box`) before they
 are embedded; reference photos are embedded whole.
 

@@ -394,11 +394,11 @@ def collect_folder(images_dir: str | Path, subject_set, *, prompt: str | None = 
             if isinstance(phrases, list) and meta.get("subjects") and len(phrases) == len(keys):
                 for key, ph in zip(keys, phrases):
                     subj = subject_set.subject(key)
-                    if isinstance(ph, str) and ph.split()[:1] != [subj.identifier]:
+                    if isinstance(ph, str) and " ".join(ph.lower().split()) != " ".join(subj.phrase.lower().split()):
                         raise MudiError(
                             f"{side}: subject {key!r} is {ph!r} in the sidecar but {subj.phrase!r} in the subject "
                             f"set {subject_set.root or '(in memory)'}. Pass the subject set the images were "
-                            f"generated with (sidecar says: {meta.get('subject_set')})."
+                            "generated with" + (f" (sidecar says: {meta['subject_set']})." if meta.get("subject_set") else ".")
                         )
         except MudiError as exc:
             problems.append(str(exc))

@@ -50,35 +50,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--images", action="append", default=[], metavar="[LABEL=]DIR",
                    help="folder of generated images (NNNN.png + NNNN.json sidecars from `mudi generate`); "
                         "repeat to evaluate several runs side by side")
-    g.add_argument("--subjects", type=Path, help="the subject-set folder the images personalize")
+    g.add_argument("--subjects", type=Path, metavar="DIR", help="the subject-set folder the images personalize")
     g.add_argument("--compare", nargs="+", default=[], metavar="[LABEL=]RUN",
                    help="more runs to put side by side: `mudi evaluate` output folders (read as they are) "
                         "or image folders (evaluated here with the same models)")
-    g.add_argument("--prompt", help="prompt of images that have no sidecar JSON (its identifiers say which "
+    g.add_argument("--prompt", metavar="P", help="prompt of images that have no sidecar JSON (its identifiers say which "
                                     "subjects the images show)")
-    g.add_argument("--subject-keys", help="comma-separated subject keys (or identifiers) shown in images "
+    g.add_argument("--subject-keys", metavar="KEYS", help="comma-separated subject keys (or identifiers) shown in images "
                                           "without a sidecar, e.g. a,b (default: identifiers in --prompt)")
-    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--out", type=Path, required=True, metavar="OUT",
+                   help="output folder (one run: its scores and report; several: one subfolder per run "
+                        "plus comparison.csv/json/png and report.html)")
     g.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
 
     m = p.add_argument_group("models")
-    m.add_argument("--detector", default=None, help="OWLv2 model folder or hub id "
+    m.add_argument("--detector", default=None, metavar="M", help="OWLv2 model folder or hub id "
                                                     "(default google/owlv2-base-patch16-ensemble)")
-    m.add_argument("--embedder", default="dinov2",
+    m.add_argument("--embedder", default="dinov2", metavar="dinov2|dreamsim|M",
                    help="dinov2 (facebook/dinov2-base, D&C-DINO), dreamsim (D&C-DS, optional extra) or a DINOv2 "
                         "model folder / hub id (default dinov2)")
-    m.add_argument("--clip", default=None, help="CLIP model folder or hub id for the CLIP score "
+    m.add_argument("--clip", default=None, metavar="M|none", help="CLIP model folder or hub id for the CLIP score "
                                                 "(default openai/clip-vit-large-patch14); 'none' to skip")
     m.add_argument("--image-reward", action="store_true", help="also compute ImageReward (needs the optional "
                                                                 "image-reward package)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, … (default: cuda if available)")
-    m.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per batch "
+    m.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help=f"images per batch "
                                                                              f"(default {DEFAULT_BATCH_SIZE})")
 
     s = p.add_argument_group("metric")
-    s.add_argument("--threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD,
+    s.add_argument("--threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD, metavar="T",
                    help=f"detection score threshold (default {DEFAULT_DETECTION_THRESHOLD}, as in the paper)")
-    s.add_argument("--success-threshold", type=float, default=DEFAULT_SUCCESS_THRESHOLD,
+    s.add_argument("--success-threshold", type=float, default=DEFAULT_SUCCESS_THRESHOLD, metavar="X",
                    help=f"minimum D&C of a successful image (default {DEFAULT_SUCCESS_THRESHOLD})")
     s.add_argument("--norm", choices=NORMS, default="fro", help="matrix norm of D&C (default fro = Frobenius)")
     s.add_argument("--nms", default="0.5", metavar="IOU|none",
@@ -207,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         raise MudiError("--compare alone needs at least two runs to put side by side.")
     primary = [r for r in to_eval if r[2]]
     single = len(primary) == 1
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, what="evaluation")
+    if args.out.exists() and not args.overwrite:
+        prepare_output_dir(args.out, overwrite=False, what="evaluation")  # refuses a non-empty folder early
 
     # ---- validate every folder against the subject set before loading any model
     evaluations = []
@@ -221,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         items = {label: collect_folder(path, sset, prompt=args.prompt, subject_keys=keys)
                  for label, path, _ in to_eval}
         queries = _queries(args.query, sset)
-
+    out = prepare_output_dir(args.out, overwrite=args.overwrite, what="evaluation")
+    if to_eval:
         # ---- models
         from mudi.detect import Owlv2Detector
         from mudi.embed import ReferenceEmbeddings, make_embedder
