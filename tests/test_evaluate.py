@@ -124,6 +124,10 @@ def test_evaluate_images_logic(sset):
     assert s["n_scored"] == 4 and s["success_rate"] == 0.25 and s["count_error_rate"] == 0.5
     assert s["n_missing"] == 1 and s["n_duplicate"] == 1
     assert s["dnc_mean"] == pytest.approx(np.mean([r.dnc.score for r in ev.results]), abs=1e-6)
+    assert s["success_rate_sem"] == pytest.approx(np.sqrt(0.25 * 0.75 / 4), abs=1e-6)
+    # per subject: b's box in TWICE is red, so b's "other" similarity is pulled up
+    assert s["per_subject"]["a"]["n"] == 2 and s["per_subject"]["a"]["own"] == pytest.approx(1.0, abs=0.01)
+    assert s["per_subject"]["b"]["other"] > s["per_subject"]["b"]["gt_other"] + 0.5
     # the detector is asked for every subject's class at once, with the paper's threshold
     assert det.calls == [(4, ("red block", "blue block"), 0.4)]
 
@@ -160,6 +164,20 @@ def test_per_k_and_subject_keys(sset):
     assert set(ev.summary["per_k"]) == {"1", "2", "3"}
     assert ev.summary["per_k"]["3"]["success_rate"] == 1.0
     assert ev.results[1].clip_score is None  # no prompt, no CLIP
+
+
+def test_masked_reference_mode(sset):
+    from mudi.embed import ReferenceEmbeddings, masked_reference
+
+    p = sset.photos("a")[0]
+    ref = masked_reference(p.image, p.mask)
+    assert ref.size[0] == ref.size[1] == max(p.bbox[2] - p.bbox[0], p.bbox[3] - p.bbox[1])
+    emb = MeanColourEmbedder()
+    refs = ReferenceEmbeddings(sset, emb, mode="masked")
+    assert refs.get("a").shape == (5, 3) and refs["a"] is refs.get("a") and emb.calls == [5]
+    assert refs.ground_truth(["a", "b"]).shape == (2, 2) and emb.calls == [5, 5]
+    with pytest.raises(MudiError):
+        ReferenceEmbeddings(sset, emb, mode="cropped")
 
 
 def test_success_threshold_and_norm_are_configurable(sset):

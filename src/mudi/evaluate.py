@@ -643,6 +643,7 @@ def _group_summary(rs: Sequence[ImageResult]) -> dict:
     clip = _stats([r.clip_score for r in scored if r.clip_score is not None])
     ir = _stats([r.image_reward for r in scored if r.image_reward is not None])
     frac = (lambda c: round(c / n, 6) if n else None)
+    p_succ = sum(1 for r in scored if r.success) / n if n else 0.0
     return {
         "n_images": len(rs),
         "n_scored": n,
@@ -652,6 +653,7 @@ def _group_summary(rs: Sequence[ImageResult]) -> dict:
         "dnc_sem": dnc["sem"],
         "dnc_mean_count_ok": _stats([r.dnc.score for r in ok])["mean"],
         "success_rate": frac(sum(1 for r in scored if r.success)),
+        "success_rate_sem": round(math.sqrt(p_succ * (1 - p_succ) / n), 6) if n else None,
         "n_success": sum(1 for r in scored if r.success),
         "count_error_rate": frac(n - len(ok)),
         "n_missing": sum(1 for r in scored if r.dnc.count_error == "missing"),
@@ -662,6 +664,29 @@ def _group_summary(rs: Sequence[ImageResult]) -> dict:
         "clip_score_std": clip["std"],
         "image_reward_mean": ir["mean"],
     }
+
+
+def _per_subject(results: Sequence[ImageResult]) -> dict:
+    """Per subject, over right-count images: mean similarity of its matched box to its own
+    references (``own``, compare with ``gt_self`` = S_GT[k, k]) and to the most similar *other*
+    subject (``other``, compare with ``gt_other``). A subject whose ``other`` is high is being
+    mixed with (or replaced by) another one."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        d = r.dnc
+        if d is None or d.s_dc is None:
+            continue
+        for k, key in enumerate(r.subjects):
+            row, gt = d.s_dc[k], d.s_gt[k]
+            others = [j for j in range(len(r.subjects)) if j != k]
+            acc[key]["own"].append(float(row[k]))
+            acc[key]["gt_self"].append(float(gt[k]))
+            if others:
+                acc[key]["other"].append(float(max(row[j] for j in others)))
+                acc[key]["gt_other"].append(float(max(gt[j] for j in others)))
+    return {key: {"n": len(v["own"]), **{name: (round(float(np.mean(vals)), 4) if vals else None)
+                                         for name, vals in ((n_, v[n_]) for n_ in ("own", "gt_self", "other", "gt_other"))}}
+            for key, v in sorted(acc.items())}
 
 
 def summarize(results: Sequence[ImageResult], success_threshold: float = DEFAULT_SUCCESS_THRESHOLD) -> dict:
@@ -686,6 +711,7 @@ def summarize(results: Sequence[ImageResult], success_threshold: float = DEFAULT
     out["per_prompt"] = {p: {key: g[key] for key in ("n_scored", "dnc_mean", "success_rate", "count_error_rate",
                                                       "clip_score_mean")}
                          for p, g in ((p, _group_summary(v)) for p, v in by_prompt.items())}
+    out["per_subject"] = _per_subject(results)
     out["errors"] = [{"name": r.name, "error": r.error} for r in results if r.error]
     return out
 

@@ -235,6 +235,15 @@ def _group_table(groups: dict, first: str) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _per_subject_table(per: dict, phrases: dict[str, str]) -> str:
+    head = ("<tr><th class='l'>subject</th><th>n</th><th>own</th><th>S_GT self</th><th>other</th>"
+            "<th>S_GT other</th></tr>")
+    rows = "".join(f"<tr><td class='l'>{_esc(phrases.get(k, k))}</td><td>{v.get('n')}</td><td>{_fmt(v.get('own'))}</td>"
+                   f"<td>{_fmt(v.get('gt_self'))}</td><td>{_fmt(v.get('other'))}</td><td>{_fmt(v.get('gt_other'))}</td></tr>"
+                   for k, v in per.items())
+    return f"<table>{head}{rows}</table>"
+
+
 def _settings_table(settings: dict) -> str:
     rows = "".join(f'<tr><th class="l">{_esc(k)}</th><td class="l">{_esc(v)}</td></tr>' for k, v in settings.items())
     return f"<table>{rows}</table>"
@@ -349,6 +358,11 @@ def render_run_report(ev: "Evaluation", *, comparison: "Comparison | None" = Non
         body.append("<h2>Per number of subjects</h2>" + _group_table({f"k={k}": g for k, g in s["per_k"].items()}, "k"))
     if len(s.get("per_subjects") or {}) > 1:
         body.append("<h2>Per subject combination</h2>" + _group_table(s["per_subjects"], "subjects"))
+    if s.get("per_subject"):
+        body.append("<h2>Per subject</h2><p class='muted'>Over right-count images: similarity of each subject's "
+                    "matched box to its own references (compare with S_GT[k,k]) and to the most similar other "
+                    "subject (compare with the S_GT off-diagonal). A high <i>other</i> means this subject is mixed "
+                    "with or replaced by another.</p>" + _per_subject_table(s["per_subject"], phrases))
     if s.get("per_prompt"):
         body.append("<h2>Per prompt</h2>" + _group_table(s["per_prompt"], "prompt (identifiers removed)"))
     body.append("<h2>Images</h2>")
