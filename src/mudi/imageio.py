@@ -34,6 +34,8 @@ def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as exc:
+        raise MudiError(f"{path}: the image is too large to open safely ({exc}). Downscale it.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise MudiError(
             f"{path}: not a readable image ({exc.__class__.__name__}: {exc}). "
@@ -100,10 +102,13 @@ def load_mask(path: str | Path, size: tuple[int, int] | None = None, *, allow_em
     except Exception:
         pass
     img = _to_8bit(img)
-    if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
-        arr = np.asarray(img.getchannel("A"))
-    else:
-        arr = np.asarray(img.convert("L"))
+    try:
+        if img.mode in ("RGBA", "LA") and np.asarray(img.getchannel("A")).min() < 255:
+            arr = np.asarray(img.getchannel("A"))
+        else:
+            arr = np.asarray(img.convert("L"))
+    except ValueError as exc:
+        raise MudiError(f"{path}: cannot read this mask ({exc}). Save it as an 8-bit grayscale PNG.") from None
     if size is not None and (arr.shape[1], arr.shape[0]) != tuple(size):
         raise MudiError(
             f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its photo is {size[0]}x{size[1]}. "
