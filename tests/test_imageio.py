@@ -514,3 +514,29 @@ def test_malformed_metadata_records(tmp_path, edit, expected):
     with pytest.raises(MudiError) as exc:
         SubjectSet.load(root)
     assert expected in str(exc.value) and "metadata.jsonl:" in str(exc.value)
+
+
+def test_lab_photo_loads_and_lab_mask_is_a_clear_error(tmp_path):
+    p = tmp_path / "lab.tif"
+    Image.new("LAB", (8, 8)).save(p)
+    _assert_rgb8(load_rgb(p), (8, 8))
+    with pytest.raises(MudiError) as exc:  # PIL cannot turn LAB into a grey mask
+        load_mask(p, (8, 8))
+    assert str(p) in str(exc.value) and "LAB" in str(exc.value)
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    p = tmp_path / "huge.png"
+    Image.new("RGB", (100, 100)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 px > 2 x limit: PIL refuses
+    with pytest.raises(MudiError) as exc:
+        load_rgb(p)
+    assert str(p) in str(exc.value) and "too large" in str(exc.value)
+
+
+@pytest.mark.parametrize("mode", ["YCbCr", "RGBX", "I", "I;16B"])
+def test_more_modes_load(tmp_path, mode):
+    p = tmp_path / "m.tif"
+    Image.new(mode, (8, 6)).save(p)
+    _assert_rgb8(load_rgb(p), (8, 6))
+    assert load_mask(p, (8, 6), allow_empty=True).shape == (6, 8)
