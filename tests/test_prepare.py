@@ -721,6 +721,8 @@ def test_cli_refuses_nonempty_out_unless_overwrite(photos, capsys):
     (root / "afile").write_text("x")
     rc, _, stderr = _run(["prepare", *_subjects(root), "--out", str(root / "afile")], capsys)
     assert rc == 2 and "is a file" in stderr
+    rc, _, stderr = _run(["prepare", *_subjects(root), "--out", str(root / "afile" / "sub")], capsys)
+    assert rc == 2 and "is a file" in stderr
 
 
 def _copy_set(src: Path, dst: Path) -> Path:

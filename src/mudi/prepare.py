@@ -615,6 +615,11 @@ def check_output_dir(out: Path, *, overwrite: bool) -> None:
             f"{out}: the output folder already has content. Choose another --out, "
             "or pass --overwrite to write into it anyway."
         )
+    anchor = out.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise MudiError(f"{out}: cannot create the output folder, {anchor} is a file.")
 
 
 @contextmanager
@@ -629,7 +634,10 @@ def staged_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]
     anchor = out.parent
     while not anchor.exists():
         anchor = anchor.parent
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=anchor))
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=anchor))
+    except OSError as exc:
+        raise MudiError(f"{out}: cannot write there ({exc.strerror or exc}). Choose another --out.") from None
     try:
         yield stage
         check_output_dir(out, overwrite=overwrite)  # nobody wrote there meanwhile
