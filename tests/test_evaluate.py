@@ -480,3 +480,24 @@ def test_cli_errors(tiny_models, saved_set, tmp_path, capsys):
     assert "already has content" in capsys.readouterr().err
     assert _cli("evaluate", "--images", plain, *common, "--out", tmp_path / "o5", "--prompt", PROMPT,
                 "--success-threshold", "3") == 2
+
+
+def test_cli_on_mudi_generate_output(tiny_models, saved_set, tmp_path):
+    """`mudi generate` on the tiny SD pipeline, then `mudi evaluate` over exactly that folder."""
+    from mudi.cli import main
+
+    G, E = tmp_path / "G", tmp_path / "E"
+    assert main(["generate", "--base", str(tiny_models / "sd"), "--subjects", str(saved_set), "--prompt", PROMPT,
+                 "--n", "2", "--steps", "2", "--no-progress", "--resolution", "64", "--out", str(G)]) == 0
+    assert (G / "contact_sheet.png").is_file() and (G / "0001.json").is_file()
+    rc = _cli("evaluate", "--images", G, "--subjects", saved_set, "--detector", tiny_models / "owlv2",
+              "--embedder", tiny_models / "dinov2", "--clip", tiny_models / "clip", "--out", E,
+              "--threshold", "0.05", "--device", "cpu")
+    assert rc == 0
+    per = json.loads((E / "per_image.json").read_text())
+    assert [p["name"] for p in per] == ["0000", "0001"]  # contact sheet and init images are not evaluated
+    assert all(p["error"] is None and p["subjects"] == ["a", "b"] and p["seed"] is not None for p in per)
+    assert all(p["fidelity_prompt"] == "a red block and a blue block on a table" for p in per)
+    s = json.loads((E / "scores.json").read_text())["summary"]
+    assert s["n_scored"] == 2 and s["clip_score_mean"] is not None
+    assert (E / "report.html").stat().st_size > 1000
