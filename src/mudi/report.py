@@ -254,7 +254,9 @@ def comparison_table_html(comp: "Comparison") -> str:
     head = "<tr><th class='l'>run</th><th>images</th><th>mean D&amp;C</th><th>± s.e.m.</th><th>success</th>"
     if len(ks) > 1:
         head += "".join(f"<th>success k={k}</th>" for k in ks)
-    head += "<th>count errors</th><th>identities OK</th><th>CLIP</th></tr>"
+    with_layout = any(r.get("layout_iou_mean") is not None for r in comp.table)
+    head += "<th>count errors</th><th>identities OK</th>" + ("<th>layout IoU</th>" if with_layout else "")
+    head += "<th>CLIP</th></tr>"
     best_dnc = max((r.get("dnc_mean") or -1) for r in comp.table)
     rows = []
     for r in comp.table:
@@ -264,8 +266,10 @@ def comparison_table_html(comp: "Comparison") -> str:
                  f"<td>{_pct(r.get('success_rate'))}</td>"]
         if len(ks) > 1:
             cells += [f"<td>{_pct(r.get(f'success_rate_k{k}'))}</td>" for k in ks]
-        cells += [f"<td>{_pct(r.get('count_error_rate'))}</td>", f"<td>{_pct(r.get('identities_ok_rate'))}</td>",
-                  f"<td>{_fmt(r.get('clip_score_mean'))}</td>"]
+        cells += [f"<td>{_pct(r.get('count_error_rate'))}</td>", f"<td>{_pct(r.get('identities_ok_rate'))}</td>"]
+        if with_layout:
+            cells.append(f"<td>{_fmt(r.get('layout_iou_mean'))}</td>")
+        cells.append(f"<td>{_fmt(r.get('clip_score_mean'))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = f"<table>{head}{''.join(rows)}</table>"
     labels = [r["label"] for r in comp.table]

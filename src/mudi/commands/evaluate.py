@@ -199,6 +199,10 @@ def run(args: argparse.Namespace) -> int:
         taken_order.append(label)
         if (path / "scores.json").exists():
             loaded.append(RunData.load(path, label))
+        elif (path / "comparison.json").exists():
+            subs = sorted(p.name for p in path.iterdir() if (p / "scores.json").exists())
+            raise MudiError(f"--compare {spec}: {path} is a comparison of several runs; pass its run folders "
+                            f"instead ({', '.join(subs) or 'none found'}).")
         elif path.is_dir():
             to_eval.append((label, path, False))
         else:
