@@ -245,6 +245,16 @@ def test_grabcut_finds_a_square_on_a_plain_background():
     assert not mask[:20].any() and not mask[:, :30].any()  # nothing outside the box
 
 
+def test_grabcut_is_deterministic(data_dir):
+    from mudi.segment import GrabCutSegmenter
+
+    image = _small(data_dir / "subjects" / "dog6_and_dog2" / "a00.jpg", 128)
+    seg = GrabCutSegmenter()
+    first = seg.segment(image, (10, 10, 110, 120))
+    for _ in range(3):
+        assert np.array_equal(seg.segment(image, (10, 10, 110, 120)), first)
+
+
 def test_grabcut_downscales_large_photos_and_returns_full_size_masks():
     from mudi.segment import GrabCutSegmenter
 

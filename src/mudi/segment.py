@@ -90,14 +90,16 @@ class GrabCutSegmenter:
         iterations: GrabCut iterations.
         max_side: photos larger than this are segmented at this size and the mask is scaled
             back (GrabCut is slow on large images).
+        seed: OpenCV RNG seed set before every call, so a photo always gets the same mask.
     """
 
     label = "GrabCut (weight-free fallback, not SAM)"
     name = "grabcut"
 
-    def __init__(self, iterations: int = 5, max_side: int = 512):
+    def __init__(self, iterations: int = 5, max_side: int = 512, seed: int = 0):
         self.iterations = int(iterations)
         self.max_side = int(max_side)
+        self.seed = int(seed)
 
     def segment(self, image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
         """Bool mask (H, W) of the object in ``box``: GrabCut's (probable) foreground."""
@@ -131,6 +133,7 @@ class GrabCutSegmenter:
         mask = np.zeros(bgr.shape[:2], np.uint8)
         bgd = np.zeros((1, 65), np.float64)
         fgd = np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(self.seed)  # GrabCut's k-means initialisation draws from OpenCV's global RNG
         try:
             cv2.grabCut(bgr, mask, rect, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_RECT)
         except cv2.error:
