@@ -1,0 +1,58 @@
+"""The toy world: procedural shapes, an in-house base model, a toy detector and embedder.
+
+Public API (used by ``mudi demo``):
+
+- :func:`make_subject_set` -- write the two similar toy subjects ("olis circle": a striped
+  yellow circle, "hta circle": a dotted yellow circle) as a subject-set folder.
+- :func:`base_model_path` -- the shipped base model (a diffusers StableDiffusionPipeline
+  folder, 64 x 64 px).
+- :class:`ToyDetector`, :class:`ToyEmbedder` -- drop-in replacements for OWLv2 / DINOv2 on
+  toy images (:mod:`mudi.protocols`).
+- :data:`DEMO_PROMPTS` -- prompts for the demo; :data:`SUBJECTS`, :data:`CLASSES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mudi.errors import MudiError
+from mudi.toy.subject_set import make_subject_set
+from mudi.toy.vision import ToyDetector, ToyEmbedder, class_word
+from mudi.toy.world import CLASSES, SUBJECTS
+
+#: Prompts for generating both demo subjects together (identifier + class, toy grammar).
+DEMO_PROMPTS: tuple[str, ...] = (
+    "a photo of a olis circle and a hta circle on grass",
+    "a photo of a olis circle and a hta circle, simple background",
+    "a photo of a olis circle and a hta circle on water",
+    "a photo of a olis circle and a hta circle on wood",
+)
+#: Prompt for class-prior images (prior preservation) of the demo class.
+PRIOR_PROMPT = "a photo of a circle, simple background"
+#: Sampling settings that work for the base model.
+SAMPLING = {"height": 64, "width": 64, "num_inference_steps": 20, "guidance_scale": 4.0}
+
+
+def base_model_path() -> Path:
+    """Folder of the shipped toy base model (StableDiffusionPipeline format)."""
+    path = Path(__file__).resolve().parent.parent / "assets" / "toy_base"
+    if not (path / "model_index.json").is_file():
+        raise MudiError(
+            f"{path}: the toy base model is missing (no model_index.json). Reinstall mudi, or "
+            "train it with `python -m mudi.toy.train --export <folder>`."
+        )
+    return path
+
+
+__all__ = [
+    "CLASSES",
+    "DEMO_PROMPTS",
+    "PRIOR_PROMPT",
+    "SAMPLING",
+    "SUBJECTS",
+    "ToyDetector",
+    "ToyEmbedder",
+    "base_model_path",
+    "class_word",
+    "make_subject_set",
+]

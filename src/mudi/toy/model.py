@@ -1,0 +1,118 @@
+"""Architecture of the toy base model: a small Stable Diffusion (v1-style) pipeline.
+
+64x64 RGB images, a scale-factor-4 VAE (16x16x4 latents), a small cross-attention UNet with
+standard diffusers attention (to_q/to_k/to_v/to_out.0, so LoRA targets work unchanged) and a
+small CLIP text encoder over the real CLIP BPE vocabulary. Everything is built from config
+objects here; weights come from :mod:`mudi.toy.train`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+RESOLUTION = 64
+LATENT_CHANNELS = 4
+TEXT_DIM = 128
+MAX_TOKENS = 77
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    """Sizes of the three networks (defaults: the shipped model)."""
+
+    vae_channels: tuple[int, ...] = (16, 32, 64)
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_attention_heads: tuple[int, ...] = (1, 2, 4)
+    text_dim: int = TEXT_DIM
+    text_layers: int = 3
+    text_heads: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_vae(cfg: ToyModelConfig = ToyModelConfig(), scaling_factor: float = 1.0):
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=tuple(cfg.vae_channels),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=16,
+        sample_size=RESOLUTION,
+        scaling_factor=scaling_factor,
+        force_upcast=False,
+    )
+
+
+def build_unet(cfg: ToyModelConfig = ToyModelConfig()):
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_channels)
+    factor = 2 ** (len(cfg.vae_channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=RESOLUTION // factor,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=tuple(cfg.unet_channels),
+        layers_per_block=1,
+        transformer_layers_per_block=1,
+        attention_head_dim=tuple(cfg.unet_attention_heads),
+        cross_attention_dim=cfg.text_dim,
+        norm_num_groups=16,
+    )
+
+
+def build_text_encoder(cfg: ToyModelConfig = ToyModelConfig()):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mudi.tiny import CLIP_VOCAB_SIZE
+
+    conf = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=cfg.text_dim,
+        intermediate_size=cfg.text_dim * 4,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=cfg.text_dim,
+        hidden_act="quick_gelu",
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    return CLIPTextModel(conf)
+
+
+def build_tokenizer():
+    from mudi.tiny import clip_tokenizer
+
+    return clip_tokenizer(MAX_TOKENS)
+
+
+def training_scheduler():
+    """The DDPM noise schedule used in training (Stable Diffusion v1's)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="epsilon",
+    )
+
+
+def sampling_scheduler():
+    """The scheduler saved with the pipeline (same betas, fast multistep sampler)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(training_scheduler().config)

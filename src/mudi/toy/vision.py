@@ -1,0 +1,235 @@
+"""A toy detector and embedder for toy-world images (classical image processing, no weights).
+
+Why classical: toy scenes are flat-coloured shapes on a few textured backgrounds, so a
+background colour model + connected components finds the objects, template matching names
+their shape, and a Fourier texture descriptor tells the markings apart. This needs no
+training, no download and no randomness, runs in milliseconds, and it degrades gracefully
+on the base model's slightly blurry samples (it is checked on both, see tests/test_toy.py).
+
+- :class:`ToyDetector` implements :class:`mudi.protocols.Detector`. A query's class word
+  (the last word of the query that is one of :data:`mudi.toy.world.CLASSES`, e.g.
+  "olis circle" -> circle) decides what it matches; the score is the IoU between the found
+  blob and the best-fitting template of that class.
+- :class:`ToyEmbedder` implements :class:`mudi.protocols.Embedder`: it isolates the main
+  object of an image (a reference photo or a white-padded crop) and describes its colour,
+  shape and markings (a translation-invariant Fourier magnitude of the marking pattern inside
+  the object box). Features are centred on the mean of 80 random toy objects so that cosine
+  similarity is informative (same subject ~ 0.9, same class but other markings clearly lower).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from mudi.protocols import Detection
+from mudi.toy import world
+
+WORK_RES = 64  # images are analysed at 64 x 64
+
+
+def _as_array(img: Image.Image) -> np.ndarray:
+    im = img.convert("RGB")
+    if im.size != (WORK_RES, WORK_RES):
+        im = im.resize((WORK_RES, WORK_RES), Image.BILINEAR)
+    return np.asarray(im, dtype=np.float32)
+
+
+def foreground_mask(arr: np.ndarray, border: int = 3, thresh: float = 4.0) -> np.ndarray:
+    """Pixels unlike the image border (a robust per-image background colour model).
+
+    The border ring's colours are modelled by their median and a robust covariance; pixels
+    whose Mahalanobis distance exceeds `thresh` are foreground. Holes are filled and a small
+    closing bridges thin markings that happen to match the background.
+    """
+    h, w, _ = arr.shape
+    ring = np.concatenate(
+        [arr[:border].reshape(-1, 3), arr[-border:].reshape(-1, 3),
+         arr[:, :border].reshape(-1, 3), arr[:, -border:].reshape(-1, 3)]
+    )
+    med = np.median(ring, axis=0)
+    d = ring - med
+    dist0 = np.sqrt((d * d).sum(1))
+    core = ring[dist0 <= np.percentile(dist0, 70)]  # objects touching the border are outliers
+    mu = core.mean(0)
+    cov = np.cov((core - mu).T) + np.eye(3) * 16.0  # floor: at least ~4 levels of noise
+    inv = np.linalg.inv(cov)
+    x = arr.reshape(-1, 3) - mu
+    maha = np.sqrt(np.einsum("ij,jk,ik->i", x, inv, x)).reshape(h, w)
+    fg = maha > thresh
+    fg = ndimage.binary_opening(fg, np.ones((2, 2), bool))
+    fg = ndimage.binary_closing(fg, np.ones((3, 3), bool))
+    fg = ndimage.binary_fill_holes(fg)
+    return fg
+
+
+@lru_cache(maxsize=None)
+def _template(shape: str) -> np.ndarray:
+    """Canonical boolean mask of `shape`, cropped to its own bounding box (float 0/1)."""
+    res = 128
+    obj = world.ToyObject(shape, "red", "plain", res / 2, res / 2, res * 0.9)
+    s = (np.arange(res, dtype=np.float32) + 0.5)
+    ys, xs = np.meshgrid(s, s, indexing="ij")
+    m = world._shape_mask(obj, xs, ys)
+    rows, cols = np.where(m)
+    return m[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].astype(np.float32)
+
+
+def _fit_template(shape: str, h: int, w: int) -> np.ndarray:
+    t = Image.fromarray((_template(shape) * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    return np.asarray(t) >= 128
+
+
+def shape_scores(blob: np.ndarray) -> dict[str, float]:
+    """IoU of a cropped blob (bool, tight box) with each class template stretched to its box."""
+    h, w = blob.shape
+    out = {}
+    for c in world.CLASSES:
+        t = _fit_template(c, h, w)
+        inter = np.logical_and(t, blob).sum()
+        union = np.logical_or(t, blob).sum()
+        out[c] = float(inter / max(union, 1))
+    return out
+
+
+def class_word(query: str) -> str | None:
+    """The class word of a query phrase: its last word that is a toy class (or None)."""
+    words = [w.strip(".,;:!?").lower() for w in query.split()]
+    for w in reversed(words):
+        for c in world.CLASSES:
+            if w in (c, c + "s"):
+                return c
+    return None
+
+
+def find_objects(arr: np.ndarray, min_area: int = 24) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Connected foreground blobs: (x0, y0, x1, y1) box (exclusive end) and the blob crop."""
+    fg = foreground_mask(arr)
+    lab, n = ndimage.label(fg)
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        blob = lab[sl] == i
+        if blob.sum() < min_area:
+            continue
+        ys, xs = sl
+        out.append(((xs.start, ys.start, xs.stop, ys.stop), blob))
+    return out
+
+
+class ToyDetector:
+    """Open-vocabulary-style detector for the toy world (see module docstring)."""
+
+    def __init__(self, min_area: int = 24):
+        self.min_area = min_area
+
+    def detect(
+        self, images: Sequence[Image.Image], queries: Sequence[str], threshold: float
+    ) -> list[list[Detection]]:
+        """Detections per image for all `queries` at once (score = template IoU >= threshold).
+
+        Each blob is given to the query whose class fits it best; queries sharing a class word
+        (e.g. "olis circle" and "hta circle") share blobs, reported under the first such query.
+        """
+        classes = [class_word(q) for q in queries]
+        results: list[list[Detection]] = []
+        for img in images:
+            sx, sy = img.size[0] / WORK_RES, img.size[1] / WORK_RES
+            arr = _as_array(img)
+            dets: list[Detection] = []
+            for (x0, y0, x1, y1), blob in find_objects(arr, self.min_area):
+                scores = shape_scores(blob)
+                best_q, best_s = -1, -1.0
+                for qi, c in enumerate(classes):
+                    if c is None:
+                        continue
+                    # a blob only answers the query if that class is (nearly) its best fit
+                    if scores[c] >= max(scores.values()) - 0.02 and scores[c] > best_s:
+                        best_q, best_s = qi, scores[c]
+                if best_q >= 0 and best_s >= threshold:
+                    dets.append(Detection((x0 * sx, y0 * sy, x1 * sx, y1 * sy), best_s, best_q))
+            dets.sort(key=lambda d: -d.score)
+            results.append(dets)
+        return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedder
+
+
+def _main_object(arr: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Mask and box of the largest foreground blob (whole image if none)."""
+    objs = find_objects(arr, min_area=12)
+    h, w, _ = arr.shape
+    if not objs:
+        return np.ones((h, w), bool), (0, 0, w, h)
+    (x0, y0, x1, y1), blob = max(objs, key=lambda o: o[1].sum())
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = blob
+    return m, (x0, y0, x1, y1)
+
+
+TEX_RES = 24  # object box is resampled to this for the texture descriptor
+TEX_K = 7  # keep Fourier frequencies 0..TEX_K-1 (cycles per object box)
+
+
+def _features(arr: np.ndarray) -> np.ndarray:
+    mask, (x0, y0, x1, y1) = _main_object(arr)
+    lum = arr @ np.array([0.299, 0.587, 0.114], np.float32)
+    # colour: the object's dominant (median) colour and the share of dark/bright mark pixels
+    px = arr[mask]
+    lpx = lum[mask]
+    base = np.median(px, axis=0) / 255.0
+    dark = float((lpx < 70).mean())
+    bright = float((lpx > 215).mean())
+    # texture: Fourier magnitude of the luminance pattern inside the object box
+    crop = lum[y0:y1, x0:x1].copy()
+    cm = mask[y0:y1, x0:x1]
+    mean_in = crop[cm].mean() if cm.any() else crop.mean()
+    crop[~cm] = mean_in
+    crop = crop - mean_in
+    t = np.asarray(Image.fromarray(crop.astype(np.float32), mode="F").resize((TEX_RES, TEX_RES), Image.BILINEAR))
+    spec = np.abs(np.fft.fft2(t)) / (TEX_RES * TEX_RES)
+    # half plane (|F| of a real image is point-symmetric): ky in 0..K-1, kx in -(K-1)..K-1
+    kx = np.arange(-(TEX_K - 1), TEX_K) % TEX_RES
+    spec = spec[:TEX_K][:, kx]
+    spec[0, TEX_K - 1] = 0.0  # DC
+    tex = np.sqrt(spec).ravel()
+    tex = tex / (np.linalg.norm(tex) + 1e-6)
+    # coarse shape: the blob resampled to 8x8
+    sh = np.asarray(Image.fromarray((cm * 255).astype(np.uint8)).resize((8, 8), Image.BILINEAR), np.float32) / 255.0
+    return np.concatenate([
+        2.0 * base, [2.0 * dark, 2.0 * bright], 3.0 * tex, 0.5 * sh.ravel() / 8.0,
+    ]).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _feature_mean() -> np.ndarray:
+    """Mean feature of 80 random single-object toy photos (fixed seed): the centring vector."""
+    rng = np.random.default_rng(12345)
+    feats = []
+    for _ in range(80):
+        sc = world.sample_scene(rng, 64, n_objects=1)
+        img, _ = world.render_scene(sc)
+        feats.append(_features(img.astype(np.float32)))
+    return np.mean(feats, axis=0).astype(np.float32)
+
+
+class ToyEmbedder:
+    """Identity embedder for toy objects (see module docstring). Deterministic, no weights."""
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One L2-normalised float32 row per image, shape (N, D)."""
+        mu = _feature_mean()
+        rows = []
+        for img in images:
+            f = _features(_as_array(img)) - mu
+            rows.append(f / (np.linalg.norm(f) + 1e-8))
+        if not rows:
+            return np.zeros((0, mu.shape[0]), np.float32)
+        return np.stack(rows).astype(np.float32)

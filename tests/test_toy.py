@@ -1,0 +1,166 @@
+"""Tests of the toy world, its subject set, the toy detector/embedder and the shipped base model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from mudi.protocols import Detector, Embedder
+from mudi.toy import (
+    CLASSES,
+    SUBJECTS,
+    ToyDetector,
+    ToyEmbedder,
+    base_model_path,
+    class_word,
+    make_subject_set,
+)
+from mudi.toy import world
+
+
+def test_world_is_deterministic():
+    a_img, a_cap, _ = world.render_dataset(6, seed=3)
+    b_img, b_cap, _ = world.render_dataset(6, seed=3)
+    c_img, _, _ = world.render_dataset(6, seed=4)
+    assert np.array_equal(a_img, b_img) and a_cap == b_cap
+    assert not np.array_equal(a_img, c_img)
+    assert a_img.shape == (6, 64, 64, 3) and a_img.dtype == np.uint8
+
+
+def test_captions_follow_the_grammar():
+    rng = np.random.default_rng(0)
+    sc = world.Scene(
+        (world.ToyObject("square", "blue", "plain", 45, 30, 20),
+         world.ToyObject("circle", "red", "striped", 15, 30, 20)),
+        "grass", 1,
+    )
+    assert world.caption(sc) == "a photo of a striped red circle and a blue square on grass"
+    sc3 = world.Scene(sc.objects + (world.ToyObject("star", "pink", "dotted", 30, 55, 10),), "white", 1)
+    assert world.caption(sc3) == (
+        "a photo of a striped red circle, a dotted pink star and a blue square, simple background"
+    )
+    for _ in range(20):
+        cap = world.caption(world.sample_scene(rng), rng)
+        assert cap.startswith("a photo of a ") and any(c in cap for c in CLASSES)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masks_are_exact(seed):
+    rng = np.random.default_rng(seed)
+    sc = world.sample_scene(rng, n_objects=2)
+    img, masks = world.render_scene(sc)
+    bg = np.clip(np.rint(world.render_background(sc.background, 64, sc.bg_seed)), 0, 255).astype(np.uint8)
+    union = np.logical_or.reduce(masks)
+    # pixels away from every object are the untouched background
+    far = ~ndimage.binary_dilation(union, structure=np.ones((3, 3), bool))
+    assert np.array_equal(img[far], bg[far])
+    for obj, m in zip(sc.objects, masks):
+        # mask area matches the analytic shape area (coverage >= 0.5 rule) within 6 %
+        r = obj.size / 2
+        area = {"circle": np.pi * r * r, "square": (1.72 * r) ** 2}.get(obj.shape)
+        if area is not None:
+            assert abs(m.sum() - area) / area < 0.06
+        # inside a plain object, fully covered pixels carry exactly the object colour
+        if obj.texture == "plain":
+            inner = ndimage.binary_erosion(m, iterations=1)
+            assert inner.any()
+            assert (img[inner] == np.array(world.COLOURS[obj.colour], np.uint8)).all()
+    assert not np.logical_and(masks[0], masks[1]).any()
+
+
+def test_subject_set_folder_is_valid_and_deterministic(tmp_path):
+    from mudi.subjects import SubjectSet
+
+    out = make_subject_set(tmp_path / "s", seed=5)
+    lines = (out / "metadata.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"id": {"a": "olis circle", "b": "hta circle"}}
+    rows = [json.loads(x) for x in lines[1:]]
+    assert [r["id"] for r in rows] == ["a"] * 5 + ["b"] * 5
+    assert all(r["text"].startswith(f"a photo of a {'olis' if r['id'] == 'a' else 'hta'} circle") for r in rows)
+    for r in rows:
+        m = np.asarray(Image.open(out / r["mask_path"]))
+        assert set(np.unique(m)) == {0, 255}
+        assert Image.open(out / r["file_name"]).size == (64, 64)
+    ss = SubjectSet.load(out)
+    assert len(ss) == 2
+    again = make_subject_set(tmp_path / "t", seed=5)
+    for r in rows:
+        assert (out / r["file_name"]).read_bytes() == (again / r["file_name"]).read_bytes()
+    # the two subjects share class and colour and differ only in their markings
+    a, b = SUBJECTS
+    assert (a.shape, a.colour) == (b.shape, b.colour) and a.texture != b.texture
+
+
+def test_class_word():
+    assert class_word("olis circle") == "circle"
+    assert class_word("a photo of a striped red star.") == "star"
+    assert class_word("a dog") is None
+
+
+def test_detector_counts_and_names_objects():
+    det = ToyDetector()
+    assert isinstance(det, Detector)
+    rng = np.random.default_rng(11)
+    right = 0
+    n = 40
+    for _ in range(n):
+        sc = world.sample_scene(rng)
+        img, _ = world.render_scene(sc)
+        dets = det.detect([Image.fromarray(img)], list(CLASSES), 0.4)[0]
+        got = sorted(CLASSES[d.label] for d in dets)
+        right += got == sorted(o.shape for o in sc.objects)
+    assert right / n >= 0.9
+    # two similar subjects, queried by identifier phrases: both found, boxes in pixels
+    img, _ = world.render_scene(world.Scene(
+        (world.subject_object(SUBJECTS[0], 16, 30, 26), world.subject_object(SUBJECTS[1], 46, 34, 26)),
+        "grass", 7, 64))
+    big = Image.fromarray(img).resize((256, 256), Image.NEAREST)
+    dets = det.detect([big], ["olis circle", "hta circle"], 0.4)[0]
+    assert len(dets) == 2
+    xs = sorted((d.box[0] + d.box[2]) / 2 for d in dets)
+    assert abs(xs[0] - 64) < 8 and abs(xs[1] - 184) < 8
+    # nothing is reported for a class that is not in the picture
+    assert det.detect([big], ["square"], 0.4)[0] == []
+
+
+def test_embedder_separates_the_two_subjects(tmp_path):
+    emb = ToyEmbedder()
+    assert isinstance(emb, Embedder)
+    out = make_subject_set(tmp_path / "s", seed=1)
+    photos = [Image.open(out / f"{k}{i:02d}.png").convert("RGB") for k in "ab" for i in range(5)]
+    e = emb.embed(photos)
+    assert e.shape[0] == 10 and e.dtype == np.float32
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    s = e @ e.T
+    off = ~np.eye(5, dtype=bool)
+    same = min(s[:5, :5][off].mean(), s[5:, 5:][off].mean())
+    cross = s[:5, 5:].mean()
+    assert same > 0.8 and cross < 0.5 and same - cross > 0.4
+    # a white-padded crop (as D&C embeds boxes) matches its own subject
+    a = np.asarray(photos[0])
+    crop = Image.new("RGB", (64, 64), "white")
+    crop.paste(Image.fromarray(a[8:56, 8:56]), (8, 8))
+    c = emb.embed([crop])[0]
+    assert c @ e[:5].mean(0) > c @ e[5:].mean(0)
+    assert np.array_equal(emb.embed(photos[:2]), e[:2])
+
+
+def test_shipped_base_model_loads_and_samples():
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    path = base_model_path()
+    size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+    assert size_mb <= 50
+    pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    names = {n for n, _ in pipe.unet.named_modules()}
+    assert any(n.endswith("attn2.to_q") for n in names) and any(n.endswith("attn1.to_out.0") for n in names)
+    out = pipe("a photo of a olis circle and a hta circle on grass", num_inference_steps=3,
+               guidance_scale=4.0, height=64, width=64, output_type="np",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
