@@ -274,3 +274,29 @@ def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subject
     assert "--resume" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
     assert main(args + ["--subjects", str(subjects), "--out", str(tmp_path / "none"), "--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):
+    """The trainer's cached plain examples + Composer.composite reproduce Composer.example."""
+    from mudi.compose import Composer
+    from mudi.subjects import SubjectSet
+    from mudi.train import ExampleSchedule
+
+    sset = SubjectSet.load(subjects)
+    comp = Composer(sset, 64, mix="segmix", p=0.5, k=2)
+    sched = ExampleSchedule(sset, 42)
+    seen = set()
+    for e in range(12):
+        key, idx = sched.item(e)
+        a = comp.example(key, idx, sched.numpy_rng(e))
+        rng = sched.numpy_rng(e)
+        b = comp.composite(key, idx, rng) if rng.random() < 0.5 else None
+        if b is None:
+            assert a.kind == "plain"
+        else:
+            assert a.kind == b.kind and a.caption == b.caption
+            assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        seen.add(a.kind)
+    assert seen == {"plain", "segmix"}
+    # every photo is visited once per epoch
+    assert sorted(sched.item(e) for e in range(10)) == sorted(sched.items)

@@ -213,6 +213,8 @@ class TextCache:
         """Batched embeddings; a caption never seen is encoded on the spot (and counted)."""
         missing = [c for c in captions if c not in self.cond]
         if missing:
+            if not self.encoders():
+                raise RuntimeError(f"caption {missing[0]!r} was not pre-computed and the text encoders were released")
             self.add(missing)
         pe = torch.cat([self.cond[c][0] for c in captions])
         pooled = torch.cat([self.cond[c][1] for c in captions]) if self.sdxl else None
@@ -670,7 +672,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from mudi.compose import Composer, default_margin, loss_weight_map, parse_relative_sizes
+    from mudi.compose import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
     from mudi.lora import KOHYA_WEIGHT_NAME, add_unet_lora, save_diffusers_lora, save_kohya_lora
     from mudi.models import is_sdxl, load_pipeline
 
@@ -768,16 +770,21 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     text.add_uncond(cfg.validation_negative_prompt)
     run.text_encoder_calls_setup = text.calls
     run.captions_cached = len(text.cond)
-    if complete and device.type != "cpu":  # free accelerator memory: every caption is cached
-        for enc in text.encoders():
-            enc.to("cpu")
+    if complete:  # every caption is cached: the text encoders are not needed any more
+        if pipeline is None:  # our own pipeline: drop them (validation uses the cached embeddings)
+            text.close()
+            pipe.register_modules(**{n: None for n in ("text_encoder", "text_encoder_2") if hasattr(pipe, n)})
+        elif device.type != "cpu":
+            for enc in text.encoders():
+                enc.to("cpu")
 
     latents = LatentEncoder(vae, device)
+    plain_examples = {}  # (key, index) -> plain Example (resize + crop done once)
     for s in sset:
         for i, ph in enumerate(sset.photos(s.key)):
-            from mudi.compose import plain
-
-            latents.cached(("instance", s.key, i), plain(ph, S, ph.caption, key=s.key, photo_index=i).image)
+            ex = plain(ph, S, ph.caption, key=s.key, photo_index=i)
+            plain_examples[(s.key, i)] = ex
+            latents.cached(("instance", s.key, i), ex.image)
     if class_photos is not None:
         for key, phs in class_photos.items():
             for i, ph in enumerate(phs):
@@ -816,6 +823,16 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     add_time_ids = torch.tensor([[S, S, 0, 0, S, S]], dtype=weight_dtype, device=device) if sdxl else None
     end_step = cfg.max_train_steps if not cfg.stop_after else min(cfg.max_train_steps, cfg.stop_after)
 
+    def instance_example(key: str, idx: int, rng: np.random.Generator):
+        """Composer.example, with the plain examples taken from the cache.
+
+        Same random draws as Composer.example: one ``rng.random()`` decides (always drawn),
+        then Composer.composite draws the rest for a composite.
+        """
+        if rng.random() < cfg.p and cfg.mix != "none":
+            return composer.composite(key, idx, rng)
+        return plain_examples[(key, idx)]
+
     def make_micro_batch(g: int):
         """Latents, captions and loss weights for micro-batch number g (global over processes)."""
         lat, caps, weights, kinds = [], [], [], []
@@ -824,7 +841,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             e = g * B + b
             key, idx = schedule.item(e)
             rng, gen = schedule.numpy_rng(e), schedule.torch_generator(e)
-            ex = composer.example(key, idx, rng)
+            ex = instance_example(key, idx, rng)
             pairs = [("instance", ex)]
             if use_prior:
                 pairs.append(("class", composer.mix_like(class_photos, ex, rng, class_names=class_names)))
@@ -846,8 +863,12 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
                 ts.append(torch.randint(0, num_train_timesteps, (1,), generator=gen))
         return lat, caps, weights, kinds, noise, ts
 
+    data_time = [0.0]
+
     def micro_step(g: int, sync: bool) -> tuple[float, float, list[str]]:
+        t_data = time.perf_counter()
         lat, caps, weights, kinds, noise, ts = make_micro_batch(g)
+        data_time[0] += time.perf_counter() - t_data
         x0 = torch.cat([z for _, z in lat]).to(device)
         eps = torch.cat(noise).to(device)
         t = torch.cat(ts).to(device)
@@ -921,7 +942,8 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     log_fh = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
     try:
         for step in range(start_step, end_step):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
+            data_time[0] = 0.0
             lr = cfg.learning_rate * lr_factor(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -937,13 +959,14 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             run.step_times.append(dt)
             run.step = done
             loss = li + (cfg.prior_weight * lp if use_prior else 0.0)
             row = {"step": done, "loss": loss, "loss_instance": li, "lr": lr,
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "time": round(time.time() - t_start, 4), "step_time": round(dt, 4),
+                   "step_cpu_time": round(cpu, 4), "data_time": round(data_time[0], 4),
                    "kinds": kinds, "text_encoder_calls": run.text_encoder_calls_training}
             if use_prior:
                 row["loss_prior"] = lp

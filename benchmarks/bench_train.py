@@ -1,0 +1,200 @@
+"""Benchmark: `mudi train` vs a bare UNet-LoRA forward+backward loop on the same model and batch.
+
+Builds a reduced SD-architecture pipeline (UNet block_out_channels (64, 128, 256), two
+cross-attention stages, VAE (32, 64, 128, 128), a small CLIP text encoder) in a temp folder,
+then runs, each in its own fresh subprocess (one CPU thread):
+
+- ``mudi``: :func:`mudi.train.train` at 128 px with METHOD.md defaults (rank 32 on
+  to_q/to_k/to_v/to_out.0, AdamW, batch 1 x accumulation 2, Seg-Mix p = 0.3), no validation,
+  no intermediate checkpoints. Time per optimizer step is mudi's own ``step_time`` log field
+  (everything inside the step: composing examples, VAE encoding of composites, text-cache
+  look-up, UNet forward/backward, clipping, optimizer step, logging).
+- ``bare``: the UNet alone with the same LoRA and optimizer, random latents and text
+  embeddings of the same shapes, the same two micro-batches per optimizer step.
+
+Memory is the peak resident set size of each subprocess (``resource.getrusage(RUSAGE_SELF)
+.ru_maxrss`` read by the child at exit, Linux kB), reported whole and minus the RSS measured
+just before the model is loaded (so import overhead of the two programs does not count as
+training memory). The first ``--warmup`` steps are excluded from the time.
+
+Run:  python benchmarks/bench_train.py [--steps 12] [--warmup 2]
+Targets: time <= 1.15x bare, memory <= 1.2x bare, text-encoder calls per step = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RES = 128
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_kb() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def build_model(out: Path) -> None:
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from mudi.tiny import clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=RES // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128, 256),
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=128,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 64, 128, 128), sample_size=RES,
+    )
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                                        eos_token_id=49407, pad_token_id=49407))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def child_mudi(model: str, subjects: str, out: str, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from mudi.config import TrainConfig
+    from mudi.train import train
+
+    before = rss_kb()
+    train(TrainConfig(subjects=subjects, base=model, out=out, resolution=RES, max_train_steps=steps,
+                      validate_every=-1, checkpoint_every=0, progress=False))
+    rows = [json.loads(ln) for ln in (Path(out) / "train_log.jsonl").read_text().splitlines()]
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    return {"step_times": [r["step_time"] for r in rows], "rss_before_kb": before, "peak_kb": peak_kb(),
+            "text_encoder_calls_per_step": summary["text_encoder_calls_per_step"],
+            "text_encoder_calls_setup": summary["text_encoder_calls_setup"],
+            "kinds": [r["kinds"] for r in rows]}
+
+
+def child_bare(model: str, steps: int) -> dict:
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from peft import LoraConfig
+
+    before = rss_kb()
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
+    sched = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    unet.requires_grad_(False)
+    torch.manual_seed(42)
+    unet.add_adapter(LoraConfig(r=32, lora_alpha=32, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4, foreach=False)
+    unet.train()
+    g = torch.Generator().manual_seed(0)
+    hidden = unet.config.cross_attention_dim
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        for _ in range(2):  # batch 1 x gradient accumulation 2
+            lat = torch.randn(1, 4, RES // 8, RES // 8, generator=g)
+            emb = torch.randn(1, 77, hidden, generator=g)
+            noise = torch.randn(lat.shape, generator=g)
+            t = torch.randint(0, 1000, (1,), generator=g)
+            pred = unet(sched.add_noise(lat, noise, t), t, encoder_hidden_states=emb).sample
+            (F.mse_loss(pred.float(), noise) / 2).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    return {"step_times": times, "rss_before_kb": before, "peak_kb": peak_kb()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--subjects", default=None, help="subject set (default: shared/data/subjects/dog6_and_dog2)")
+    ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.child:
+        kind, *rest = args.child
+        res = child_mudi(rest[0], rest[1], rest[2], args.steps) if kind == "mudi" else child_bare(rest[0], args.steps)
+        print("RESULT " + json.dumps(res))
+        return 0
+
+    repo = Path(__file__).resolve().parents[1]
+    subjects = args.subjects or str(repo.parent / "shared" / "data" / "subjects" / "dog6_and_dog2")
+    with tempfile.TemporaryDirectory(prefix="mudi-bench-") as tmp:
+        model = Path(tmp) / "model"
+        build_model(model)
+
+        def run(*child: str) -> dict:
+            cmd = [sys.executable, __file__, "--steps", str(args.steps), "--child", *child]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-3000:])
+                raise SystemExit(f"benchmark child {child[0]} failed")
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+            return json.loads(line[7:])
+
+        bare = run("bare", str(model))
+        mudi = run("mudi", str(model), subjects, str(Path(tmp) / "out"))
+
+    import statistics
+
+    def med(r):
+        return statistics.median(r["step_times"][args.warmup:])
+
+    t_m, t_b = med(mudi), med(bare)
+    inc_m = mudi["peak_kb"] - mudi["rss_before_kb"]
+    inc_b = bare["peak_kb"] - bare["rss_before_kb"]
+    composites = sum(k != "plain" for ks in mudi["kinds"] for k in ks)
+    total = sum(len(ks) for ks in mudi["kinds"])
+    print(f"reduced SD UNet (64,128,256), {RES} px, LoRA rank 32, batch 1 x accumulation 2, "
+          f"{args.steps} steps ({args.warmup} warm-up excluded), 1 CPU thread")
+    print(f"{'':28s}{'mudi train':>14s}{'bare loop':>14s}{'ratio':>8s}")
+    print(f"{'time per optimizer step':28s}{t_m:13.3f}s{t_b:13.3f}s{t_m / t_b:8.2f}   (target <= 1.15)")
+    print(f"{'peak RSS (whole process)':28s}{mudi['peak_kb'] / 1024:11.0f} MB{bare['peak_kb'] / 1024:11.0f} MB"
+          f"{mudi['peak_kb'] / bare['peak_kb']:8.2f}")
+    print(f"{'peak RSS - RSS before model':28s}{inc_m / 1024:11.0f} MB{inc_b / 1024:11.0f} MB{inc_m / inc_b:8.2f}"
+          "   (target <= 1.2)")
+    print(f"text-encoder calls per step: {mudi['text_encoder_calls_per_step']} (target 0; "
+          f"{mudi['text_encoder_calls_setup']} batched calls at setup)")
+    print(f"composite examples (VAE-encoded on the fly): {composites}/{total}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
