@@ -14,7 +14,6 @@ from PIL import Image
 
 from mudi.cli import main
 from mudi.errors import MudiError
-from mudi.imageio import load_mask
 from mudi.prepare import (
     PhotoResult,
     SubjectSpec,
