@@ -525,3 +525,15 @@ def test_toy_world_detector_and_embedder(tmp_path):
     assert swapped.dnc.matched == [1, 0]  # a is on the right: greedy matching finds it there
     assert not aa.success and not bb.success and aa.score < 0.3 and bb.score < 0.3
     assert ev.summary["success_rate"] == 0.5
+
+    # the same through the CLI (--detector toy --embedder toy), over a generate-style folder
+    g = tmp_path / "G"
+    g.mkdir()
+    for i, im in enumerate(images):
+        im.save(g / f"{i:04d}.png")
+        (g / f"{i:04d}.json").write_text(json.dumps({"prompt": "a olis circle next to a hta circle",
+                                                     "subjects": ["a", "b"], "phrases": ["olis circle", "hta circle"]}))
+    assert _cli("evaluate", "--images", g, "--subjects", tmp_path / "toy", "--detector", "toy", "--embedder", "toy",
+                "--clip", "none", "--out", tmp_path / "E") == 0
+    s = json.loads((tmp_path / "E" / "scores.json").read_text())
+    assert s["summary"]["success_rate"] == 0.5 and s["settings"]["detector"] == "toy"

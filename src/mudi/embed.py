@@ -25,7 +25,7 @@ from mudi.errors import MudiError
 from mudi.protocols import Embedder
 
 #: Names accepted by :func:`make_embedder` besides a model folder / hub id.
-EMBEDDER_NAMES = ("dinov2", "dreamsim")
+EMBEDDER_NAMES = ("dinov2", "dreamsim", "toy")
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -140,7 +140,12 @@ class DreamSimEmbedder:
 
 
 def make_embedder(spec: str | None, *, device: str = "cpu", batch_size: int = 16) -> Embedder:
-    """``"dinov2"`` (default DINOv2-base), ``"dreamsim"``, or a DINOv2 model folder / hub id."""
+    """``"dinov2"`` (default DINOv2-base), ``"dreamsim"``, ``"toy"`` (the toy world's classical
+    embedder, :class:`mudi.toy.vision.ToyEmbedder`), or a DINOv2 model folder / hub id."""
+    if spec == "toy":
+        from mudi.toy.vision import ToyEmbedder
+
+        return ToyEmbedder()
     if spec is None or spec == "dinov2":
         return Dinov2Embedder(None, device=device, batch_size=batch_size)
     if spec == "dreamsim":

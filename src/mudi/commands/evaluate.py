@@ -65,10 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     m = p.add_argument_group("models")
     m.add_argument("--detector", default=None, metavar="M", help="OWLv2 model folder or hub id "
-                                                    "(default google/owlv2-base-patch16-ensemble)")
+                                                    "(default google/owlv2-base-patch16-ensemble), or 'toy' "
+                                                    "for toy-world images")
     m.add_argument("--embedder", default="dinov2", metavar="dinov2|dreamsim|M",
-                   help="dinov2 (facebook/dinov2-base, D&C-DINO), dreamsim (D&C-DS, optional extra) or a DINOv2 "
-                        "model folder / hub id (default dinov2)")
+                   help="dinov2 (facebook/dinov2-base, D&C-DINO), dreamsim (D&C-DS, optional extra), toy "
+                        "(toy-world images) or a DINOv2 model folder / hub id (default dinov2)")
     m.add_argument("--clip", default=None, metavar="M|none", help="CLIP model folder or hub id for the CLIP score "
                                                 "(default openai/clip-vit-large-patch14); 'none' to skip")
     m.add_argument("--image-reward", action="store_true", help="also compute ImageReward (needs the optional "
@@ -238,8 +239,13 @@ def run(args: argparse.Namespace) -> int:
 
         device = _device(args.device)
         print(f"mudi evaluate: loading models on {device} ...", file=sys.stderr)
-        detector = Owlv2Detector(args.detector or DEFAULT_DETECTOR, device=device, batch_size=args.batch_size,
-                                 nms_iou=nms_iou)
+        if args.detector == "toy":
+            from mudi.toy.vision import ToyDetector
+
+            detector = ToyDetector()
+        else:
+            detector = Owlv2Detector(args.detector or DEFAULT_DETECTOR, device=device, batch_size=args.batch_size,
+                                     nms_iou=nms_iou)
         embedder = make_embedder(args.embedder, device=device, batch_size=args.batch_size)
         clip = None
         if (args.clip or "").lower() != "none":
@@ -255,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         engine = DetectAndCompare(sset, detector, embedder, threshold=args.threshold, norm=args.norm,
                                   queries=queries, references=refs)
         settings_base = {
-            "detector": f"{detector.name} (nms_iou={nms_iou})",
+            "detector": "toy" if args.detector == "toy" else f"{detector.name} (nms_iou={nms_iou})",
             "embedder": getattr(embedder, "name", repr(embedder)),
             "clip": getattr(clip, "name", None),
             "device": device,
