@@ -16,6 +16,7 @@ from PIL import Image
 from mudi.cli import main
 from mudi.errors import MudiError
 from mudi.generate import GenerateConfig, generate, resolve_prompt
+from mudi.layout import LayoutWarning
 from mudi.subjects import SubjectSet
 
 CONTRACT_KEYS = {"prompt", "negative_prompt", "seed", "subjects", "phrases", "subject_set", "layout", "gamma", "init",
@@ -214,13 +215,16 @@ def test_resume_and_overwrite(sd_pipe, subject_dir, tmp_path):
     assert sidecar(out, 0)["gamma"] == 1.0
 
 
-def test_llm_layout_end_to_end(sd_pipe, subject_dir, tmp_path):
+@pytest.mark.parametrize("good", [True, False])
+def test_llm_layout_end_to_end(sd_pipe, subject_dir, tmp_path, good):
     answer = {"boxes": [{"subject": "olis corgi", "box": [2, 10, 30, 60]}, {"subject": "hta chow chow", "box": [34, 4, 62, 62]}]}
+    requests = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": json.dumps(answer)}}]}).encode()
+            requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            content = json.dumps(answer) if good else "Sure! The corgi goes left."
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -231,17 +235,28 @@ def test_llm_layout_end_to_end(sd_pipe, subject_dir, tmp_path):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    config = cfg(tmp_path / "llm", subject_dir, n=2, layout="llm", llm_url=url, llm_model="fake", llm_timeout=5)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        generate(cfg(tmp_path / "llm", subject_dir, layout="llm", llm_url=url, llm_model="fake", llm_timeout=5),
-                 pipe=sd_pipe)
+        if good:
+            generate(config, pipe=sd_pipe)
+        else:
+            with pytest.warns(LayoutWarning, match="LLM layout failed.*automatic layout"):
+                generate(config, pipe=sd_pipe)
     finally:
         server.shutdown()
         server.server_close()
-    s = sidecar(tmp_path / "llm", 0)
-    assert s["layout_source"] == "llm"
-    boxes = {p["key"]: p["box"] for p in s["layout"]}
-    assert 2 <= boxes["a"][0] and boxes["a"][2] <= 30 and 34 <= boxes["b"][0] and boxes["b"][2] <= 62
+    assert len(requests) == 1  # one request per prompt, not per image
+    assert PROMPT in requests[0]["messages"][-1]["content"]
+    for i in range(2):
+        s = sidecar(tmp_path / "llm", i)
+        boxes = {p["key"]: p["box"] for p in s["layout"]}
+        assert sorted(boxes) == ["a", "b"]
+        if good:
+            assert s["layout_source"] == "llm"
+            assert 2 <= boxes["a"][0] and boxes["a"][2] <= 30 and 34 <= boxes["b"][0] and boxes["b"][2] <= 62
+        else:
+            assert s["layout_source"].startswith("auto (llm failed")
 
 
 # ------------------------------------------------------------------------ prompts → subjects

@@ -26,16 +26,16 @@ prompt naming no subject at all.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,12 +47,13 @@ from mudi.init import DEFAULT_GAMMA, mean_shifted_latents, vae_scale_factor
 from mudi.layout import (
     DEFAULT_FILL,
     DEFAULT_JITTER,
+    LayoutProviderError,
+    LayoutWarning,
     LLMLayoutProvider,
     Placement,
     auto_layout,
     fit_layout,
     layout_to_json,
-    llm_layout,
     load_layout_file,
 )
 from mudi.subjects import DEFAULT_IDENTIFIERS, SegmentedPhoto, Subject, SubjectSet, mask_bbox
@@ -461,7 +462,7 @@ def plan_jobs(
     """One job per image with its seed, photos and layout; validates layouts up front."""
     jobs: list[ImageJob] = []
     file_cache: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {}
-    llm_cache: dict[tuple[str, tuple[str, ...], tuple], tuple[list[Placement], str]] = {}
+    llm_cache: dict[str, tuple[list[tuple[str, tuple[int, int, int, int]]] | None, str]] = {}
     for p_i, raw in enumerate(config.prompts):
         prompt, subjects = resolve_prompt(sset, raw)
         keys = [s.key for s in subjects]
@@ -487,13 +488,20 @@ def plan_jobs(
                     source = "auto"
                 elif config.layout == "llm":
                     assert llm is not None
-                    cache_key = (prompt, tuple(keys), tuple(dims[k] for k in keys))
-                    if cache_key not in llm_cache:
-                        llm_cache[cache_key] = llm_layout(
-                            llm, prompt, [(k, sset.subject(k).phrase, dims[k]) for k in keys], width, height, rng,
-                            fill=config.fill, jitter=config.jitter,
-                        )
-                    layout, source = llm_cache[cache_key]
+                    if prompt not in llm_cache:  # one request per prompt; boxes are regions
+                        try:
+                            llm_cache[prompt] = (llm.propose(prompt, {k: sset.subject(k).phrase for k in keys},
+                                                             width, height), "llm")
+                        except LayoutProviderError as exc:
+                            warnings.warn(f"LLM layout failed for prompt {prompt!r} ({exc}); using the automatic "
+                                          "layout instead.", LayoutWarning, stacklevel=2)
+                            llm_cache[prompt] = (None, f"auto (llm failed: {exc})")
+                    regions, source = llm_cache[prompt]
+                    if regions is not None:
+                        layout = fit_layout(regions, dims)
+                    else:
+                        layout = auto_layout([(k, dims[k]) for k in keys], width, height, rng,
+                                             fill=config.fill, jitter=config.jitter)
                 else:
                     layout = fit_layout(file_cache[prompt], dims)
                     source = f"file:{config.layout}"
@@ -608,6 +616,7 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
     """
     from tqdm.auto import tqdm
 
+    config = dataclasses.replace(config)  # never modify the caller's object
     config.check()
     # ---- files and folders (cheap checks first)
     train_cfg: dict[str, Any] = {}
