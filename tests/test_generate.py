@@ -321,3 +321,28 @@ def test_bad_inputs_needing_the_model(capsys, tiny_models, loras, subject_dir, t
     assert "does not fit the base model" in err and "config.toml says base" in err
     err = _bad(capsys, out / "2", "--base", tiny_models / "sd", "--subjects", subject_dir, "--resolution", 72)
     assert "--resolution 72 is not a multiple of 16" in err
+
+
+def test_lora_with_modules_the_base_lacks_is_refused(sd_pipe, loras, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mudi.generate import load_lora
+
+    state = load_file(str(loras["sd"] / "pytorch_lora_weights.safetensors"))
+    renamed = {k.replace("down_blocks.1", "down_blocks.7"): v for k, v in state.items()}
+    bad = tmp_path / "bad_lora"
+    bad.mkdir()
+    save_file(renamed, str(bad / "pytorch_lora_weights.safetensors"))
+    with torch.no_grad():
+        before = sd_pipe.unet(torch.ones(1, 4, 8, 8), 10, encoder_hidden_states=torch.ones(1, 77, 32)).sample
+    with pytest.raises(MudiError, match="do not exist in the base model"):
+        load_lora(sd_pipe, bad)
+    # the pipeline is left as it was (no half-loaded adapter)
+    with torch.no_grad():
+        after = sd_pipe.unet(torch.ones(1, 4, 8, 8), 10, encoder_hidden_states=torch.ones(1, 77, 32)).sample
+    assert torch.equal(before, after)
+    assert not any(hasattr(m, "lora_A") and m.lora_A for m in sd_pipe.unet.modules())
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(MudiError, match="not a readable safetensors"):
+        load_lora(sd_pipe, garbage)

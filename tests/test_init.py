@@ -206,3 +206,21 @@ def test_bad_inputs(pipes):
         mean_shifted_latents(pipe, PHOTOS, LAYOUT, gamma=-1, height=64, width=64, num_inference_steps=2)
     with pytest.raises(MudiError, match="no photo"):
         mean_shifted_latents(pipe, {"a": PHOTOS["a"]}, LAYOUT, height=64, width=64, num_inference_steps=2)
+
+
+def test_canvas_from_the_real_reference_photos(data_dir):
+    from mudi.layout import auto_layout
+    from mudi.subjects import SubjectSet, mask_bbox
+
+    sset = SubjectSet.load(data_dir / "subjects" / "dog6_and_dog2")
+    photos = {k: sset.photos(k)[0] for k in sset.keys}
+    dims = {k: (lambda b: (b[2] - b[0], b[3] - b[1]))(mask_bbox(p.mask)) for k, p in photos.items()}
+    layout = auto_layout([(k, dims[k]) for k in sset.keys], 256, 256, rng=0)
+    canvas, mask, drawn = render_canvas(photos, layout, 256, 256)
+    arr = np.asarray(canvas)
+    assert (arr[~mask] == 255).all()
+    assert 0.1 < mask.mean() < 0.6
+    for p in drawn:  # every subject shows up inside its own box
+        x0, y0, x1, y1 = p.box
+        assert mask[y0:y1, x0:x1].mean() > 0.3
+        assert arr[y0:y1, x0:x1][mask[y0:y1, x0:x1]].mean() < 250

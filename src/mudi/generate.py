@@ -355,6 +355,15 @@ def _quiet_diffusers():
             lg.setLevel(lv)
 
 
+def _drop_adapter(pipe) -> None:
+    """Remove a (partly) loaded LoRA so a caller's pipeline is left as it was."""
+    try:
+        with _quiet_diffusers():
+            pipe.unload_lora_weights()
+    except Exception:  # noqa: BLE001 - best effort; the caller reports the real error
+        pass
+
+
 def load_lora(pipe, lora: str | Path, *, scale: float = 1.0, base: str = "") -> Path:
     """Load a LoRA into ``pipe`` and check that every weight found a module of the right shape.
 
@@ -375,16 +384,19 @@ def load_lora(pipe, lora: str | Path, *, scale: float = 1.0, base: str = "") -> 
         with _quiet_diffusers():
             pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER_NAME)
     except Exception as exc:  # noqa: BLE001 - diffusers/peft raise RuntimeError, ValueError, KeyError, ...
+        _drop_adapter(pipe)
         first = str(exc).strip().splitlines()
         detail = " ".join(first[:2])[:400]
         raise MudiError(f"{lora}: the LoRA does not fit the base model ({type(exc).__name__}: {detail}).{hint}.") from None
     for comp, names in expected.items():
         model = getattr(pipe, comp, None)
         if model is None:
+            _drop_adapter(pipe)
             raise MudiError(f"{lora}: the LoRA has weights for {comp}, which this base model lacks.{hint}.")
         have = {n for n, m in model.named_modules() if hasattr(m, "lora_A") and ADAPTER_NAME in getattr(m, "lora_A", {})}
         missing = sorted(names - have)
         if missing:
+            _drop_adapter(pipe)
             raise MudiError(
                 f"{lora}: {len(missing)} of the LoRA's {len(names)} {comp} modules do not exist in the base model "
                 f"(e.g. {missing[0]!r}).{hint}."
