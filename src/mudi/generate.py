@@ -35,7 +35,7 @@ import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,7 @@ class GenerateConfig:
     lora: str = ""
     subjects: str = ""
     n: int = 4
+    batch_size: int = 1  # images per pipeline call
     init: str = "mudi"
     gamma: float = DEFAULT_GAMMA
     layout: str = "auto"  # "auto", "llm" or a JSON file of boxes
@@ -137,6 +138,8 @@ class GenerateConfig:
             raise MudiError("no output folder given: pass --out DIR.")
         if self.n < 1:
             raise MudiError(f"--n must be >= 1 (images per prompt), got {self.n}.")
+        if self.batch_size < 1:
+            raise MudiError(f"--batch-size must be >= 1, got {self.batch_size}.")
         if self.init not in INIT_MODES:
             raise MudiError(f"--init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
@@ -551,6 +554,7 @@ def _sidecar(job: ImageJob, config: GenerateConfig, sset_path: str, scheduler: s
         "layout_source": job.layout_source,
         "reference_photos": {k: str(sset.subject(k).photos[i].image_path) for k, i in job.photos.items()},
         "lora_scale": float(config.lora_scale),
+        "batch_size": config.batch_size,
         "source_prompt": job.source_prompt,
         "dtype": str(dtype).replace("torch.", ""),
         "mudi_version": __version__,
@@ -578,6 +582,53 @@ def _resume_state(out: Path, stem: str, expected: dict[str, Any]) -> bool:
 
 # ------------------------------------------------------------------------------ sampling
 
+def generate_batch(
+    pipe,
+    jobs: Sequence[ImageJob],
+    sset: SubjectSet,
+    config: GenerateConfig,
+    *,
+    height: int,
+    width: int,
+    callback: Callable | None = None,
+) -> list[tuple[Image.Image, Any]]:
+    """Sample several images in one pipeline call; returns ``[(image, InitLatents | None), ...]``.
+
+    Each image has its own generator seeded with its job's seed (used for ε, the VAE sample
+    and any sampler noise), so an image does not depend on the others in its batch (up to
+    floating-point differences of batched kernels).
+    """
+    gens = [torch.Generator(device="cpu").manual_seed(job.seed) for job in jobs]
+    inits: list[Any] = [None] * len(jobs)
+    latents = None
+    if config.init == "mudi":
+        for i, (job, gen) in enumerate(zip(jobs, gens)):
+            photos = {k: sset.photos(k)[idx] for k, idx in job.photos.items()}
+            inits[i] = mean_shifted_latents(
+                pipe, photos, job.layout, gamma=config.gamma, generator=gen, height=height, width=width,
+                num_inference_steps=config.steps,
+            )
+        latents = torch.cat([init.latents for init in inits])
+    single = len(jobs) == 1
+    kwargs: dict[str, Any] = dict(
+        prompt=jobs[0].prompt if single else [job.prompt for job in jobs],
+        negative_prompt=(config.negative_prompt if single else [config.negative_prompt] * len(jobs))
+        if config.negative_prompt else None,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        height=height,
+        width=width,
+        generator=gens[0] if single else gens,
+        latents=latents,
+        output_type="pil",
+    )
+    if callback is not None:
+        kwargs["callback_on_step_end"] = callback
+    with torch.no_grad():
+        result = pipe(**kwargs)
+    return list(zip(result.images, inits))
+
+
 def generate_image(
     pipe,
     job: ImageJob,
@@ -589,32 +640,7 @@ def generate_image(
     callback: Callable | None = None,
 ) -> tuple[Image.Image, Any]:
     """Sample one image; returns ``(image, InitLatents | None)``."""
-    gen = torch.Generator(device="cpu").manual_seed(job.seed)
-    init = None
-    latents = None
-    if config.init == "mudi":
-        photos = {k: sset.photos(k)[i] for k, i in job.photos.items()}
-        init = mean_shifted_latents(
-            pipe, photos, job.layout, gamma=config.gamma, generator=gen, height=height, width=width,
-            num_inference_steps=config.steps,
-        )
-        latents = init.latents
-    kwargs: dict[str, Any] = dict(
-        prompt=job.prompt,
-        negative_prompt=config.negative_prompt or None,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance,
-        height=height,
-        width=width,
-        generator=gen,
-        latents=latents,
-        output_type="pil",
-    )
-    if callback is not None:
-        kwargs["callback_on_step_end"] = callback
-    with torch.no_grad():
-        result = pipe(**kwargs)
-    return result.images[0], init
+    return generate_batch(pipe, [job], sset, config, height=height, width=width, callback=callback)[0]
 
 
 def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
@@ -719,20 +745,25 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
         from mudi.init import schedule_start
 
         steps_per_image = len(schedule_start(pipe.scheduler, config.steps, "cpu")[0].timesteps)
-        bar = tqdm(total=len(todo) * steps_per_image, desc="mudi generate", unit="step",
+        bs = config.batch_size
+        batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+        bar = tqdm(total=len(todo) * steps_per_image, desc="mudi generate", unit="img-step",
                    disable=not config.progress)
+        current: list[int] = [1]
 
         def on_step(_pipe, _i, _t, kwargs):
-            bar.update(1)
+            bar.update(current[0])
             return kwargs
 
-        for job in todo:
-            bar.set_postfix_str(f"image {job.stem}")
-            image, init = generate_image(pipe, job, sset, config, height=height, width=width, callback=on_step)
-            if init is not None and config.save_init:
-                save_image_atomic(init.canvas, out / f"{job.stem}_init.png")
-            save_image_atomic(image, out / f"{job.stem}.png")
-            write_json_atomic(out / f"{job.stem}.json", sidecars[job.index])
+        for batch in batches:
+            current[0] = len(batch)
+            bar.set_postfix_str(f"image {batch[0].stem}" + (f"-{batch[-1].stem}" if len(batch) > 1 else ""))
+            results = generate_batch(pipe, batch, sset, config, height=height, width=width, callback=on_step)
+            for job, (image, init) in zip(batch, results):
+                if init is not None and config.save_init:
+                    save_image_atomic(init.canvas, out / f"{job.stem}_init.png")
+                save_image_atomic(image, out / f"{job.stem}.png")
+                write_json_atomic(out / f"{job.stem}.json", sidecars[job.index])
         bar.close()
     finally:
         if lora_loaded and not own_pipe:
@@ -767,6 +798,7 @@ __all__ = [
     "SCHEDULERS",
     "default_resolution",
     "generate",
+    "generate_batch",
     "generate_image",
     "load_lora",
     "lora_weights_file",

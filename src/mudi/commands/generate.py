@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--prompt", action="append", default=[], help="prompt (repeatable)")
     g.add_argument("--prompts", default="", help="file with one prompt per line (or a JSON list)")
     g.add_argument("--n", type=int, default=4, help="images per prompt (default 4)")
+    g.add_argument("--batch-size", type=int, default=1, help="images per pipeline call (default 1; raise it on a GPU)")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--negative-prompt", default=NEGATIVE_PROMPT, help=f"default: {NEGATIVE_PROMPT!r}")
     g.add_argument("--save-init", action="store_true", help="also save each init canvas (0000_init.png, init_sheet.png)")
@@ -88,8 +89,8 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
         prompts += read_prompts_file(args.prompts)
     return GenerateConfig(
         prompts=prompts, out=args.out, base=args.base, lora=args.lora, subjects=args.subjects, n=args.n,
-        init=args.init, gamma=args.gamma, layout=args.layout, sizes=args.sizes or {}, fill=args.fill,
-        jitter=args.jitter, photo=args.photo, steps=args.steps, resolution=args.resolution, seed=args.seed,
+        batch_size=args.batch_size, init=args.init, gamma=args.gamma, layout=args.layout, sizes=args.sizes or {},
+        fill=args.fill, jitter=args.jitter, photo=args.photo, steps=args.steps, resolution=args.resolution, seed=args.seed,
         guidance=args.guidance, negative_prompt=args.negative_prompt, scheduler=args.scheduler,
         lora_scale=args.lora_scale, vae=args.vae, save_init=args.save_init, overwrite=args.overwrite,
         resume=args.resume, device=args.device, dtype=args.dtype, llm_url=args.llm_url,
