@@ -357,3 +357,10 @@ def test_batched_generation_matches_one_by_one(sd_pipe, subject_dir, tmp_path):
         assert diff.max() <= 2, diff.max()  # the same images up to batched-kernel rounding
     assert sidecar(tmp_path / "many", 3)["subjects"] == ["c", "a"]
     assert not np.array_equal(img(many[0]), img(many[1]))
+
+
+def test_given_pipeline_keeps_its_scheduler(sd_pipe, subject_dir, tmp_path):
+    before = sd_pipe.scheduler
+    generate(cfg(tmp_path / "ddim", subject_dir, scheduler="ddim"), pipe=sd_pipe)
+    assert sidecar(tmp_path / "ddim", 0)["scheduler"] == "DDIMScheduler"
+    assert sd_pipe.scheduler is before

@@ -643,6 +643,39 @@ def generate_image(
     return generate_batch(pipe, [job], sset, config, height=height, width=width, callback=callback)[0]
 
 
+def _thumbnail(path: Path, side: int) -> Image.Image:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((side, side))
+        return im
+
+
+def write_contact_sheets(out: Path, jobs: Sequence[ImageJob], sset: SubjectSet, *, with_init: bool) -> None:
+    """``contact_sheet.png`` (images labelled with index, seed, prompt) and, with init canvases,
+    ``init_sheet.png`` (canvases with their layout boxes)."""
+    from mudi.viz import draw_boxes, grid
+
+    cell = 256 if len(jobs) <= 64 else 128
+    labels = {j.index: f"{j.stem} s{j.seed}: {j.prompt}" for j in jobs}
+    images = [_thumbnail(out / f"{j.stem}.png", cell) for j in jobs]
+    save_image_atomic(grid(images, labels=[labels[j.index] for j in jobs], cell=cell), out / "contact_sheet.png")
+    if not with_init:
+        return
+    canvases, init_labels = [], []
+    for j in jobs:
+        p = out / f"{j.stem}_init.png"
+        if p.is_file():
+            with Image.open(p) as im:
+                canvas = im.convert("RGB")
+            boxed = draw_boxes(canvas, [pl.box for pl in j.layout],
+                               [sset.subject(pl.key).identifier for pl in j.layout], width=max(1, canvas.width // 256))
+            boxed.thumbnail((cell, cell))
+            canvases.append(boxed)
+            init_labels.append(labels[j.index])
+    if canvases:
+        save_image_atomic(grid(canvases, labels=init_labels, cell=cell), out / "init_sheet.png")
+
+
 def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
     """Run a whole ``mudi generate`` job; returns the image paths (in index order).
 
@@ -714,8 +747,6 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
         dtype = pipe.unet.dtype
         device = pipe.device
         base = base or str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", ""))
-    old_scheduler = pipe.scheduler
-    scheduler_name = set_scheduler(pipe, config.scheduler)
     res = config.resolution or int(train_cfg.get("resolution") or 0) or default_resolution(pipe)
     mult = size_multiple(pipe)
     if res % mult:
@@ -725,7 +756,9 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
         )
     height = width = res
     lora_loaded = False
+    old_scheduler = pipe.scheduler
     try:
+        scheduler_name = set_scheduler(pipe, config.scheduler)
         if config.lora:
             load_lora(pipe, config.lora, scale=config.lora_scale, base=base)
             lora_loaded = True
@@ -772,22 +805,8 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
             pipe.scheduler = old_scheduler
 
     # ---- contact sheets
-    from mudi.viz import draw_boxes, grid
-
-    paths = [out / f"{j.stem}.png" for j in jobs]
-    images = [Image.open(p).convert("RGB") for p in paths]
-    labels = [f"{j.stem} s{j.seed}: {j.prompt}" for j in jobs]
-    save_image_atomic(grid(images, labels=labels), out / "contact_sheet.png")
-    if config.save_init and config.init == "mudi":
-        canvases = []
-        for j in jobs:
-            p = out / f"{j.stem}_init.png"
-            if p.is_file():
-                canvases.append(draw_boxes(Image.open(p).convert("RGB"), [pl.box for pl in j.layout],
-                                           [sset.subject(pl.key).identifier for pl in j.layout], width=1))
-        if canvases:
-            save_image_atomic(grid(canvases, labels=[lab for lab in labels][: len(canvases)]), out / "init_sheet.png")
-    return paths
+    write_contact_sheets(out, jobs, sset, with_init=config.save_init and config.init == "mudi")
+    return [out / f"{j.stem}.png" for j in jobs]
 
 
 __all__ = [
@@ -800,6 +819,7 @@ __all__ = [
     "generate",
     "generate_batch",
     "generate_image",
+    "write_contact_sheets",
     "load_lora",
     "lora_weights_file",
     "parse_sizes",
