@@ -300,3 +300,31 @@ def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):
     assert seen == {"plain", "segmix"}
     # every photo is visited once per epoch
     assert sorted(sched.item(e) for e in range(10)) == sorted(sched.items)
+
+
+def test_v_prediction_model(tiny_models, subjects, tmp_path):
+    import shutil
+
+    model = tmp_path / "sd_v"
+    shutil.copytree(tiny_models / "sd", model)
+    sched = model / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(sched.read_text())
+    cfg["prediction_type"] = "v_prediction"
+    sched.write_text(json.dumps(cfg))
+    out = tmp_path / "o"
+    train(_cfg(tiny_models, subjects, out, base=str(model), max_train_steps=1))
+    assert json.loads((out / "summary.json").read_text())["prediction_type"] == "v_prediction"
+
+
+def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subjects, tmp_path):
+    kw = dict(max_train_steps=2, p=0.5, learning_rate=1e-2)
+    train(_cfg(tiny_models, subjects, tmp_path / "a", "sd", **kw))
+    train(_cfg(tiny_models, subjects, tmp_path / "b", "sd", gradient_checkpointing=True, **kw))
+    a, b = _lora(tmp_path / "a"), _lora(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # recomputation, same result
+    train(_cfg(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw))
+    la, lc = _log(tmp_path / "a")[0]["loss"], _log(tmp_path / "c")[0]["loss"]
+    assert lc < la  # alpha 0: only subject pixels count, the (white/empty) rest weighs 0
+    train(_cfg(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw))
+    assert TrainConfig.from_toml(tmp_path / "d" / "config.toml").mixed_precision == "bf16"
+    assert all(v.dtype == torch.float32 for v in _lora(tmp_path / "d").values())  # LoRA kept in fp32

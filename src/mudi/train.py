@@ -685,6 +685,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     if device_req.type == "cuda" and device_req.index is not None:
         torch.cuda.set_device(device_req.index)
     mp = _mixed_precision(cfg, device_req)
+    _reset_accelerate_precision(mp)
     accelerator = Accelerator(mixed_precision=mp, cpu=device_req.type == "cpu", gradient_accumulation_steps=1)
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
@@ -715,6 +716,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         "mixed_precision": mp, "segmix_margin": margin,
         "resume": False, "overwrite": False, "stop_after": 0,
     })
+    accelerator.wait_for_everyone()  # every process has validated OUT before the main one writes to it
     if accelerator.is_main_process:
         if not cfg.resume:
             prepare_output_dir(out, overwrite=cfg.overwrite, what="training output")
@@ -955,6 +957,8 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
                 li += a / accum
                 lp += b / accum
                 kinds += k
+            if world > 1:  # log the mean over processes
+                li, lp = (float(v) for v in accelerator.reduce(torch.tensor([li, lp], device=device), "mean"))
             grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -1038,6 +1042,19 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def _reset_accelerate_precision(mp: str) -> None:
+    """Allow several runs with different precision in one Python process (notebooks, tests).
+
+    accelerate keeps its state in a process-wide singleton; only its mixed-precision part is
+    reset here (the distributed state set up by ``accelerate launch`` is kept).
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mp) != mp:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _move(module, device: torch.device, dtype: torch.dtype):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and SDXL)"
@@ -132,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     out = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`: report once
+        return 0
     summary_path = Path(out) / SUMMARY_NAME
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     if summary.get("finished"):
