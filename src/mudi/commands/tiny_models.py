@@ -14,7 +14,10 @@ Tiny random-weight models written by `mudi tiny-models` (seed {seed}).
 They have the real architectures and the real CLIP tokenizer vocabulary but random weights:
 outputs are noise. Use them only to check that a mudi command runs end to end offline, e.g.
 
-  mudi generate --model {root}/sdxl ...     (run at {res}x{res} px, 2 steps)
+  mudi train --subjects SET --base {root}/sdxl --out LORA --steps 4 --resolution {res}
+  mudi generate --base {root}/sdxl --lora LORA --subjects SET --prompt "..." --resolution {res} --steps 2 --out OUT
+  mudi prepare --subject "olis corgi=DIR" ... --detector {root}/owlv2 --segmenter {root}/sam --out SET
+  mudi evaluate --images OUT --subjects SET --detector {root}/owlv2 --embedder {root}/dinov2 --clip {root}/clip --out EVAL
 
 Parts: {parts}
 """
