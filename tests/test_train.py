@@ -130,7 +130,7 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects
 
 def test_validation_grid_written(tiny_models, subjects, tmp_path):
     out = tmp_path / "lora"
-    train(_cfg(tiny_models, subjects, out, "sd", validate_every=1, validation_inference_steps=1,
+    train(_cfg(tiny_models, subjects, out, "sdxl", validate_every=1, validation_inference_steps=1,
                validation_images=1, max_train_steps=2))
     assert sorted(p.name for p in (out / "validation").iterdir()) == [
         "step_000000.png", "step_000001.png", "step_000002.png"]
@@ -187,6 +187,10 @@ def test_resume_refuses_changed_method_options(tiny_models, subjects, tmp_path):
     # more steps is fine
     train(_cfg(tiny_models, subjects, out, "sd", resume=True, max_train_steps=3))
     assert _log(out)[-1]["step"] == 3
+    # the CLI needs only --out: everything else comes from OUT/config.toml
+    assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--no-progress"]) == 0
+    assert [r["step"] for r in _log(out)] == [1, 2, 3, 4]
+    assert TrainConfig.from_toml(out / "config.toml").max_train_steps == 4
 
 
 # ----------------------------------------------------------------------------- caching

@@ -15,6 +15,7 @@ The method lives in the data (:class:`mudi.compose.Composer`); the loop is plain
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import json
@@ -523,7 +524,12 @@ def _abs_if_local(p: str) -> str:
 
 
 def _resolve_resume(cfg: TrainConfig) -> TrainConfig:
-    """Merge a ``--resume`` request with the run's saved config (which wins on data/method fields)."""
+    """Merge a ``--resume`` request with the run's saved config.
+
+    The saved config wins. A data/method option given with a value that differs both from the
+    saved one and from the default is refused (it would change the run); the resume-safe
+    options (steps, checkpoint/validation intervals, device, ...) are taken from the request.
+    """
     out = Path(cfg.out)
     saved_path = out / CONFIG_NAME
     if not saved_path.is_file():
@@ -531,25 +537,28 @@ def _resolve_resume(cfg: TrainConfig) -> TrainConfig:
             raise MudiError(f"{out}: nothing to resume ({CONFIG_NAME} is missing); it is not a `mudi train` output folder.")
         return cfg  # killed before anything was written: start from scratch
     saved = TrainConfig.from_toml(saved_path)
-    given = cfg
-    unresolved = {"resolution": 0, "mixed_precision": "auto", "segmix_margin": -1.0}
+    default = TrainConfig()
     path_fields = {"subjects", "base", "prior_dir", "vae"}
     for f in saved.to_dict():
         if f in RESUME_SAFE_FIELDS:
             continue
-        a, b = getattr(given, f), getattr(saved, f)
+        given, was = getattr(cfg, f), getattr(saved, f)
         if f in path_fields:
-            a, b = _abs_if_local(a), _abs_if_local(b)
-        if a == b or (f in unresolved and getattr(given, f) == unresolved[f]):
-            continue
-        if f in path_fields and not getattr(given, f):
+            same = _abs_if_local(given) == _abs_if_local(was)
+        else:
+            same = given == was
+        if same or given == getattr(default, f):
             continue
         raise MudiError(
-            f"{saved_path}: --resume with {f} = {getattr(given, f)!r}, but the run was started with {b!r}. "
-            "A resumed run must keep the data and method options; only the step count, checkpoint/validation "
+            f"{saved_path}: --resume with {f} = {given!r}, but the run was started with {was!r}. "
+            "A resumed run keeps its data and method options; only the step count, checkpoint/validation "
             "intervals and the device may change. Start a new --out for other options."
         )
-    merged = {f: getattr(given, f) for f in RESUME_SAFE_FIELDS if hasattr(given, f)}
+    always = {"out", "resume", "overwrite", "stop_after", "progress"}
+    merged = {
+        f: getattr(cfg, f) if (f in always or getattr(cfg, f) != getattr(default, f)) else getattr(saved, f)
+        for f in RESUME_SAFE_FIELDS
+    }
     return saved.updated(merged)
 
 
@@ -619,14 +628,15 @@ def prepare_run(config: TrainConfig):
     from mudi.subjects import SubjectSet
 
     cfg = config
-    cfg.check()
     out = Path(cfg.out)
     if cfg.resume:
+        if not cfg.out:
+            raise MudiError("--resume needs --out: the folder of the run to continue.")
         if not out.exists():
             raise MudiError(f"{out}: nothing to resume (folder not found). Drop --resume to start a new run.")
         cfg = _resolve_resume(cfg)
-        cfg.check()
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+    cfg.check()
+    if not cfg.resume and out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
         if not out.is_dir():
             raise MudiError(f"{out}: the output path is a file; choose a folder.")
         raise MudiError(
@@ -646,10 +656,10 @@ def prepare_run(config: TrainConfig):
         cset = ClassSet.load(cfg.prior_dir)
         classes = (cset.for_subjects(sset), cset.class_names(sset))
     info = inspect_model(cfg.base)
-    if cfg.vae:
+    if cfg.vae and not (Path(cfg.vae) / "vae").is_dir():  # a VAE folder/hub id (or a pipeline's vae/)
         from mudi.models import resolve_model
 
-        resolve_model(cfg.vae, "vae") if not (Path(cfg.vae) / "vae").is_dir() else None
+        resolve_model(cfg.vae, "vae")
     if info is not None:
         if cfg.resolution == 0:
             cfg = cfg.updated({"resolution": info.default_resolution})
@@ -775,7 +785,9 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     if complete:  # every caption is cached: the text encoders are not needed any more
         if pipeline is None:  # our own pipeline: drop them (validation uses the cached embeddings)
             text.close()
-            pipe.register_modules(**{n: None for n in ("text_encoder", "text_encoder_2") if hasattr(pipe, n)})
+            names = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+            pipe.register_modules(**{n: None for n in names if hasattr(pipe, n)})
+            gc.collect()
         elif device.type != "cpu":
             for enc in text.encoders():
                 enc.to("cpu")
