@@ -332,3 +332,36 @@ def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subject
     train(_cfg(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw))
     assert TrainConfig.from_toml(tmp_path / "d" / "config.toml").mixed_precision == "bf16"
     assert all(v.dtype == torch.float32 for v in _lora(tmp_path / "d").values())  # LoRA kept in fp32
+
+
+def test_sigkill_and_resume_gives_the_same_lora(tiny_models, subjects, tmp_path):
+    """Kill a real `mudi train` process (SIGKILL, no clean-up) mid-run, resume, compare."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kw = dict(max_train_steps=6, checkpoint_every=1, learning_rate=1e-2, p=0.5)
+    full = tmp_path / "full"
+    train(_cfg(tiny_models, subjects, full, "sd", **kw))
+
+    part = tmp_path / "part"
+    cmd = [sys.executable, "-m", "mudi.cli", "train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"),
+           "--out", str(part), "--resolution", "64", "--steps", "6", "--checkpoint-every", "1", "--lr", "0.01",
+           "--p", "0.5", "--validate-every", "-1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (part / "checkpoints" / "step_000002").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (part / "pytorch_lora_weights.safetensors").exists()
+    train(_cfg(tiny_models, subjects, part, "sd", resume=True, **kw))
+    a, b = _lora(full), _lora(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in _log(part)] == list(range(1, 7))

@@ -11,6 +11,27 @@ The recipe reads top to bottom in :func:`train`:
 5. export the LoRA (diffusers + kohya formats), the log, the loss curve and validation grids.
 
 The method lives in the data (:class:`mudi.compose.Composer`); the loop is plain DreamBooth.
+
+Output folder::
+
+    OUT/pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(OUT)
+    OUT/lora_kohya.safetensors             kohya/ComfyUI/A1111 copy (lora_unet_* keys, alpha tensors)
+    OUT/config.toml                        the fully resolved run (mudi train --config OUT/config.toml)
+    OUT/train_log.jsonl                    per step: step, loss (instance, prior), lr, grad_norm, time,
+                                           step_time, step_cpu_time, data_time, kinds, text_encoder_calls
+    OUT/loss.png                           loss curve (written at validations and at the end)
+    OUT/validation/step_XXXXXX.png         validation grids (prompts x images)
+    OUT/summary.json                       counters: cached captions/latents, text-encoder calls, timing
+    OUT/checkpoints/step_XXXXXX/           lora.safetensors, optimizer.safetensors (+ torch RNG), state.json
+    OUT/tensorboard/                       scalars, when the tensorboard package is installed
+
+Resume design: example number ``e`` (global over steps, micro-batches, processes) is drawn by
+:class:`ExampleSchedule` from ``(seed, e)`` alone -- which photo, the Seg-Mix draws, the VAE
+sample noise, the diffusion noise and the timestep -- so there is no sampler state to restore.
+A checkpoint (written to a temp folder, fsynced, renamed) holds the LoRA weights, the
+optimizer state, the step and, for completeness, the python/numpy/torch RNG states. A run
+killed at any moment resumes from its newest complete checkpoint and ends with exactly the
+LoRA of an uninterrupted run (bitwise on CPU).
 """
 
 from __future__ import annotations
@@ -1087,6 +1108,7 @@ class _nullcontext:
 
 __all__ = [
     "ExampleSchedule",
+    "TrainConfig",
     "ModelInfo",
     "TextCache",
     "check_resolution",
