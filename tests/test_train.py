@@ -131,7 +131,8 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects
 def test_validation_grid_written(tiny_models, subjects, tmp_path):
     out = tmp_path / "lora"
     train(_cfg(tiny_models, subjects, out, "sdxl", validate_every=1, validation_inference_steps=1,
-               validation_images=1, max_train_steps=2))
+               validation_images=1, max_train_steps=2, validation_prompts=["a photo of a {b} on a sofa"]))
+    assert TrainConfig.from_toml(out / "config.toml").validation_prompts == ["a photo of a {b} on a sofa"]
     assert sorted(p.name for p in (out / "validation").iterdir()) == [
         "step_000000.png", "step_000001.png", "step_000002.png"]
     # validation used cached prompt embeddings: still no text-encoder call after setup

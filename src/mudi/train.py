@@ -175,6 +175,13 @@ def default_validation_prompts(subject_set, k: int) -> list[str]:
     return [f"a photo of {body}"] + [f"a photo of a {p}" for p in phrases]
 
 
+def fill_subjects(prompt: str, subject_set) -> str:
+    """Replace ``{key}`` (e.g. ``{a}``) by that subject's phrase ("olis corgi")."""
+    for s in subject_set:
+        prompt = prompt.replace("{" + s.key + "}", s.phrase)
+    return prompt
+
+
 class TextCache:
     """Text embeddings per caption, computed once with the pipeline's own ``encode_prompt``.
 
@@ -723,7 +730,8 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
 
     # ------------------------------------------------------------ model
     if pipeline is None:
-        pipe = load_pipeline(cfg.base, dtype=torch.float32, device="cpu", vae=cfg.vae or None)
+        # frozen weights in the training dtype from the start (no fp32 copy of a large UNet in RAM)
+        pipe = load_pipeline(cfg.base, dtype=weight_dtype, device="cpu", vae=cfg.vae or None)
     else:
         pipe = pipeline
     sdxl = is_sdxl(pipe)
@@ -797,7 +805,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     class_photos, class_names = classes if classes else (None, None)
     if class_photos is not None:
         captions += class_captions(class_photos, class_names, sset.keys, cfg.k, cfg.mix)
-    val_prompts = list(cfg.validation_prompts) or default_validation_prompts(sset, cfg.k)
+    val_prompts = [fill_subjects(v, sset) for v in cfg.validation_prompts] or default_validation_prompts(sset, cfg.k)
     complete = len(captions) <= MAX_PRECOMPUTED_CAPTIONS
     text.add((captions if complete else []) + val_prompts)
     text.add_uncond(cfg.validation_negative_prompt)

@@ -61,9 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fine-tune a UNet LoRA on a subject set with Seg-Mix (METHOD.md defaults: rank 32, AdamW 1e-4, "
             "batch 1 x accumulation 2, 2010 steps, p=0.3, seed 42). --mix none is the DreamBooth baseline, "
-            "--mix cutmix the Cut-Mix baseline. Multi-GPU: `accelerate launch -m mudi.cli train ...`."
+            "--mix cutmix the Cut-Mix baseline. Continue a stopped or killed run with `mudi train --out OUT --resume`. "
+            "Multi-GPU: `accelerate launch -m mudi.cli train ...` (no code change)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data and model")
     g.add_argument("--subjects", metavar="DIR", help="subject-set folder (from `mudi prepare`)")
@@ -104,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--validate-every", type=int,
                    help="validation grid every N steps (default 500; 0 = only at the end; -1 = never)")
     g.add_argument("--validation-prompt", action="append", metavar="PROMPT",
-                   help="validation prompt (repeatable; default 'a photo of a {A} and a {B}' and each subject)")
+                   help="validation prompt (repeatable); {a}, {b}, ... are replaced by the subjects' phrases "
+                        "(default: 'a photo of a {a} and a {b}' and each subject alone)")
     g.add_argument("--validation-steps", type=int, help="sampling steps of validation images (default 25)")
     g.add_argument("--stop-after", type=int, metavar="STEP", help="stop after this step (resume later)")
     g.add_argument("--resume", action="store_true", default=None, help="continue OUT from its latest checkpoint")
