@@ -253,6 +253,7 @@ def test_cli_config_file_and_flag_override(tiny_models, subjects, tmp_path):
         (["--mixed-precision", "fp16", "--device", "cpu"], "fp16 needs a GPU"),
         (["--prior-dir", "/nonexistent/priors"], "class set"),
         (["--lr", "-1"], "learning_rate"),
+        (["--prior-weight", "-1"], "prior_weight"),
     ],
 )
 def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, message):
@@ -366,3 +367,22 @@ def test_sigkill_and_resume_gives_the_same_lora(tiny_models, subjects, tmp_path)
     a, b = _lora(full), _lora(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _log(part)] == list(range(1, 7))
+
+
+def test_8bit_adam_needs_bitsandbytes(tiny_models, subjects, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
+    args = ["train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"), "--out", str(tmp_path / "o"),
+            "--resolution", "64", "--steps", "1", "--use-8bit-adam", "--no-progress"]
+    assert main(args) == 2
+    assert "bitsandbytes" in capsys.readouterr().err
+
+
+def test_cuda_requested_without_gpu(tiny_models, subjects, tmp_path, capsys):
+    if torch.cuda.is_available():  # this check is about machines without a GPU
+        return
+    args = ["train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"), "--out", str(tmp_path / "o"),
+            "--resolution", "64", "--steps", "1", "--device", "cuda"]
+    assert main(args) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
