@@ -386,3 +386,14 @@ def test_cuda_requested_without_gpu(tiny_models, subjects, tmp_path, capsys):
             "--resolution", "64", "--steps", "1", "--device", "cuda"]
     assert main(args) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_resume_with_overwrite_means_resume_or_start(tiny_models, subjects, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "stray.txt").write_text("x")
+    train(_cfg(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=1, checkpoint_every=1))
+    assert [r["step"] for r in _log(out)] == [1]  # nothing to resume: started over
+    train(_cfg(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=2))
+    assert [r["step"] for r in _log(out)] == [1, 2]  # a run was there: continued, not restarted
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == 1

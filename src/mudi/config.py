@@ -108,8 +108,8 @@ class TrainConfig:
     stop_after: int = 0  # stop (as if killed) after this optimizer step; 0 = run to the end
     device: str = "auto"
     progress: bool = True
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool = False  # continue OUT from its newest checkpoint (wins over overwrite when OUT holds a run)
+    overwrite: bool = False  # start over in a non-empty OUT (with resume: only when OUT holds no run)
 
     # ------------------------------------------------------------------ TOML
     @classmethod
@@ -226,8 +226,6 @@ class TrainConfig:
             raise bad("stop_after", self.stop_after, "must be >= 0")
         if self.seed < 0 or self.seed >= 2**63:
             raise bad("seed", self.seed, "must be in [0, 2**63)")
-        if self.resume and self.overwrite:
-            raise MudiError("--resume and --overwrite exclude each other: resume continues OUT, overwrite restarts it.")
 
 
 def _coerce(key: str, value: Any, default: Any, prefix: str) -> Any:

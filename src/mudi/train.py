@@ -657,6 +657,8 @@ def prepare_run(config: TrainConfig):
 
     cfg = config
     out = Path(cfg.out)
+    if cfg.resume and cfg.overwrite and not (out / CONFIG_NAME).is_file():
+        cfg = cfg.updated({"resume": False})  # "resume if there is a run, else start over"
     if cfg.resume:
         if not cfg.out:
             raise MudiError("--resume needs --out: the folder of the run to continue.")
