@@ -1,0 +1,59 @@
+"""`mudi demo` end to end on a tiny SD pipeline (fast settings); the shipped toy model is
+tested in test_toy.py."""
+
+import json
+
+from mudi.cli import main
+
+FAST = ["--train-steps", "2", "--images-per-prompt", "1", "--steps", "2", "--methods", "dreambooth,mudi",
+        "--no-progress"]
+
+
+def _run(tmp_path, tiny_models, name):
+    out = tmp_path / name
+    rc = main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--seed", "3", *FAST])
+    assert rc == 0
+    return out
+
+
+def test_demo_writes_report_and_summary_deterministically(tmp_path, tiny_models, capsys):
+    out = _run(tmp_path, tiny_models, "a")
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"dreambooth", "mudi"}
+    for m in summary["methods"].values():
+        assert {"dnc_mean", "success_rate", "count_errors"} <= set(m)
+        assert m["n_images"] == len(summary["prompts"])
+    assert summary["methods"]["mudi"]["initialization"] == "mudi"
+    assert summary["methods"]["dreambooth"]["training_mix"] == "none"
+    report = (out / "report.html").read_text()
+    assert "mudi demo" in report and "data:image/png;base64," in report
+    assert (out / "lora_none" / "pytorch_lora_weights.safetensors").exists()
+    assert (out / "lora_segmix" / "pytorch_lora_weights.safetensors").exists()
+    assert len(list((out / "gen" / "mudi").glob("[0-9][0-9][0-9][0-9].png"))) == len(summary["prompts"])
+
+    again = json.loads((_run(tmp_path, tiny_models, "b") / "summary.json").read_text())
+    assert again["methods"] == summary["methods"]
+
+    # --resume on a finished demo redoes nothing and reports the same numbers
+    capsys.readouterr()
+    rc = main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--seed", "3", "--resume", *FAST])
+    assert rc == 0
+    assert capsys.readouterr().out.count("already done, skipping") == 1 + 2 + 2 + 2
+    assert json.loads((out / "summary.json").read_text())["methods"] == summary["methods"]
+
+
+def test_demo_refuses_non_empty_out(tmp_path, tiny_models, capsys):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    rc = main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), *FAST])
+    assert rc == 2
+    assert "already has content" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_demo_rejects_unknown_method(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "x"), "--methods", "dreambooth,nope"])
+    assert rc == 2
+    assert "unknown demo method" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
