@@ -397,3 +397,23 @@ def test_resume_with_overwrite_means_resume_or_start(tiny_models, subjects, tmp_
     train(_cfg(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=2))
     assert [r["step"] for r in _log(out)] == [1, 2]  # a run was there: continued, not restarted
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == 1
+
+
+def test_three_subjects_k3(tiny_models, data_dir, tmp_path):
+    """k = 3 composites over a 4-subject set: every caption pre-computed, none encoded per step."""
+    from mudi.subjects import SubjectSet
+
+    sets = [SubjectSet.load(data_dir / "subjects" / n) for n in ("dog6_and_dog2", "monster_toy_and_robot_toy")]
+    items = []
+    for i, (ss, idents) in enumerate(zip(sets, (("olis", "hta"), ("ult", "amg")))):
+        for s, ident in zip(ss, idents):
+            photos = [(ph.image, ph.mask, ph.caption) for ph in ss.photos(s.key)[:2]]
+            items.append((f"{s.key}{i}", f"{ident} {s.cls}", photos))
+    four = SubjectSet.from_arrays(items).save(tmp_path / "four")
+    out = tmp_path / "o"
+    train(TrainConfig(**FAST, subjects=str(four), base=str(tiny_models / "sd"), out=str(out), max_train_steps=2,
+                      k=3, p=1.0))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["text_encoder_calls_training"] == 0
+    assert summary["captions_cached"] >= 8 + 4 * 3 * 2  # photo captions + every ordered composite caption
+    assert {k for r in _log(out) for k in r["kinds"]} == {"segmix"}
