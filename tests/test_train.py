@@ -126,6 +126,10 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects
     pipe2 = load_pipeline(str(tiny_models / "sdxl"))
     pipe2.load_lora_weights(str(out), weight_name="lora_kohya.safetensors")
     assert np.array_equal(sample(pipe2), tuned)
+    # the final checkpoint's own diffusers-format copy is the same LoRA
+    pipe3 = load_pipeline(str(tiny_models / "sdxl"))
+    pipe3.load_lora_weights(str(list_checkpoints(out)[-1][1]))
+    assert np.array_equal(sample(pipe3), tuned)
 
 
 def test_validation_grid_written(tiny_models, subjects, tmp_path):
@@ -150,6 +154,11 @@ def test_resume_is_bitwise_identical(tiny_models, subjects, tmp_path):
     train(_cfg(tiny_models, subjects, part, "sdxl", stop_after=2, **kw))
     assert not (part / "pytorch_lora_weights.safetensors").exists()
     assert [s for s, _ in list_checkpoints(part)] == [2]
+    ckpt = list_checkpoints(part)[0][1]
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "lora.safetensors", "optimizer.safetensors", "pytorch_lora_weights.safetensors", "state.json"]
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 2 and state["sampler"]["next_example"] == 4 and "python" in state["rng"]
     train(_cfg(tiny_models, subjects, part, "sdxl", resume=True, **kw))
     a, b = _lora(full), _lora(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -22,7 +22,8 @@ Output folder::
     OUT/loss.png                           loss curve (written at validations and at the end)
     OUT/validation/step_XXXXXX.png         validation grids (prompts x images)
     OUT/summary.json                       counters: cached captions/latents, text-encoder calls, timing
-    OUT/checkpoints/step_XXXXXX/           lora.safetensors, optimizer.safetensors (+ torch RNG), state.json
+    OUT/checkpoints/step_XXXXXX/           lora.safetensors, optimizer.safetensors (+ torch RNG), state.json,
+                                           pytorch_lora_weights.safetensors (this step's LoRA, diffusers format)
     OUT/tensorboard/                       scalars, when the tensorboard package is installed
 
 Resume design: example number ``e`` (global over steps, micro-batches, processes) is drawn by
@@ -414,7 +415,7 @@ def _set_rng_state(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None
 
 
 def save_checkpoint(out: Path, step: int, unet, optimizer, *, scaler=None, sampler: dict, keep: int,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, export: Callable[[Path], Any] | None = None) -> Path:
     """Write ``OUT/checkpoints/step_XXXXXX`` atomically (temp folder + rename) and prune old ones.
 
     Tensors (LoRA weights, optimizer state, torch RNG) go to safetensors, the rest to JSON.
@@ -429,6 +430,8 @@ def save_checkpoint(out: Path, step: int, unet, optimizer, *, scaler=None, sampl
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
         save_file(lora_state_dict(unet), str(tmp / "lora.safetensors"))
+        if export is not None:  # the LoRA of this step in diffusers format: pipe.load_lora_weights(folder)
+            export(tmp)
         opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
         rng_js, rng_tensors = _rng_state()
         save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
@@ -1035,7 +1038,8 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             ):
                 save_checkpoint(out, done, unet, optimizer, scaler=scaler,
                                 sampler=schedule.state((done * world) * accum * B), keep=cfg.keep_checkpoints,
-                                extra={"config": resolved.to_dict()})
+                                extra={"config": resolved.to_dict()},
+                                export=lambda d: save_diffusers_lora(type(pipe), accelerator.unwrap_model(unet), d))
             if cfg.validate_every > 0 and done % cfg.validate_every == 0 and done != cfg.max_train_steps:
                 validate(done)
                 if log_fh:
