@@ -53,7 +53,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mudi.config import TrainConfig, RESUME_SAFE_FIELDS
 from mudi.errors import MudiError
