@@ -1,6 +1,6 @@
 """Architecture of the toy base model: a small Stable Diffusion (v1-style) pipeline.
 
-64x64 RGB images, a scale-factor-4 VAE (16x16x4 latents), a small cross-attention UNet with
+64x64 RGB images, a scale-factor-4 VAE (16x16x16 latents, no attention), a small cross-attention UNet with
 standard diffusers attention (to_q/to_k/to_v/to_out.0, so LoRA targets work unchanged) and a
 small CLIP text encoder over the real CLIP BPE vocabulary. Everything is built from config
 objects here; weights come from :mod:`mudi.toy.train`.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 RESOLUTION = 64
-LATENT_CHANNELS = 4
+LATENT_CHANNELS = 16
 TEXT_DIM = 128
 MAX_TOKENS = 77
 
@@ -43,10 +43,11 @@ def build_vae(cfg: ToyModelConfig = ToyModelConfig(), scaling_factor: float = 1.
         block_out_channels=tuple(cfg.vae_channels),
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
-        norm_num_groups=16,
+        norm_num_groups=4,  # >= 4 channels per group: per-channel norms erase absolute colour
         sample_size=RESOLUTION,
         scaling_factor=scaling_factor,
         force_upcast=False,
+        mid_block_add_attention=False,
     )
 
 
@@ -66,7 +67,7 @@ def build_unet(cfg: ToyModelConfig = ToyModelConfig()):
         transformer_layers_per_block=1,
         attention_head_dim=tuple(cfg.unet_attention_heads),
         cross_attention_dim=cfg.text_dim,
-        norm_num_groups=16,
+        norm_num_groups=8,
     )
 
 

@@ -69,25 +69,29 @@ def _images_to_tensor(batch: np.ndarray):
 
 
 def prepare_data(run: Path, n: int, seed: int):
-    """Images (cached) and scene descriptions (regenerated; cheap) for the training set."""
+    """Images and object masks (cached) and scene descriptions (regenerated; cheap)."""
     from mudi.toy import world
 
     rng = np.random.default_rng(seed)
     scenes = [world.sample_scene(rng) for _ in range(n)]
-    cache = run / "images.npy"
-    if cache.exists():
-        images = np.load(cache)
-        if len(images) == n:
-            return images, scenes
+    cache, fg_cache = run / "images.npy", run / "foreground.npy"
+    if cache.exists() and fg_cache.exists():
+        images, fg = np.load(cache), np.load(fg_cache)
+        if len(images) == n == len(fg):
+            return images, fg, scenes
     images = np.empty((n, 64, 64, 3), np.uint8)
+    fg = np.empty((n, 64, 64), bool)
     for i, sc in enumerate(scenes):
-        images[i], _ = world.render_scene(sc)
-    np.save(run / "images.tmp.npy", images)
-    (run / "images.tmp.npy").replace(cache)
-    return images, scenes
+        images[i], masks = world.render_scene(sc)
+        fg[i] = np.logical_or.reduce(masks)
+    for arr, path in ((images, cache), (fg, fg_cache)):
+        tmp = path.with_name(path.stem + ".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(path)
+    return images, fg, scenes
 
 
-def train_vae(run: Path, images: np.ndarray, args) -> "object":
+def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     import torch
 
     from mudi.toy.model import ToyModelConfig, build_vae
@@ -114,16 +118,17 @@ def train_vae(run: Path, images: np.ndarray, args) -> "object":
     while step < args.vae_steps:
         idx = rng.integers(0, len(images), args.vae_batch)
         x = _images_to_tensor(images[idx])
-        if args.vae_crop < x.shape[-1]:  # the VAE is convolutional: train on random crops
-            c = args.vae_crop
-            oy, ox = (int(v) for v in rng.integers(0, x.shape[-1] - c + 1, 2) // 4 * 4)
-            x = x[:, :, oy : oy + c, ox : ox + c]
+        # objects are small: weight their pixels up so the VAE does not blur them into the background
+        w = 1.0 + args.vae_fg_weight * torch.from_numpy(fg[idx]).float()[:, None]
+        w = w / w.mean()
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        l1 = (rec - x).abs().mean()
-        l2 = (rec - x).pow(2).mean()
+        l1 = ((rec - x).abs() * w).mean()
+        l2 = ((rec - x).pow(2) * w).mean()
         kl = post.kl().mean() / (post.mean[0].numel())
         loss = l1 + l2 + args.vae_kl * kl
+        for gparam in opt.param_groups:  # cosine decay to 5 % of the base rate
+            gparam["lr"] = args.vae_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -318,10 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=None, help="pipeline folder to write at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=30000)
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--vae-crop", type=int, default=32, help="VAE training crop size (px)")
-    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=8)
+    p.add_argument("--vae-fg-weight", type=float, default=4.0, help="extra loss weight on object pixels")
+    p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
     p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=16)
@@ -343,12 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     (run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     start = time.time()
     _log(run, f"rendering {args.images} scenes (seed {args.seed})")
-    images, scenes = prepare_data(run, args.images, args.seed)
+    images, fg, scenes = prepare_data(run, args.images, args.seed)
     _log(run, "training VAE")
-    vae = train_vae(run, images, args)
+    vae = train_vae(run, images, fg, args)
     lat_mean, lat_std, scale = encode_all(run, vae, images)
     vae.register_to_config(scaling_factor=scale)
-    del images
+    del images, fg
     _log(run, "training UNet + text encoder")
     unet, te, tok, steps, loss = train_unet(run, vae, lat_mean, lat_std, scale, scenes, args)
     meta = {"seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "unet_steps": steps,
