@@ -426,3 +426,58 @@ def test_three_subjects_k3(tiny_models, data_dir, tmp_path):
     assert summary["text_encoder_calls_training"] == 0
     assert summary["captions_cached"] >= 8 + 4 * 3 * 2  # photo captions + every ordered composite caption
     assert {k for r in _log(out) for k in r["kinds"]} == {"segmix"}
+
+
+# ----------------------------------------------------------------------------- GPU-path regressions (run on CPU)
+
+
+def test_text_encoders_freed_and_force_upcast_vae_kept_fp32(tiny_models, subjects, tmp_path, monkeypatch):
+    """After the caption cache is built no reference to the text encoders is left (on a GPU the
+    SDXL text_encoder_2 alone is 1.4 GB in fp16), and a --vae whose config says force_upcast
+    (like the real SDXL base VAE) runs in fp32 under mixed precision."""
+    import gc
+    import weakref
+
+    import mudi.models
+
+    real = mudi.models.load_pipeline
+    seen: dict = {}
+
+    def spy(*args, **kwargs):
+        pipe = real(*args, **kwargs)
+        seen["pipe"] = pipe
+        seen["refs"] = [weakref.ref(pipe.text_encoder), weakref.ref(pipe.text_encoder_2)]
+        return pipe
+
+    monkeypatch.setattr(mudi.models, "load_pipeline", spy)
+    checks = []
+
+    def on_step(step, row):
+        gc.collect()
+        checks.append(([r() is None for r in seen["refs"]], seen["pipe"].vae.dtype))
+
+    train(_cfg(tiny_models, subjects, tmp_path / "o", "sdxl", mixed_precision="bf16", vae=str(tiny_models / "sdxl"),
+               max_train_steps=1), on_step=on_step)
+    assert checks == [([True, True], torch.float32)]
+
+
+def test_validation_decodes_outside_autocast(tiny_models, subjects, tmp_path):
+    """Validation images are decoded without autocast in the VAE's dtype: under fp16 autocast the
+    SDXL base VAE (fp32, force_upcast) overflows and the validation grids come out black."""
+    from mudi.models import load_pipeline
+
+    pipe = load_pipeline(str(tiny_models / "sdxl"))
+    assert pipe.vae.config.force_upcast
+    real = pipe.vae.decode
+    calls = []
+
+    def decode(z, *args, **kwargs):
+        calls.append((torch.is_autocast_enabled("cpu"), z.dtype, next(pipe.vae.parameters()).dtype))
+        return real(z, *args, **kwargs)
+
+    pipe.vae.decode = decode
+    out = tmp_path / "o"
+    train(_cfg(tiny_models, subjects, out, "sdxl", mixed_precision="bf16", validate_every=0,
+               validation_inference_steps=1, validation_images=1, max_train_steps=1), pipeline=pipe)
+    assert calls and all(c == (False, torch.float32, torch.float32) for c in calls)
+    assert (out / "validation" / "step_000001.png").is_file()

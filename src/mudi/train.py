@@ -781,13 +781,16 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     for enc in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
         if enc is not None:
             enc.requires_grad_(False).eval()
-    vae_dtype = torch.float32 if (getattr(vae.config, "force_upcast", False) and not cfg.vae) else weight_dtype
+    # a VAE whose config asks for it (the SDXL base VAE: NaNs in fp16) runs in fp32, whoever chose it;
+    # the fp16-fix VAE (force_upcast false) runs in the training dtype
+    vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) else weight_dtype
     _move(vae, device, vae_dtype).eval()
     _move(unet, device, weight_dtype)
     for name in ("text_encoder", "text_encoder_2"):
         enc = getattr(pipe, name, None)
         if enc is not None:
             _move(enc, device, weight_dtype)
+    enc = None  # no stray reference: the text encoders must be freeable once the captions are cached
     pipe.set_progress_bar_config(disable=True)
 
     torch.manual_seed(cfg.seed)  # LoRA initialisation
@@ -818,6 +821,9 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     if complete:  # every caption is cached: the text encoders are not needed any more
         if pipeline is None:  # our own pipeline: drop them (validation uses the cached embeddings)
             text.close()
+            for te in text.encoders():
+                te.to("cpu")  # frees the GPU copy even if something else still holds the module
+            te = None
             names = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
             pipe.register_modules(**{n: None for n in names if hasattr(pipe, n)})
             gc.collect()
@@ -962,7 +968,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         images, labels = [], []
         calls_before = text.calls
         try:
-            with torch.no_grad(), accelerator.autocast():
+            with torch.no_grad():
                 for pi, prompt in enumerate(val_prompts):
                     pe, pooled = text.get([prompt])
                     npe, npooled = text.uncond
@@ -971,9 +977,10 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
                     kw = dict(prompt_embeds=pe.repeat(n, 1, 1), negative_prompt_embeds=npe.repeat(n, 1, 1))
                     if sdxl:
                         kw.update(pooled_prompt_embeds=pooled.repeat(n, 1), negative_pooled_prompt_embeds=npooled.repeat(n, 1))
-                    res = pipe(**kw, num_inference_steps=cfg.validation_inference_steps,
-                               guidance_scale=cfg.validation_guidance_scale, height=S, width=S, generator=gens)
-                    images.extend(res.images)
+                    with accelerator.autocast():  # the UNet only: see _decode_latents for the VAE
+                        res = pipe(**kw, num_inference_steps=cfg.validation_inference_steps, output_type="latent",
+                                   guidance_scale=cfg.validation_guidance_scale, height=S, width=S, generator=gens)
+                    images.extend(_decode_latents(pipe, res.images))
                     labels.extend([prompt] * n)
         finally:
             base_unet.train()
@@ -1101,6 +1108,28 @@ def _reset_accelerate_precision(mp: str) -> None:
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision", mp) != mp:
         AcceleratorState._reset_state(reset_partial_state=False)
+
+
+@torch.no_grad()
+def _decode_latents(pipe, latents: torch.Tensor) -> list:
+    """Validation latents -> PIL images, decoded outside autocast in the VAE's own dtype.
+
+    Under fp16 autocast the SDXL base VAE (kept in fp32 because its config says
+    ``force_upcast``) would run its convolutions in fp16, overflow and give black images.
+    """
+    vae = pipe.vae
+    cfg = vae.config
+    param = next(vae.parameters())
+    z = latents.to(param.device, param.dtype)
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is not None and std is not None:
+        m = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+        z = z * s / cfg.scaling_factor + m
+    else:
+        z = z / cfg.scaling_factor
+    image = vae.decode(z, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image.float(), output_type="pil")
 
 
 def _move(module, device: torch.device, dtype: torch.dtype):

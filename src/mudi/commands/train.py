@@ -70,7 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--base", metavar="MODEL", help="base SD/SDXL pipeline: local folder or hub id")
     g.add_argument("--out", metavar="OUT", help="output folder (new or empty; see --resume/--overwrite)")
     g.add_argument("--config", metavar="TOML", help="run config file (any TrainConfig field); flags override it")
-    g.add_argument("--vae", metavar="MODEL", help="VAE override, e.g. madebyollin/sdxl-vae-fp16-fix")
+    g.add_argument("--vae", metavar="MODEL",
+                   help="VAE override (default: the base model's own VAE, kept in fp32 when its config says "
+                        "force_upcast, as the SDXL base VAE does). METHOD.md trains SDXL in fp16 with "
+                        "--vae madebyollin/sdxl-vae-fp16-fix (runs in fp16: faster, less memory)")
     g.add_argument("--resolution", type=int, help="training resolution (default: the model's, 1024 SDXL / 512 SD)")
     g = p.add_argument_group("Seg-Mix")
     g.add_argument("--mix", choices=["segmix", "cutmix", "none"], help="composition (default segmix)")
