@@ -481,3 +481,48 @@ def test_validation_decodes_outside_autocast(tiny_models, subjects, tmp_path):
                validation_inference_steps=1, validation_images=1, max_train_steps=1), pipeline=pipe)
     assert calls and all(c == (False, torch.float32, torch.float32) for c in calls)
     assert (out / "validation" / "step_000001.png").is_file()
+
+
+def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
+    """The kohya copy of LoRAs on the real SD 1.x/2.x and SDXL UNet layouts (tiny channels) converts
+    back with diffusers' own kohya converter to exactly the diffusers-format weights; SD 2.x
+    LoRAs are marked ss_v2 (A1111 filters LoRAs by base-model version)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    from mudi.lora import add_unet_lora, kohya_state_dict, lora_state_dict, save_kohya_lora
+
+    def unet(kind):
+        common = dict(sample_size=8, layers_per_block=2, norm_num_groups=8, attention_head_dim=2)
+        if kind == "sdxl":
+            return UNet2DConditionModel(
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                block_out_channels=(16, 16, 16), transformer_layers_per_block=[1, 2, 10], cross_attention_dim=16,
+                addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=6 * 8 + 16, use_linear_projection=True, **common)
+        return UNet2DConditionModel(
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, block_out_channels=(16,) * 4,
+            cross_attention_dim=1024 if kind == "sd2" else 16, **common)
+
+    for kind, cls in (("sdxl", StableDiffusionXLPipeline), ("sd1", StableDiffusionPipeline), ("sd2", StableDiffusionPipeline)):
+        u = unet(kind)
+        add_unet_lora(u, rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        torch.manual_seed(0)
+        for p in u.parameters():
+            if p.requires_grad:
+                p.data.normal_()
+        peft = lora_state_dict(u)
+        converted, alphas = cls.lora_state_dict(kohya_state_dict(peft, 8.0))
+        norm = {k.replace(".processor.", ".").replace("to_out_lora", "to_out.0.lora").replace("_lora.", ".lora."): v
+                for k, v in converted.items()}
+        expected = {"unet." + k: v for k, v in convert_state_dict_to_diffusers(peft).items()}
+        assert set(norm) == set(expected), kind
+        assert all(torch.equal(norm[k], expected[k]) for k in expected), kind
+        assert alphas and set(float(a) for a in alphas.values()) == {8.0}
+        path = save_kohya_lora(u, tmp_path / f"{kind}.safetensors", alpha=8.0, sdxl=kind == "sdxl")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        assert meta["ss_base_model_version"] == {"sdxl": "sdxl_base_v1-0", "sd1": "sd_v1", "sd2": "sd_v2"}[kind]
+        assert meta["ss_v2"] == str(kind == "sd2")

@@ -143,11 +143,14 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, base: str = "",
     out_path = Path(out_path)
     sd = kohya_state_dict(lora_state_dict(unet), alpha)
     meta = lora_metadata(unet)
+    # SD 2.x (OpenCLIP-H text encoder, cross-attention dim 1024): A1111 reads ss_v2 to tell it from SD 1.x
+    v2 = not sdxl and int(getattr(_unwrap(unet).config, "cross_attention_dim", 768) or 768) == 1024
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(meta["r"]),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else ("sd_v2" if v2 else "sd_v1"),
+        "ss_v2": str(v2),
         "ss_sd_model_name": str(base),
         "mudi_lora_config": json.dumps(meta),
     }
