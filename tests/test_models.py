@@ -82,6 +82,32 @@ def test_offline_loader_raises_model_not_available():
         models.load_sam("mudi-test-nonexistent/sam-nothing")
 
 
+def test_online_resolution_paths(monkeypatch):
+    """With the hub reachable (simulated): a public id is returned as is for from_pretrained to
+    download; a network error falls back to the cache and fails fast when nothing is cached; a hub
+    repo without model_index.json is a MudiError, not a traceback."""
+    import huggingface_hub
+    from diffusers import DiffusionPipeline
+
+    monkeypatch.setattr(models, "hub_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, name, **kw: object())
+    assert models.resolve_model("someone/public-model", "pipeline") == "someone/public-model"
+
+    def no_index(*args, **kwargs):
+        raise OSError("someone/single-file does not appear to have a file named model_index.json.")
+
+    monkeypatch.setattr(DiffusionPipeline, "load_config", no_index)
+    with pytest.raises(MudiError, match="not a diffusers pipeline on the hub"):
+        models.load_pipeline("someone/single-file")
+
+    def unreachable(self, name, **kw):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
+    with pytest.raises(ModelNotAvailableError, match="unreachable"):
+        models.resolve_model("mudi-test-nonexistent/not-cached", "sam")
+
+
 def test_local_folder_missing_model_index(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(MudiError, match="model_index.json is missing"):

@@ -246,7 +246,13 @@ def _read_model_index(path: str) -> dict:
         return json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
     from diffusers import DiffusionPipeline
 
-    return dict(DiffusionPipeline.load_config(path))
+    try:
+        return dict(DiffusionPipeline.load_config(path))
+    except (OSError, ValueError) as exc:  # e.g. a hub repo with only a single-file checkpoint
+        raise MudiError(
+            f"'{path}' is not a diffusers pipeline on the hub (no usable model_index.json: "
+            f"{exc.__class__.__name__}). Pass a diffusers SD/SDXL pipeline id or folder."
+        ) from None
 
 
 def _pipeline_class(index: dict, name: str):
