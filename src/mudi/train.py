@@ -1128,8 +1128,11 @@ def _decode_latents(pipe, latents: torch.Tensor) -> list:
         z = z * s / cfg.scaling_factor + m
     else:
         z = z / cfg.scaling_factor
-    image = vae.decode(z, return_dict=False)[0]
-    return pipe.image_processor.postprocess(image.float(), output_type="pil")
+    images = []
+    for i in range(z.shape[0]):  # one at a time: a 1024 px fp32 decode of a batch is several GB
+        image = vae.decode(z[i : i + 1], return_dict=False)[0]
+        images.extend(pipe.image_processor.postprocess(image.float(), output_type="pil"))
+    return images
 
 
 def _move(module, device: torch.device, dtype: torch.dtype):
