@@ -108,6 +108,25 @@ def test_online_resolution_paths(monkeypatch):
         models.resolve_model("mudi-test-nonexistent/not-cached", "sam")
 
 
+def test_loaders_cast_when_diffusers_ignores_dtype(tiny_models, monkeypatch):
+    """diffusers releases older than the `dtype=` argument ignore it and load float32; the
+    loaders then cast, so --dtype fp16 on a GPU gives an fp16 pipeline."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    for cls in (StableDiffusionXLPipeline, AutoencoderKL):
+        real = cls.from_pretrained.__func__
+
+        def ignoring(klass, *args, _real=real, **kwargs):
+            kwargs.pop("dtype", None)
+            return _real(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(ignoring))
+    pipe = models.load_pipeline(str(tiny_models / "sdxl"), dtype=torch.bfloat16, vae=str(tiny_models / "sdxl"))
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        assert next(part.parameters()).dtype == torch.bfloat16
+    assert models.load_vae(str(tiny_models / "sdxl"), dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
 def test_local_folder_missing_model_index(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(MudiError, match="model_index.json is missing"):

@@ -283,6 +283,8 @@ def load_vae(name: str, *, dtype: torch.dtype = torch.float32, device: str | tor
         vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error("VAE", name, exc) from exc
+    if vae.dtype != dtype:  # a diffusers release older than `dtype=` (it ignores the argument)
+        vae.to(dtype=dtype)
     return vae.to(device)
 
 
@@ -321,6 +323,12 @@ def load_pipeline(
         pipe = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error("pipeline", name, exc) from exc
+    # diffusers releases before `dtype=` (mudi allows diffusers >= 0.35) ignore it with a warning
+    # and load float32: cast, so fp16 on a GPU really is fp16 (an SDXL pipeline in fp32 is ~14 GB)
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(pipe, part, None)
+        if module is not None and next(module.parameters()).dtype != dtype:
+            module.to(dtype=dtype)
     validate_tokenizer(getattr(pipe, "tokenizer", None), f"{name}: tokenizer")
     if is_sdxl(pipe):
         validate_tokenizer(getattr(pipe, "tokenizer_2", None), f"{name}: tokenizer_2")
