@@ -526,3 +526,18 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
             meta = f.metadata()
         assert meta["ss_base_model_version"] == {"sdxl": "sdxl_base_v1-0", "sd1": "sd_v1", "sd2": "sd_v2"}[kind]
         assert meta["ss_v2"] == str(kind == "sd2")
+
+
+def test_hub_model_path_resolves_resolution_after_loading(tiny_models, subjects, tmp_path, monkeypatch):
+    """A hub id is not inspected before loading (inspect_model returns None): the model's
+    resolution, SDXL-ness and prediction type then come from the loaded pipeline."""
+    import mudi.train
+
+    monkeypatch.setattr(mudi.train, "inspect_model", lambda base: None)
+    out = tmp_path / "o"
+    train(_cfg(tiny_models, subjects, out, "sdxl", resolution=0, max_train_steps=1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["model"] == "sdxl" and summary["resolution"] == 64
+    assert TrainConfig.from_toml(out / "config.toml").resolution == 64
+    with pytest.raises(MudiError, match="does not fit"):
+        train(_cfg(tiny_models, subjects, tmp_path / "bad", "sdxl", resolution=72, max_train_steps=1))
