@@ -485,8 +485,9 @@ def test_validation_decodes_outside_autocast(tiny_models, subjects, tmp_path):
 
 def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
     """The kohya copy of LoRAs on the real SD 1.x/2.x and SDXL UNet layouts (tiny channels) converts
-    back with diffusers' own kohya converter to exactly the diffusers-format weights; SD 2.x
-    LoRAs are marked ss_v2 (A1111 filters LoRAs by base-model version)."""
+    back with diffusers' own kohya converter to exactly the diffusers-format weights (SDXL: with
+    kohya's original-UNet block names); SD 2.x LoRAs are marked ss_v2 (A1111 filters LoRAs by
+    base-model version)."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
 
@@ -514,7 +515,15 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
             if p.requires_grad:
                 p.data.normal_()
         peft = lora_state_dict(u)
-        converted, alphas = cls.lora_state_dict(kohya_state_dict(peft, 8.0))
+        kohya = kohya_state_dict(peft, 8.0, sgm_layers_per_block=2 if kind == "sdxl" else None)
+        if kind == "sdxl":  # kohya's SDXL scheme: the original UNet's block names
+            assert {k.split("_transformer_blocks")[0] for k in kohya} >= {
+                "lora_unet_input_blocks_4_1", "lora_unet_input_blocks_8_1", "lora_unet_middle_block_1",
+                "lora_unet_output_blocks_0_1", "lora_unet_output_blocks_5_1"}
+            assert not any("down_blocks" in k or "up_blocks" in k or "mid_block_" in k for k in kohya)
+        else:
+            assert any(k.startswith("lora_unet_down_blocks_0_attentions_0_") for k in kohya)
+        converted, alphas = cls.lora_state_dict(kohya, unet_config=u.config)
         norm = {k.replace(".processor.", ".").replace("to_out_lora", "to_out.0.lora").replace("_lora.", ".lora."): v
                 for k, v in converted.items()}
         expected = {"unet." + k: v for k, v in convert_state_dict_to_diffusers(peft).items()}

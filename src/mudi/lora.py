@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -116,13 +117,44 @@ def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path) -> Path:
     return out_dir / DIFFUSERS_WEIGHT_NAME
 
 
-def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+_DIFFUSERS_ATTN_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.|^mid_block\.attentions\.0\.")
+
+
+def _sgm_block_name(key: str, layers_per_block: int) -> str | None:
+    """Diffusers UNet attention-block path → the original (SGM) UNet's name, or None.
+
+    ``down_blocks.i.attentions.j`` → ``input_blocks.{1 + i·(L+1) + j}.1``,
+    ``mid_block.attentions.0`` → ``middle_block.1``, ``up_blocks.i.attentions.j`` →
+    ``output_blocks.{i·(L+1) + j}.1`` (L = layers_per_block); the rest of the path
+    (``transformer_blocks.k.attn1.to_q``) is the same in both UNets.
+    """
+    m = _DIFFUSERS_ATTN_BLOCK.match(key)
+    if m is None:
+        return None
+    rest = key[m.end():]
+    if m.group(1) is None:
+        return "middle_block.1." + rest
+    i, j = int(m.group(2)), int(m.group(3))
+    if m.group(1) == "down_blocks":
+        return f"input_blocks.{1 + i * (layers_per_block + 1) + j}.1." + rest
+    return f"output_blocks.{i * (layers_per_block + 1) + j}.1." + rest
+
+
+def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
+                     sgm_layers_per_block: int | None = None) -> dict[str, torch.Tensor]:
     """Convert peft-named UNet LoRA weights to kohya names.
 
     ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` becomes
     ``lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight``
-    (``lora_B`` → ``lora_up``), plus ``<module>.alpha`` = alpha for every module.
+    (``lora_B`` → ``lora_up``), plus ``<module>.alpha`` = alpha for every module: the SD 1.x/2.x
+    kohya scheme. With ``sgm_layers_per_block`` (SDXL: 2) the blocks get the original UNet's
+    names, as kohya's SDXL LoRAs have them (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``);
+    that needs every LoRA module inside an attention block, else the diffusers names are kept.
     """
+    if sgm_layers_per_block is not None:
+        names = {k: _sgm_block_name(k, int(sgm_layers_per_block)) for k in state}
+        if all(names.values()):
+            state = {names[k]: v for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
@@ -137,11 +169,14 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float) -> dict[str, 
 
 
 def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, base: str = "", sdxl: bool = False) -> Path:
-    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically)."""
+    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically); SDXL LoRAs get
+    the original UNet's block names (``lora_unet_input_blocks_*``), as kohya's own SDXL LoRAs."""
     from safetensors.torch import save_file
 
     out_path = Path(out_path)
-    sd = kohya_state_dict(lora_state_dict(unet), alpha)
+    lpb = getattr(_unwrap(unet).config, "layers_per_block", 2)
+    sgm = int(lpb) if sdxl and isinstance(lpb, int) else None  # SDXL: kohya's (original UNet) block names
+    sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=sgm)
     meta = lora_metadata(unet)
     # SD 2.x (OpenCLIP-H text encoder, cross-attention dim 1024): A1111 reads ss_v2 to tell it from SD 1.x
     v2 = not sdxl and int(getattr(_unwrap(unet).config, "cross_attention_dim", 768) or 768) == 1024
