@@ -119,6 +119,20 @@ def run_demo(config: DemoConfig) -> dict:
     """Run the demo; returns the summary (also written to OUT/summary.json)."""
     import torch
 
+    config.check()
+    # The toy models are small: one thread is as fast as two, and it stays fast when other work
+    # shares the CPU (OpenMP threads spin-waiting for a descheduled peer cost seconds per step).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(config: DemoConfig) -> dict:
+    import torch
+
     from mudi import toy
     from mudi.config import TrainConfig
     from mudi.evaluate import RunData, compare_runs, evaluate_folder, write_comparison
@@ -128,7 +142,6 @@ def run_demo(config: DemoConfig) -> dict:
     from mudi.subjects import SubjectSet
     from mudi.train import train
 
-    config.check()
     base = Path(config.base) if config.base else toy.base_model_path()
     out = Path(config.out)
     if config.resume and out.exists():
