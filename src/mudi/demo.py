@@ -63,9 +63,9 @@ class DemoConfig:
     seed: int = 0
     base: str = ""  # "" = the toy base model shipped with mudi
     # training (per LoRA)
-    train_steps: int = 150
+    train_steps: int = 500
     rank: int = 8
-    learning_rate: float = 1e-3
+    learning_rate: float = 4e-3
     p: float = 0.3
     gradient_accumulation_steps: int = 1
     # generation
