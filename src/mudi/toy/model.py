@@ -98,8 +98,14 @@ def build_tokenizer():
     return clip_tokenizer(MAX_TOKENS)
 
 
-def training_scheduler():
-    """The DDPM noise schedule used in training (Stable Diffusion v1's)."""
+#: The shipped model predicts v (velocity): a small, briefly trained model predicting epsilon
+#: makes large x0 errors at high noise levels (they are amplified by 1/sqrt(alpha_bar)), which
+#: ruins sampling; v-prediction keeps those errors bounded.
+PREDICTION_TYPE = "v_prediction"
+
+
+def training_scheduler(prediction_type: str = PREDICTION_TYPE):
+    """The DDPM noise schedule used in training (Stable Diffusion v1's betas)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
@@ -108,12 +114,12 @@ def training_scheduler():
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )
 
 
-def sampling_scheduler():
+def sampling_scheduler(prediction_type: str = PREDICTION_TYPE):
     """The scheduler saved with the pipeline (same betas, fast multistep sampler)."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler.from_config(training_scheduler().config)
+    return DPMSolverMultistepScheduler.from_config(training_scheduler(prediction_type).config, steps_offset=1)

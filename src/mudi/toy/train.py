@@ -119,7 +119,10 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
         idx = rng.integers(0, len(images), args.vae_batch)
         x = _images_to_tensor(images[idx])
         # objects are small: weight their pixels up so the VAE does not blur them into the background
-        w = 1.0 + args.vae_fg_weight * torch.from_numpy(fg[idx]).float()[:, None]
+        # (the shipped VAE had a first phase without object weighting, see --vae-phase1)
+        warm = step < args.vae_phase1_steps
+        fg_weight = 0.0 if warm else args.vae_fg_weight
+        w = 1.0 + fg_weight * torch.from_numpy(fg[idx]).float()[:, None]
         w = w / w.mean()
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -127,8 +130,9 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
         l2 = ((rec - x).pow(2) * w).mean()
         kl = post.kl().mean() / (post.mean[0].numel())
         loss = l1 + l2 + args.vae_kl * kl
+        horizon = args.vae_phase1_horizon if warm else args.vae_steps
         for gparam in opt.param_groups:  # cosine decay to 5 % of the base rate
-            gparam["lr"] = args.vae_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.vae_steps)))
+            gparam["lr"] = args.vae_lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / horizon)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -250,7 +254,8 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
         _log(run, f"resumed unet training at step {step}")
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    loss_w = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting for epsilon prediction
+    loss_w_eps = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting (epsilon target)
+    loss_w_v = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 weighting (v target)
     unet.train(); te.train()
     t0 = time.time()
     run_loss = None
@@ -267,11 +272,19 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
         t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),))
         zt = sched.add_noise(z, noise, t)
         lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        if args.lr_decay_end > args.lr_decay_start and step >= args.lr_decay_start:  # linear anneal to 10 %
+            frac = min(1.0, (step - args.lr_decay_start) / (args.lr_decay_end - args.lr_decay_start))
+            lr *= 1.0 - 0.9 * frac
         for gparam in opt.param_groups:
             gparam["lr"] = lr
         cond = te(ids).last_hidden_state
         pred = unet(zt, t, cond).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        # the shipped model was first trained with the epsilon target (--unet-eps-steps), then v
+        if step < args.unet_eps_steps:
+            target, loss_w = noise, loss_w_eps
+        else:
+            target, loss_w = sched.get_velocity(z, noise, t), loss_w_v
+        per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per * loss_w[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -323,15 +336,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=None, help="pipeline folder to write at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=30000)
-    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-steps", type=int, default=1800)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-fg-weight", type=float, default=4.0, help="extra loss weight on object pixels")
+    p.add_argument("--vae-phase1-steps", type=int, default=700,
+                   help="first VAE steps without object weighting (how the shipped VAE was made; 0 = none)")
+    p.add_argument("--vae-phase1-horizon", type=int, default=1200,
+                   help="cosine learning-rate horizon used during the first phase")
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--vae-kl", type=float, default=1e-4)
-    p.add_argument("--unet-steps", type=int, default=4000)
+    p.add_argument("--unet-steps", type=int, default=6400)
+    p.add_argument("--unet-eps-steps", type=int, default=1900,
+                   help="first UNet steps trained with the epsilon target (then v-prediction)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-decay-start", type=int, default=4000, help="UNet step where the linear lr anneal starts")
+    p.add_argument("--lr-decay-end", type=int, default=6200, help="UNet step where the lr reaches 10 %%")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--ckpt-every", type=int, default=100)
