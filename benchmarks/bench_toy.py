@@ -89,7 +89,7 @@ def on_generated(model: Path, n: int) -> dict:
         img = pipe(f"a photo of a {tex} yellow circle on grass", num_inference_steps=20, height=64,
                    width=64, generator=g).images[0]
         e = emb.embed([img])[0]
-        sa, sb = float(e @ refs[:5].T.mean()), float(e @ refs[5:].T.mean())
+        sa, sb = float((e @ refs[:5].T).mean()), float((e @ refs[5:].T).mean())
         sims.append((sa, sb) if want == 0 else (sb, sa))
         right += (e @ ra > e @ rb) == (want == 0)
     sims = np.array(sims)
