@@ -49,6 +49,17 @@ RESUME_SAFE_FIELDS = frozenset(
 )
 
 
+def read_train_table(path: Path) -> dict[str, Any]:
+    """The training settings in a TOML file: its ``[train]`` table, or its top-level keys."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise MudiError(f"{path}: not valid TOML ({exc}).") from None
+    if set(data) == {"train"} and isinstance(data["train"], dict):
+        data = data["train"]
+    return data
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a ``mudi train`` run (METHOD.md §2–§3 defaults).
@@ -118,14 +129,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise MudiError(f"{path}: config file not found.")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise MudiError(f"{path}: not valid TOML ({exc}).") from None
-        # allow a [train] table or top-level keys
-        if set(data) == {"train"} and isinstance(data["train"], dict):
-            data = data["train"]
-        return cls().updated(data, where=str(path))
+        return cls().updated(read_train_table(path), where=str(path))
 
     def updated(self, values: dict[str, Any], *, where: str = "") -> "TrainConfig":
         """A copy with ``values`` applied (type-checked; ``None`` values are ignored)."""

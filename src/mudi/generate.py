@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import re
-import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mudi.config import read_train_table
 from mudi.errors import MudiError
 from mudi.imageio import prepare_output_dir, save_image_atomic, write_json_atomic
 from mudi.init import DEFAULT_GAMMA, mean_shifted_latents, vae_scale_factor
@@ -313,12 +313,7 @@ def read_train_config(lora: str | Path) -> dict[str, Any]:
     folder = p if p.is_dir() else p.parent
     for cand in (folder / "config.toml", folder.parent / "config.toml"):
         if cand.is_file():
-            try:
-                data = tomllib.loads(cand.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise MudiError(f"{cand}: not valid TOML ({exc}).") from None
-            if set(data) == {"train"} and isinstance(data["train"], dict):
-                data = data["train"]
+            data = read_train_table(cand)
             data["_path"] = str(cand)
             return data
     return {}
