@@ -124,6 +124,12 @@ def run_demo(config: DemoConfig) -> dict:
     # shares the CPU (OpenMP threads spin-waiting for a descheduled peer cost seconds per step).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    if not config.progress:
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     try:
         return _run_demo(config)
     finally:
