@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from mudi.errors import MudiError
+from mudi.evaluate import DEFAULT_SUCCESS_THRESHOLD
 from mudi.imageio import load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
 
 DONE = ".done"
@@ -74,7 +75,7 @@ class DemoConfig:
     guidance: float = 4.0
     gamma: float = 3.0
     # evaluation
-    success_threshold: float = 0.8
+    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD
     methods: list[str] = field(default_factory=lambda: [m.name for m in METHODS])
     overwrite: bool = False
     resume: bool = False
@@ -103,9 +104,6 @@ def _stage(folder: Path, resume: bool, what: str, work: Callable[[], None]) -> f
     if resume and (folder / DONE).exists():
         _say(f"{what}: already done, skipping ({folder})")
         return 0.0
-    if folder.exists() and resume:
-        # an interrupted stage: its own code resumes (training) or refuses; start it cleanly
-        pass
     t0 = time.perf_counter()
     _say(f"{what} ...")
     work()

@@ -275,6 +275,18 @@ def _match_keys(
     return out
 
 
+def _photo_mapping(spec: Any, what: str, values: str, listed) -> dict[Path, Any]:
+    """A per-photo mapping given as a dict or a JSON file (``--boxes`` / ``--captions``), keyed
+    by the photos in ``listed``; {} when ``spec`` is None."""
+    if spec is None:
+        return {}
+    source = what if isinstance(spec, Mapping) else str(spec)
+    data = spec if isinstance(spec, Mapping) else _read_json(Path(spec), what)
+    if not isinstance(data, Mapping):
+        raise MudiError(f"{source}: expected a JSON object mapping photo file names to {values}.")
+    return _match_keys(data, listed, source)
+
+
 def _parse_box(value: Any, photo: Path, size: tuple[int, int], source: str) -> tuple[float, float, float, float]:
     W, H = size
     ok = (
@@ -354,23 +366,12 @@ def collect_inputs(
             notes.append(f"{folder}: skipped {len(ignored)} file(s) that are not photos: {names}")
         listed.extend((spec, p) for p in photos)
 
-    box_map: dict[Path, Any] = {}
-    if boxes is not None:
-        source = str(boxes) if not isinstance(boxes, Mapping) else "boxes"
-        data = boxes if isinstance(boxes, Mapping) else _read_json(Path(boxes), "boxes")
-        if not isinstance(data, Mapping):
-            raise MudiError(f"{source}: expected a JSON object mapping photo file names to [x0, y0, x1, y1].")
-        box_map = _match_keys(data, listed, source)
-    caption_map: dict[Path, Any] = {}
-    if captions is not None:
-        source = str(captions) if not isinstance(captions, Mapping) else "captions"
-        data = captions if isinstance(captions, Mapping) else _read_json(Path(captions), "captions")
-        if not isinstance(data, Mapping):
-            raise MudiError(f"{source}: expected a JSON object mapping photo file names to captions.")
-        caption_map = _match_keys(data, listed, source)
-        for p, c in caption_map.items():
-            if not isinstance(c, str) or not c.strip():
-                raise MudiError(f"{source}: caption for {p.name} must be a non-empty string.")
+    box_map = _photo_mapping(boxes, "boxes", "[x0, y0, x1, y1]", listed)
+    caption_map = _photo_mapping(captions, "captions", "captions", listed)
+    for p, c in caption_map.items():
+        if not isinstance(c, str) or not c.strip():
+            where = "captions" if isinstance(captions, Mapping) else str(captions)
+            raise MudiError(f"{where}: caption for {p.name} must be a non-empty string.")
 
     used_masks: dict[Path, Path] = {}
     keys = {id(spec): SUBJECT_KEYS[i] for i, spec in enumerate(specs)}
