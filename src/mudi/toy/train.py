@@ -68,12 +68,12 @@ def _images_to_tensor(batch: np.ndarray):
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def prepare_data(run: Path, n: int, seed: int):
+def prepare_data(run: Path, n: int, seed: int, version: int = 2):
     """Images and object masks (cached) and scene descriptions (regenerated; cheap)."""
     from mudi.toy import world
 
     rng = np.random.default_rng(seed)
-    scenes = [world.sample_scene(rng) for _ in range(n)]
+    scenes = [world.sample_scene(rng, version=version) for _ in range(n)]
     cache, fg_cache = run / "images.npy", run / "foreground.npy"
     if cache.exists() and fg_cache.exists():
         images, fg = np.load(cache), np.load(fg_cache)
@@ -91,6 +91,18 @@ def prepare_data(run: Path, n: int, seed: int):
     return images, fg, scenes
 
 
+def _init_weights(args, name: str) -> dict | None:
+    """Model weights of a previous run's checkpoint to start from (``--init-from``), or None."""
+    import torch
+
+    if args.init_from is None:
+        return None
+    path = args.init_from / name
+    if not path.is_file():
+        raise SystemExit(f"--init-from {args.init_from}: {name} not found (expected a previous run folder)")
+    return torch.load(path, weights_only=False)  # our own checkpoint, written by this script
+
+
 def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     import torch
 
@@ -99,6 +111,9 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     cfg = ToyModelConfig()
     torch.manual_seed(args.seed)
     vae = build_vae(cfg)
+    init = _init_weights(args, "vae.pt")
+    if init is not None:
+        vae.load_state_dict(init["model"])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     ck = run / "vae.pt"
     step = 0
@@ -239,6 +254,10 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
     te = build_text_encoder(cfg)
     tok = build_tokenizer()
     sched = training_scheduler()
+    init = _init_weights(args, "unet.pt")
+    if init is not None:  # start from the previous run's EMA weights
+        unet.load_state_dict(init["ema_unet"])
+        te.load_state_dict(init["ema_te"])
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_u, ema_t = _EMA(unet, args.ema), _EMA(te, args.ema)
@@ -336,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=None, help="pipeline folder to write at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=30000)
+    p.add_argument("--world-version", type=int, default=2, choices=(1, 2),
+                   help="toy world version to render (1 = the pre-training world of the shipped model)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="previous run folder whose vae.pt / unet.pt (EMA) weights to start from")
     p.add_argument("--vae-steps", type=int, default=1800)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-fg-weight", type=float, default=4.0, help="extra loss weight on object pixels")
@@ -369,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     (run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     start = time.time()
     _log(run, f"rendering {args.images} scenes (seed {args.seed})")
-    images, fg, scenes = prepare_data(run, args.images, args.seed)
+    images, fg, scenes = prepare_data(run, args.images, args.seed, args.world_version)
     _log(run, "training VAE")
     vae = train_vae(run, images, fg, args)
     lat_mean, lat_std, scale = encode_all(run, vae, images)

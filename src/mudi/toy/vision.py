@@ -205,7 +205,8 @@ def _features(arr: np.ndarray) -> np.ndarray:
     lpx = lum[mask]
     base = np.median(px, axis=0) / 255.0
     dark = float((lpx < 70).mean())
-    bright = float((lpx > 215).mean())
+    sat = px.max(axis=1) - px.min(axis=1)
+    bright = float(((lpx > 180) & (sat < 40)).mean())  # light grey / white marks
     # texture: Fourier magnitude of the luminance pattern inside the object box
     crop = lum[y0:y1, x0:x1].copy()
     cm = mask[y0:y1, x0:x1]

@@ -46,6 +46,22 @@ FORBIDDEN: frozenset[tuple[str, str]] = frozenset(
 )
 SUPERSAMPLE = 4
 
+#: World versions. Version 1 is the world the base model was pre-trained on (fine markings:
+#: ~4.5 stripes / a 3.5-dot grid per object, strong background patterns, pairs drawn
+#: independently). Version 2 is the world it was then fine-tuned on and the one everything
+#: else uses (subjects, detector, embedder): coarser markings that survive a 16x16 latent grid,
+#: calmer backgrounds, and frequent pairs of *similar* objects (same class and colour,
+#: different markings), so the base model learns to draw two look-alikes side by side.
+WORLD_VERSIONS: tuple[int, ...] = (1, 2)
+WORLD_VERSION = 2
+#: Per version: stripe periods per object, dot grid periods and dot radius, checker cells,
+#: background pattern amplitude factor, grey level of light marks (v2: light grey, so marks on
+#: dark objects never read as a white background).
+_STYLE: dict[int, dict[str, float]] = {
+    1: {"stripes": 4.5, "dots": 3.5, "dot_r": 0.27, "dot_off": 0.25, "checks": 4, "bg_amp": 1.0, "light": 245},
+    2: {"stripes": 3.0, "dots": 2.5, "dot_r": 0.3, "dot_off": 0.75, "checks": 3, "bg_amp": 0.5, "light": 205},
+}
+
 
 @dataclass(frozen=True)
 class ToyObject:
@@ -73,6 +89,7 @@ class Scene:
     background: str
     bg_seed: int
     resolution: int = 64
+    version: int = WORLD_VERSION
 
 
 @dataclass(frozen=True)
@@ -102,20 +119,22 @@ SUBJECTS: tuple[SubjectSpec, ...] = (
 )
 
 
-def mark_colour(colour: str) -> tuple[int, int, int]:
-    """Markings are near-black on light colours and near-white on dark colours."""
+def mark_colour(colour: str, version: int = WORLD_VERSION) -> tuple[int, int, int]:
+    """Markings are near-black on light colours and light grey / near-white on dark colours."""
     r, g, b = COLOURS[colour]
     lum = 0.299 * r + 0.587 * g + 0.114 * b
-    return (25, 25, 25) if lum > 110 else (245, 245, 245)
+    light = int(_STYLE[version]["light"])
+    return (25, 25, 25) if lum > 110 else (light, light, light)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
 
-def render_background(name: str, res: int, seed: int) -> np.ndarray:
+def render_background(name: str, res: int, seed: int, version: int = WORLD_VERSION) -> np.ndarray:
     """A (res, res, 3) float32 background in 0..255, deterministic in `seed`."""
     rng = np.random.default_rng(seed)
+    amp = _STYLE[version]["bg_amp"]
     y, x = np.mgrid[0:res, 0:res].astype(np.float32)
     s = res / 64.0
     if name == "white":
@@ -124,24 +143,24 @@ def render_background(name: str, res: int, seed: int) -> np.ndarray:
         base = np.array([60, 150, 55], np.float32) + rng.uniform(-15, 15, 3)
         n = rng.normal(0, 12, (res, res, 1)).astype(np.float32)
         blades = np.sin(x * 1.7 / s + rng.uniform(0, 6.28) + 0.6 * np.sin(y / (5 * s)))[..., None]
-        img = base + n + 10 * blades * np.array([0.3, 1.0, 0.3], np.float32)
+        img = base + n + 10 * amp * blades * np.array([0.3, 1.0, 0.3], np.float32)
     elif name == "sand":
         base = np.array([220, 195, 145], np.float32) + rng.uniform(-10, 10, 3)
         n = rng.normal(0, 9, (res, res, 1)).astype(np.float32)
         dunes = np.sin((x * 0.3 + y) / (6 * s) + rng.uniform(0, 6.28))[..., None]
-        img = base + n + 8 * dunes
+        img = base + n + 8 * amp * dunes
     elif name == "water":
         base = np.array([55, 125, 190], np.float32) + rng.uniform(-10, 10, 3)
         ph = rng.uniform(0, 6.28)
         waves = np.sin(y / (2.2 * s) + 1.2 * np.sin(x / (7 * s) + ph))[..., None]
         n = rng.normal(0, 5, (res, res, 1)).astype(np.float32)
-        img = base + 22 * waves * np.array([0.6, 0.8, 1.0], np.float32) + n
+        img = base + 22 * amp * waves * np.array([0.6, 0.8, 1.0], np.float32) + n
     elif name == "wood":
         base = np.array([150, 100, 60], np.float32) + rng.uniform(-10, 10, 3)
         ph = rng.uniform(0, 6.28)
         grain = np.sin(x / (1.6 * s) + 2.0 * np.sin(y / (9 * s) + ph))[..., None]
         n = rng.normal(0, 5, (res, res, 1)).astype(np.float32)
-        img = base + 18 * grain + n
+        img = base + 18 * amp * grain + n
     else:
         raise ValueError(f"unknown background {name!r}; choose from {sorted(BACKGROUNDS)}")
     return np.clip(img, 0, 255)
@@ -167,20 +186,22 @@ def _shape_mask(obj: ToyObject, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {obj.shape!r}; choose from {CLASSES}")
 
 
-def _texture_marks(obj: ToyObject, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+def _texture_marks(obj: ToyObject, xs: np.ndarray, ys: np.ndarray, version: int = WORLD_VERSION) -> np.ndarray:
     """Boolean: where the object's surface shows its mark colour (object-relative pattern)."""
+    st = _STYLE[version]
     u = (xs - (obj.cx - obj.size / 2)) / obj.size  # 0..1 across the box
     v = (ys - (obj.cy - obj.size / 2)) / obj.size
     if obj.texture == "plain":
         return np.zeros(np.broadcast(xs, ys).shape, bool)
-    if obj.texture == "striped":  # horizontal bands, ~4.5 periods per object
-        return np.mod(v * 4.5, 1.0) < 0.45
-    if obj.texture == "dotted":  # dots on a 3.5 x 3.5 grid
-        pu = np.mod(u * 3.5 + 0.25, 1.0) - 0.5
-        pv = np.mod(v * 3.5 + 0.25, 1.0) - 0.5
-        return pu * pu + pv * pv <= 0.27**2
+    if obj.texture == "striped":  # horizontal bands
+        return np.mod(v * st["stripes"], 1.0) < 0.45
+    if obj.texture == "dotted":  # dots on a square grid
+        pu = np.mod(u * st["dots"] + st["dot_off"], 1.0) - 0.5
+        pv = np.mod(v * st["dots"] + st["dot_off"], 1.0) - 0.5
+        return pu * pu + pv * pv <= st["dot_r"] ** 2
     if obj.texture == "checkered":
-        return (np.floor(u * 4).astype(int) + np.floor(v * 4).astype(int)) % 2 == 0
+        n = int(st["checks"])
+        return (np.floor(u * n).astype(int) + np.floor(v * n).astype(int)) % 2 == 0
     raise ValueError(f"unknown texture {obj.texture!r}; choose from {TEXTURES}")
 
 
@@ -192,7 +213,7 @@ def render_scene(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
     """
     res = scene.resolution
     ss = SUPERSAMPLE
-    img = render_background(scene.background, res, scene.bg_seed).astype(np.float32)
+    img = render_background(scene.background, res, scene.bg_seed, scene.version).astype(np.float32)
     # sample points at sub-pixel centres
     sub = (np.arange(res * ss, dtype=np.float32) + 0.5) / ss
     ys_full, xs_full = np.meshgrid(sub, sub, indexing="ij")
@@ -207,12 +228,12 @@ def render_scene(scene: Scene) -> tuple[np.ndarray, list[np.ndarray]]:
         xs = xs_full[py0 * ss : py1 * ss, px0 * ss : px1 * ss]
         ys = ys_full[py0 * ss : py1 * ss, px0 * ss : px1 * ss]
         inside = _shape_mask(obj, xs, ys)
-        marks = _texture_marks(obj, xs, ys) & inside
+        marks = _texture_marks(obj, xs, ys, scene.version) & inside
         h, w = (py1 - py0), (px1 - px0)
         cov = inside.reshape(h, ss, w, ss).mean(axis=(1, 3)).astype(np.float32)
         markf = marks.reshape(h, ss, w, ss).mean(axis=(1, 3)).astype(np.float32)
         base = np.array(COLOURS[obj.colour], np.float32)
-        mark = np.array(mark_colour(obj.colour), np.float32)
+        mark = np.array(mark_colour(obj.colour, scene.version), np.float32)
         # colour of the covered part: mix of base and mark by their sub-pixel shares
         with np.errstate(invalid="ignore", divide="ignore"):
             mfrac = np.where(cov > 0, markf / np.maximum(cov, 1e-6), 0.0)[..., None]
@@ -259,13 +280,23 @@ def _place(
     return [(cx, cy) for cx, cy, _ in placed]
 
 
-def sample_scene(rng: np.random.Generator, resolution: int = 64, n_objects: int | None = None) -> Scene:
-    """A random scene of 1-3 non-overlapping objects (sizes scale with `resolution`)."""
+def sample_scene(
+    rng: np.random.Generator, resolution: int = 64, n_objects: int | None = None, version: int = WORLD_VERSION
+) -> Scene:
+    """A random scene of 1-3 non-overlapping objects (sizes scale with `resolution`).
+
+    In world version 2, half of the two-object scenes are *similar pairs*: same class and
+    colour, two different markings.
+    """
     s = resolution / 64.0
     background = str(rng.choice(list(BACKGROUNDS), p=[0.22, 0.18, 0.18, 0.17, 0.25]))
     if n_objects is None:
-        n_objects = int(rng.choice([1, 2, 3], p=[0.3, 0.5, 0.2]))
-    lo, hi = {1: (20, 44), 2: (16, 32), 3: (14, 24)}[n_objects]
+        probs = [0.3, 0.5, 0.2] if version == 1 else [0.25, 0.55, 0.2]
+        n_objects = int(rng.choice([1, 2, 3], p=probs))
+    sizes_by_n = {1: (20, 44), 2: (16, 32), 3: (14, 24)}
+    if version >= 2:
+        sizes_by_n[2] = (18, 32)
+    lo, hi = sizes_by_n[n_objects]
     while True:
         sizes = [float(rng.uniform(lo, hi)) * s for _ in range(n_objects)]
         centres = _place(sizes, resolution, rng)
@@ -284,7 +315,11 @@ def sample_scene(rng: np.random.Generator, resolution: int = 64, n_objects: int 
                 size=size,
             )
         )
-    return Scene(tuple(objs), background, int(rng.integers(0, 2**31 - 1)), resolution)
+    if version >= 2 and n_objects == 2 and rng.random() < 0.5:
+        marked = [t for t in TEXTURES if t != "plain"]
+        t1, t2 = (str(t) for t in rng.choice(marked, size=2, replace=False))
+        objs = [replace(objs[0], texture=t1), replace(objs[1], shape=objs[0].shape, colour=objs[0].colour, texture=t2)]
+    return Scene(tuple(objs), background, int(rng.integers(0, 2**31 - 1)), resolution, version)
 
 
 def object_phrase(obj: ToyObject, with_colour: bool = True, with_texture: bool = True) -> str:
