@@ -20,6 +20,7 @@ from mudi.toy import (
     make_subject_set,
 )
 from mudi.toy import world
+from mudi.toy.vision import find_objects
 
 
 def test_world_is_deterministic():
@@ -164,3 +165,28 @@ def test_shipped_base_model_loads_and_samples():
                guidance_scale=4.0, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("gap", [-6, -3, 0])
+def test_detector_splits_touching_objects(gap):
+    # two similar circles overlapping or touching form one foreground blob; the detector still
+    # reports two boxes, one around each circle
+    objs = (world.ToyObject("circle", "yellow", "striped", 20, 32, 24),
+            world.ToyObject("circle", "yellow", "dotted", 44 + gap, 32, 24))
+    img, _ = world.render_scene(world.Scene(objs, "grass", 3))
+    assert len(find_objects(np.asarray(img, np.float32))) == 1  # one merged blob
+    dets = ToyDetector().detect([Image.fromarray(img)], ["olis circle", "hta circle"], 0.4)[0]
+    centres = sorted((d.box[0] + d.box[2]) / 2 for d in dets)
+    assert len(centres) == 2
+    assert abs(centres[0] - 20) < 4 and abs(centres[1] - (44 + gap)) < 4
+    # without splitting it is one (or no) detection
+    assert len(ToyDetector(split=False).detect([Image.fromarray(img)], ["olis circle", "hta circle"], 0.4)[0]) < 2
+
+
+def test_detector_never_splits_a_single_object():
+    det = ToyDetector()
+    rng = np.random.default_rng(5)
+    for _ in range(150):
+        sc = world.sample_scene(rng, n_objects=1)
+        img, _ = world.render_scene(sc)
+        assert len(det.objects(np.asarray(img, np.float32))) == 1, sc.objects[0]
