@@ -1,17 +1,25 @@
-"""Train the toy base model from scratch on the toy world (resumable, seeded).
+"""Train the toy base model on the toy world (resumable, seeded).
 
 Recipe, top to bottom:
-1. Render ``--images`` random scenes (cached as ``images.npy`` in the run folder).
+1. Render ``--images`` random scenes of world ``--world-version`` (cached as ``images.npy``).
 2. Train the VAE (L1 + MSE reconstruction, tiny KL) for ``--vae-steps``.
 3. Encode every image once (latent mean and std), set the VAE scaling factor to 1/std.
-4. Train UNet + CLIP text encoder jointly with the DDPM epsilon loss (min-SNR-5 weighting,
-   10 % empty captions for classifier-free guidance, EMA of the weights) for ``--unet-steps``
-   or until ``--deadline`` (UTC HH:MM), checkpointing every ``--ckpt-every`` steps.
+4. Train UNet + CLIP text encoder jointly (min-SNR-5 weighting, 10 % empty captions for
+   classifier-free guidance, EMA of the weights) for ``--unet-steps`` or until ``--deadline``
+   (UTC HH:MM), checkpointing every ``--ckpt-every`` steps.
 5. Export the EMA weights as a StableDiffusionPipeline folder (fp16 safetensors) and a
    sample grid.
 
-Run ``python -m mudi.toy.train --out runs/toy_base --export src/mudi/assets/toy_base``; rerun
-the same command to resume after an interruption.
+The shipped model was made in two stages (rerun a command to resume it after an interruption):
+
+    # stage 1: pre-training on world version 1 (fine markings), VAE from scratch
+    python -m mudi.toy.train --out runs/toy_base --world-version 1 --unet-steps 6400
+    # stage 2: fine-tuning VAE and UNet on world version 2 (coarser markings, similar pairs)
+    python -m mudi.toy.train --out runs/toy_v2 --init-from runs/toy_base --world-version 2 \
+        --vae-steps 1200 --vae-phase1-steps 0 --vae-lr 1e-3 --unet-steps 7000 --unet-eps-steps 0 \
+        --min-snr-gamma 0 --lr 3e-4 --lr-decay-start 5000 --lr-decay-end 7000 --threads 2 --export src/mudi/assets/toy_base
+
+The exact arguments of the last stage are saved in the export's ``toy_training.json``.
 """
 
 from __future__ import annotations
@@ -273,8 +281,15 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
         _log(run, f"resumed unet training at step {step}")
     alphas = sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    loss_w_eps = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting (epsilon target)
-    loss_w_v = torch.clamp(snr, max=5.0) / (snr + 1)  # min-SNR-5 weighting (v target)
+    if args.min_snr_gamma > 0:
+        g = args.min_snr_gamma
+        loss_w_eps = torch.clamp(snr, max=g) / snr  # min-SNR weighting (epsilon target)
+        loss_w_v = torch.clamp(snr, max=g) / (snr + 1)  # min-SNR weighting (v target)
+    else:
+        # plain losses. With the v target, min-SNR weights the high-noise steps by ~SNR (0.005
+        # at t = 999): on 16 x 16 latents those steps decide layout and object count, and the
+        # stage-1 model drew fragmented objects; stage 2 trains them at full weight.
+        loss_w_eps = loss_w_v = torch.ones_like(snr)
     unet.train(); te.train()
     t0 = time.time()
     run_loss = None
@@ -371,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unet-steps", type=int, default=6400)
     p.add_argument("--unet-eps-steps", type=int, default=1900,
                    help="first UNet steps trained with the epsilon target (then v-prediction)")
+    p.add_argument("--min-snr-gamma", type=float, default=5.0,
+                   help="min-SNR loss weighting gamma (0 = unweighted loss; stage 2 used 0)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=100)
