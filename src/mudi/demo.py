@@ -91,6 +91,8 @@ class DemoConfig:
                 raise MudiError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
         if not 0.0 <= self.p <= 1.0:
             raise MudiError(f"--p must be in [0, 1] (got {self.p}).")
+        if not self.guidance >= 0:
+            raise MudiError(f"--guidance must be >= 0 (got {self.guidance}).")
         if self.learning_rate <= 0:
             raise MudiError(f"--lr must be positive (got {self.learning_rate}).")
 

@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--p", type=float, default=d.p, help="Seg-Mix / Cut-Mix probability")
     p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt)
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
+    p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
     p.add_argument("--gamma", type=float, default=d.gamma, help="initialization strength γ")
     p.add_argument("--methods", default=",".join(d.methods),
                    help="comma-separated subset of: " + ", ".join(m.name for m in METHODS))
@@ -43,7 +44,7 @@ def run(args) -> int:
 
     cfg = DemoConfig(
         out=args.out, seed=args.seed, base=args.base, train_steps=args.train_steps, rank=args.rank, learning_rate=args.lr,
-        p=args.p, images_per_prompt=args.images_per_prompt, steps=args.steps, gamma=args.gamma,
+        p=args.p, images_per_prompt=args.images_per_prompt, steps=args.steps, guidance=args.guidance, gamma=args.gamma,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
     )

@@ -16,8 +16,9 @@ The shipped model was made in two stages (rerun a command to resume it after an 
     python -m mudi.toy.train --out runs/toy_base --world-version 1 --unet-steps 6400
     # stage 2: fine-tuning VAE and UNet on world version 2 (coarser markings, similar pairs)
     python -m mudi.toy.train --out runs/toy_v2 --init-from runs/toy_base --world-version 2 \
-        --vae-steps 1200 --vae-phase1-steps 0 --vae-lr 1e-3 --unet-steps 7000 --unet-eps-steps 0 \
-        --min-snr-gamma 0 --lr 3e-4 --lr-decay-start 5000 --lr-decay-end 7000 --threads 2 --export src/mudi/assets/toy_base
+        --vae-steps 1200 --vae-phase1-steps 0 --vae-lr 1e-3 --unet-eps-steps 0 \
+        --min-snr-gamma 0 --p-made-up 0.3 --lr 3e-4 --lr-decay-start 4500 --lr-decay-end 6000 \
+        --unet-steps 6000 --threads 2 --export src/mudi/assets/toy_base
 
 The exact arguments of the last stage are saved in the export's ``toy_training.json``.
 """
@@ -296,7 +297,7 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
     n = len(scenes)
     while step < args.unet_steps and not _deadline_passed(args.deadline):
         idx = rng.integers(0, n, args.batch)
-        caps = [world.caption(scenes[i], rng) for i in idx]
+        caps = [world.caption(scenes[i], rng, p_made_up=args.p_made_up) for i in idx]
         caps = ["" if rng.random() < args.p_uncond else c for c in caps]
         ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
@@ -395,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-decay-end", type=int, default=6200, help="UNet step where the lr reaches 10 %%")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--p-uncond", type=float, default=0.1)
+    p.add_argument("--p-made-up", type=float, default=0.0,
+                   help="per object: probability of a made-up word before its class word (stage 2: 0.3)")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--deadline", default=None, help="UTC HH:MM: stop UNet training then and export")

@@ -340,11 +340,37 @@ def join_phrases(phrases: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption(scene: Scene, rng: np.random.Generator | None = None, p_drop_attr: float = 0.15) -> str:
+_CONSONANTS = "bcdfghjklmnprstvwxz"
+_VOWELS = "aeiouy"
+
+
+def made_up_word(rng: np.random.Generator) -> str:
+    """A random pronounceable 3-5 letter word (like the identifiers users pick: "sks", "olis").
+
+    Never one of the demo subjects' identifiers, so those stay unseen by the base model.
+    """
+    reserved = {s.identifier for s in SUBJECTS}
+    while True:
+        n = int(rng.integers(3, 6))
+        start = int(rng.integers(0, 2))
+        word = "".join(
+            str(rng.choice(list(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS))) for i in range(n)
+        )
+        if word not in reserved:
+            return word
+
+
+def caption(
+    scene: Scene, rng: np.random.Generator | None = None, p_drop_attr: float = 0.15, p_made_up: float = 0.0
+) -> str:
     """Caption from the grammar, objects listed left to right.
 
     With `rng`, each object independently drops its colour / texture word with probability
-    `p_drop_attr` (so the model also learns bare class phrases like "a circle").
+    `p_drop_attr` (so the model also learns bare class phrases like "a circle"), and, with
+    probability `p_made_up`, gets a made-up word in front of its class word ("a striped
+    vokip circle"). The latter teaches the base model what a real text-to-image model already
+    knows: an unknown word in front of a class word still means an object of that class, which
+    is what DreamBooth identifiers ("a olis circle") rely on.
     """
     objs = sorted(scene.objects, key=lambda o: o.cx)
     phrases = []
@@ -353,7 +379,11 @@ def caption(scene: Scene, rng: np.random.Generator | None = None, p_drop_attr: f
         if rng is not None:
             wc = rng.random() >= p_drop_attr
             wt = rng.random() >= p_drop_attr
-        phrases.append(object_phrase(o, wc, wt))
+        phrase = object_phrase(o, wc, wt)
+        if rng is not None and p_made_up > 0 and rng.random() < p_made_up:
+            words = phrase.split()
+            phrase = " ".join(words[:-1] + [made_up_word(rng), words[-1]])
+        phrases.append(phrase)
     return "a photo of " + join_phrases(phrases) + BACKGROUNDS[scene.background]
 
 
