@@ -49,6 +49,28 @@ def test_captions_follow_the_grammar():
         assert cap.startswith("a photo of a ") and any(c in cap for c in CLASSES)
 
 
+def test_made_up_words_sit_before_class_words():
+    rng = np.random.default_rng(2)
+    scenes = [world.sample_scene(rng) for _ in range(60)]
+    # p_made_up = 0 draws nothing extra from the rng: captions (and what follows) are unchanged
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    assert [world.caption(s, r1) for s in scenes] == [world.caption(s, r2, p_made_up=0.0) for s in scenes]
+    assert r1.random() == r2.random()
+    known = set(" ".join(world.caption(s) for s in scenes).replace(",", " ").split())
+    known |= set(world.COLOURS) | set(world.TEXTURES) | set(world.CLASSES)
+    seen = 0
+    rng = np.random.default_rng(3)
+    for s in scenes:
+        words = world.caption(s, rng, p_made_up=0.5).replace(",", " ").split()
+        for i, w in enumerate(words):
+            if w not in known:
+                seen += 1
+                assert words[i + 1] in world.CLASSES  # right before the class word
+                assert 3 <= len(w) <= 5 and w.isalpha()
+                assert w not in {spec.identifier for spec in SUBJECTS}
+    assert seen > 20
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_masks_are_exact(seed):
     rng = np.random.default_rng(seed)
