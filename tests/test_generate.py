@@ -364,3 +364,32 @@ def test_given_pipeline_keeps_its_scheduler(sd_pipe, subject_dir, tmp_path):
     generate(cfg(tmp_path / "ddim", subject_dir, scheduler="ddim"), pipe=sd_pipe)
     assert sidecar(tmp_path / "ddim", 0)["scheduler"] == "DDIMScheduler"
     assert sd_pipe.scheduler is before
+
+
+def test_lora_beyond_attention_round_trips(tiny_models, tmp_path):
+    """A LoRA on attention *and* other layers (proj_in/out, feed-forward), saved the way
+    `mudi train` saves it, loads with every module and reproduces the trained UNet's output."""
+    from mudi.generate import load_lora
+    from mudi.lora import add_unet_lora, save_diffusers_lora
+    from mudi.models import load_pipeline
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+    trained = load_pipeline(str(tiny_models / "sd"))
+    add_unet_lora(trained.unet, rank=4, alpha=4, target_modules=targets)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in trained.unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    save_diffusers_lora(type(trained), trained.unet, tmp_path / "lora")
+    x = (torch.ones(1, 4, 8, 8), 10)
+    cond = torch.ones(1, 77, 32)
+    with torch.no_grad():
+        want = trained.unet(*x, encoder_hidden_states=cond).sample
+    pipe = load_pipeline(str(tiny_models / "sd"))
+    load_lora(pipe, tmp_path / "lora")
+    wrapped = {n.rsplit(".", 1)[-1] for n, m in pipe.unet.named_modules() if getattr(m, "lora_A", None)}
+    assert {"to_q", "to_k", "to_v", "proj_in", "proj_out"} <= wrapped
+    with torch.no_grad():
+        got = pipe.unet(*x, encoder_hidden_states=cond).sample
+    torch.testing.assert_close(got, want)

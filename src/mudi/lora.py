@@ -96,13 +96,14 @@ def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path) -> Path:
 
     ``pipeline_cls`` is ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``: its
     ``save_lora_weights`` adds the ``unet.`` prefix and metadata that its ``load_lora_weights``
-    expects.
+    expects. Keys stay in peft naming (``...to_q.lora_A.weight``), which diffusers loads
+    natively: converting them to the legacy ``lora.down``/``lora.up`` names only works for
+    attention layers, and a file mixing both namings (e.g. ``to_q`` plus ``proj_in`` targets)
+    silently loses its attention weights on load.
     """
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(lora_state_dict(unet))
+    layers = lora_state_dict(unet)
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out_dir))
     try:
         pipeline_cls.save_lora_weights(
