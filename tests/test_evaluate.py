@@ -518,7 +518,7 @@ def test_toy_world_detector_and_embedder(tmp_path):
         return Image.fromarray(world.render_scene(world.Scene(objs, bg, 1, 64))[0])
 
     images = [scene(a, b, "grass"), scene(b, a, "water"), scene(a, a, "grass"), scene(b, b, "wood")]
-    ev = evaluate_images(images, sset, ToyDetector(), ToyEmbedder(), prompts="a olis circle next to a hta circle")
+    ev = evaluate_images(images, sset, ToyDetector(), ToyEmbedder(), prompts="a wip circle next to a jam circle")
     good, swapped, aa, bb = ev.results
     assert all(r.dnc.count_ok for r in ev.results)
     assert good.success and swapped.success and good.score > 0.85 and swapped.score > 0.85
@@ -531,8 +531,8 @@ def test_toy_world_detector_and_embedder(tmp_path):
     g.mkdir()
     for i, im in enumerate(images):
         im.save(g / f"{i:04d}.png")
-        (g / f"{i:04d}.json").write_text(json.dumps({"prompt": "a olis circle next to a hta circle",
-                                                     "subjects": ["a", "b"], "phrases": ["olis circle", "hta circle"]}))
+        (g / f"{i:04d}.json").write_text(json.dumps({"prompt": "a wip circle next to a jam circle",
+                                                     "subjects": ["a", "b"], "phrases": ["wip circle", "jam circle"]}))
     assert _cli("evaluate", "--images", g, "--subjects", tmp_path / "toy", "--detector", "toy", "--embedder", "toy",
                 "--clip", "none", "--out", tmp_path / "E") == 0
     s = json.loads((tmp_path / "E" / "scores.json").read_text())

@@ -100,10 +100,10 @@ def test_subject_set_folder_is_valid_and_deterministic(tmp_path):
 
     out = make_subject_set(tmp_path / "s", seed=5)
     lines = (out / "metadata.jsonl").read_text().splitlines()
-    assert json.loads(lines[0]) == {"id": {"a": "olis circle", "b": "hta circle"}}
+    assert json.loads(lines[0]) == {"id": {"a": "wip circle", "b": "jam circle"}}
     rows = [json.loads(x) for x in lines[1:]]
     assert [r["id"] for r in rows] == ["a"] * 5 + ["b"] * 5
-    assert all(r["text"].startswith(f"a photo of a {'olis' if r['id'] == 'a' else 'hta'} circle") for r in rows)
+    assert all(r["text"].startswith(f"a photo of a {'wip' if r['id'] == 'a' else 'jam'} circle") for r in rows)
     for r in rows:
         m = np.asarray(Image.open(out / r["mask_path"]))
         assert set(np.unique(m)) == {0, 255}
@@ -183,7 +183,7 @@ def test_shipped_base_model_loads_and_samples():
     pipe.set_progress_bar_config(disable=True)
     names = {n for n, _ in pipe.unet.named_modules()}
     assert any(n.endswith("attn2.to_q") for n in names) and any(n.endswith("attn1.to_out.0") for n in names)
-    out = pipe("a photo of a olis circle and a hta circle on grass", num_inference_steps=3,
+    out = pipe("a photo of a wip circle and a jam circle on grass", num_inference_steps=3,
                guidance_scale=4.0, height=64, width=64, output_type="np",
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()

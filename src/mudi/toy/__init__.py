@@ -2,8 +2,8 @@
 
 Public API (used by ``mudi demo``):
 
-- :func:`make_subject_set` -- write the two similar toy subjects ("olis circle": a striped
-  yellow circle, "hta circle": a dotted yellow circle) as a subject-set folder.
+- :func:`make_subject_set` -- write the two similar toy subjects ("wip circle": a striped
+  yellow circle, "jam circle": a dotted yellow circle) as a subject-set folder.
 - :func:`base_model_path` -- the shipped base model (a diffusers StableDiffusionPipeline
   folder, 64 x 64 px).
 - :class:`ToyDetector`, :class:`ToyEmbedder` -- drop-in replacements for OWLv2 / DINOv2 on
@@ -22,10 +22,10 @@ from mudi.toy.world import CLASSES, SUBJECTS
 
 #: Prompts for generating both demo subjects together (identifier + class, toy grammar).
 DEMO_PROMPTS: tuple[str, ...] = (
-    "a photo of a olis circle and a hta circle on grass",
-    "a photo of a olis circle and a hta circle, simple background",
-    "a photo of a olis circle and a hta circle on water",
-    "a photo of a olis circle and a hta circle on wood",
+    "a photo of a wip circle and a jam circle on grass",
+    "a photo of a wip circle and a jam circle, simple background",
+    "a photo of a wip circle and a jam circle on water",
+    "a photo of a wip circle and a jam circle on wood",
 )
 #: Prompt for class-prior images (prior preservation) of the demo class.
 PRIOR_PROMPT = "a photo of a circle, simple background"

@@ -38,7 +38,7 @@ def make_subject_set(
     resolution: int = 64,
     overwrite: bool = False,
 ) -> Path:
-    """Write the toy subjects (default: olis circle / hta circle) as a subject-set folder.
+    """Write the toy subjects (default: wip circle / jam circle) as a subject-set folder.
 
     Layout (the reference format): ``metadata.jsonl`` whose first line maps keys to
     "identifier class" phrases, then one line per photo; photos ``a00.png`` ... and masks

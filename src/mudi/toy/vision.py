@@ -8,7 +8,7 @@ on the base model's slightly blurry samples (it is checked on both, see tests/te
 
 - :class:`ToyDetector` implements :class:`mudi.protocols.Detector`. A query's class word
   (the last word of the query that is one of :data:`mudi.toy.world.CLASSES`, e.g.
-  "olis circle" -> circle) decides what it matches; the score is the IoU between the found
+  "wip circle" -> circle) decides what it matches; the score is the IoU between the found
   blob and the best-fitting template of that class.
 - :class:`ToyEmbedder` implements :class:`mudi.protocols.Embedder`: it isolates the main
   object of an image (a reference photo or a white-padded crop) and describes its colour,
@@ -216,7 +216,7 @@ class ToyDetector:
         """Detections per image for all `queries` at once (score = template IoU >= threshold).
 
         Each blob is given to the query whose class fits it best; queries sharing a class word
-        (e.g. "olis circle" and "hta circle") share blobs, reported under the first such query.
+        (e.g. "wip circle" and "jam circle") share blobs, reported under the first such query.
         """
         classes = [class_word(q) for q in queries]
         results: list[list[Detection]] = []

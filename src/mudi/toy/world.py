@@ -112,11 +112,18 @@ class SubjectSpec:
         return f"{self.texture} {self.colour} {self.shape}"
 
 
-#: The demo's two similar subjects: yellow circles, one striped, one dotted.
+#: The demo's two similar subjects: yellow circles, one striped, one dotted. Their identifiers
+#: are words the base model met only as meaningless made-up modifiers (see `caption`), like the
+#: rare tokens DreamBooth uses ("sks"): trained, hence distinct, embeddings that carry no
+#: meaning. (Identifiers the text encoder never saw -- the first demo's "olis" and "hta" -- have
+#: near-identical untrained embeddings, and the text encoder's outputs for "a olis circle" and
+#: "a hta circle" differed by ~2-10 %: no LoRA on the UNet could tell the two subjects apart.)
 SUBJECTS: tuple[SubjectSpec, ...] = (
-    SubjectSpec("a", "olis", "circle", "yellow", "striped"),
-    SubjectSpec("b", "hta", "circle", "yellow", "dotted"),
+    SubjectSpec("a", "wip", "circle", "yellow", "striped"),
+    SubjectSpec("b", "jam", "circle", "yellow", "dotted"),
 )
+#: Words `made_up_word` never returns (kept unseen by the base model's training captions).
+RESERVED_WORDS: frozenset[str] = frozenset({"olis", "hta"})
 
 
 def mark_colour(colour: str, version: int = WORLD_VERSION) -> tuple[int, int, int]:
@@ -347,9 +354,9 @@ _VOWELS = "aeiouy"
 def made_up_word(rng: np.random.Generator) -> str:
     """A random pronounceable 3-5 letter word (like the identifiers users pick: "sks", "olis").
 
-    Never one of the demo subjects' identifiers, so those stay unseen by the base model.
+    Never one of :data:`RESERVED_WORDS` (the training recipe of the shipped model relies on it).
     """
-    reserved = {s.identifier for s in SUBJECTS}
+    reserved = RESERVED_WORDS
     while True:
         n = int(rng.integers(3, 6))
         start = int(rng.integers(0, 2))
@@ -370,7 +377,7 @@ def caption(
     probability `p_made_up`, gets a made-up word in front of its class word ("a striped
     vokip circle"). The latter teaches the base model what a real text-to-image model already
     knows: an unknown word in front of a class word still means an object of that class, which
-    is what DreamBooth identifiers ("a olis circle") rely on.
+    is what DreamBooth identifiers ("a wip circle") rely on.
     """
     objs = sorted(scene.objects, key=lambda o: o.cx)
     phrases = []
