@@ -35,6 +35,8 @@ from mudi.models import _TorchvisionFallbackFilter  # noqa: F401  (importing mud
 ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip")
 
 CLIP_VOCAB_SIZE = 49408
+#: Stable Diffusion v1/v2/XL's training noise schedule (used by the tiny and the toy pipelines).
+SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 CLIP_MAX_LENGTH = 77
 OWL_MAX_LENGTH = 16
 
@@ -187,10 +189,7 @@ def _build_sdxl(out: Path) -> None:
     text_encoder = CLIPTextModel(CLIPTextConfig(**_text_config()))
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**_text_config(projection_dim=32)))
     scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
+        **SD_BETAS,
         prediction_type="epsilon",
         interpolation_type="linear",
         use_karras_sigmas=False,
@@ -215,10 +214,7 @@ def _build_sd(out: Path) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
+        **SD_BETAS,
         skip_prk_steps=True,
         set_alpha_to_one=False,
         steps_offset=1,

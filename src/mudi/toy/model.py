@@ -108,11 +108,10 @@ def training_scheduler(prediction_type: str = PREDICTION_TYPE):
     """The DDPM noise schedule used in training (Stable Diffusion v1's betas)."""
     from diffusers import DDPMScheduler
 
+    from mudi.tiny import SD_BETAS
+
     return DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
+        **SD_BETAS,
         clip_sample=False,
         prediction_type=prediction_type,
     )

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mudi.toy.world import WORLD_VERSION, WORLD_VERSIONS
+
 #: Captions for the sample grid (also a good list of demo prompts for the base model).
 GRID_CAPTIONS = (
     "a photo of a red circle on grass",
@@ -77,7 +79,7 @@ def _images_to_tensor(batch: np.ndarray):
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def prepare_data(run: Path, n: int, seed: int, version: int = 2):
+def prepare_data(run: Path, n: int, seed: int, version: int = WORLD_VERSION):
     """Images and object masks (cached) and scene descriptions (regenerated; cheap)."""
     from mudi.toy import world
 
@@ -120,11 +122,11 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     cfg = ToyModelConfig()
     torch.manual_seed(args.seed)
     vae = build_vae(cfg)
-    init = _init_weights(args, "vae.pt")
+    ck = run / "vae.pt"
+    init = None if ck.exists() else _init_weights(args, "vae.pt")  # a resume loads ck instead
     if init is not None:
         vae.load_state_dict(init["model"])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    ck = run / "vae.pt"
     step = 0
     rng = np.random.default_rng(args.seed + 1)
     if ck.exists():
@@ -263,7 +265,8 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
     te = build_text_encoder(cfg)
     tok = build_tokenizer()
     sched = training_scheduler()
-    init = _init_weights(args, "unet.pt")
+    ck = run / "unet.pt"
+    init = None if ck.exists() else _init_weights(args, "unet.pt")  # a resume loads ck instead
     if init is not None:  # start from the previous run's EMA weights
         unet.load_state_dict(init["ema_unet"])
         te.load_state_dict(init["ema_te"])
@@ -272,7 +275,6 @@ def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
     ema_u, ema_t = _EMA(unet, args.ema), _EMA(te, args.ema)
     rng = np.random.default_rng(args.seed + 3)
     step = 0
-    ck = run / "unet.pt"
     if ck.exists():
         s = torch.load(ck, weights_only=False)
         unet.load_state_dict(s["unet"]); te.load_state_dict(s["te"])
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", type=Path, default=None, help="pipeline folder to write at the end")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=30000)
-    p.add_argument("--world-version", type=int, default=2, choices=(1, 2),
+    p.add_argument("--world-version", type=int, default=WORLD_VERSION, choices=WORLD_VERSIONS,
                    help="toy world version to render (1 = the pre-training world of the shipped model)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="previous run folder whose vae.pt / unet.pt (EMA) weights to start from")

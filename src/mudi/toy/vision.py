@@ -173,8 +173,8 @@ def split_blob(blob: np.ndarray, min_area: int, max_parts: int = 3,
     parts = []
     for k, lbl in enumerate(keep, start=1):
         part = markers == k
-        border = part & ((hi != k) | (lo != k))  # touches another part (not the background)
-        border &= (hi > 0) & (lo < 10**6)
+        # touches another part; background neighbours count neither in hi (label 0) nor lo (10**6)
+        border = part & ((hi != k) | (lo != k))
         neck = float(dist[border].max()) if border.any() else 0.0
         if part.sum() < min_area or neck > neck_ratio * strength[lbl - 1]:
             return whole

@@ -356,14 +356,13 @@ def made_up_word(rng: np.random.Generator) -> str:
 
     Never one of :data:`RESERVED_WORDS` (the training recipe of the shipped model relies on it).
     """
-    reserved = RESERVED_WORDS
     while True:
         n = int(rng.integers(3, 6))
         start = int(rng.integers(0, 2))
         word = "".join(
             str(rng.choice(list(_CONSONANTS if (i + start) % 2 == 0 else _VOWELS))) for i in range(n)
         )
-        if word not in reserved:
+        if word not in RESERVED_WORDS:
             return word
 
 
