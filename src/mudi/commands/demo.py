@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
     p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
     p.add_argument("--gamma", type=float, default=d.gamma, help="initialization strength γ")
+    p.add_argument("--fill", type=float, default=d.fill,
+                   help="initialization layout: each subject's box fills this fraction of its slot")
+    p.add_argument("--success-threshold", type=float, default=d.success_threshold,
+                   help="D&C at or above which an image with the right count is a success (toy embedder)")
     p.add_argument("--methods", default=",".join(d.methods),
                    help="comma-separated subset of: " + ", ".join(m.name for m in METHODS))
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
@@ -45,6 +49,7 @@ def run(args) -> int:
     cfg = DemoConfig(
         out=args.out, seed=args.seed, base=args.base, train_steps=args.train_steps, rank=args.rank, learning_rate=args.lr,
         p=args.p, images_per_prompt=args.images_per_prompt, steps=args.steps, guidance=args.guidance, gamma=args.gamma,
+        fill=args.fill, success_threshold=args.success_threshold,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
     )
