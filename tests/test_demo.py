@@ -3,6 +3,8 @@ tested in test_toy.py."""
 
 import json
 
+from PIL import Image
+
 from mudi.cli import main
 
 FAST = ["--train-steps", "2", "--images-per-prompt", "1", "--steps", "2", "--methods", "dreambooth,mudi",
@@ -57,3 +59,29 @@ def test_demo_rejects_unknown_method(tmp_path, capsys):
     assert rc == 2
     assert "unknown demo method" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_rejects_bad_fill_and_threshold(tmp_path, capsys):
+    for flag, value, msg in (("--fill", "0", "--fill must be in (0, 1]"),
+                             ("--success-threshold", "1.5", "--success-threshold must be in [0, 1]")):
+        rc = main(["demo", "--out", str(tmp_path / "x"), flag, value])
+        assert rc == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+
+def test_demo_summary_records_sampling_settings(tmp_path, tiny_models):
+    out = tmp_path / "s"
+    rc = main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--seed", "1", "--fill", "0.5",
+               "--success-threshold", "0.6", "--gamma", "4", *FAST])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["fill"] == 0.5 and summary["config"]["gamma"] == 4.0
+    assert summary["config"]["success_threshold"] == 0.6
+    # the layout fill reached generation: each init box fills half of its slot (32 of 64 px slots)
+    first = sorted((out / "gen" / "mudi").glob("[0-9][0-9][0-9][0-9].json"))[0]
+    sidecar = json.loads(first.read_text())
+    width = Image.open(first.with_suffix(".png")).size[0]
+    widths = [p["box"][2] - p["box"][0] for p in sidecar["layout"]]
+    assert len(widths) == 2 and max(widths) <= 0.5 * width / 2 + 1
+    assert "D&amp;C ≥ 0.6" in (out / "report.html").read_text()
