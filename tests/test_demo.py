@@ -84,4 +84,6 @@ def test_demo_summary_records_sampling_settings(tmp_path, tiny_models):
     width = Image.open(first.with_suffix(".png")).size[0]
     widths = [p["box"][2] - p["box"][0] for p in sidecar["layout"]]
     assert len(widths) == 2 and max(widths) <= 0.5 * width / 2 + 1
-    assert "D&amp;C ≥ 0.6" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "D&amp;C ≥ 0.6" in report
+    assert "γ = 4, layout fill 0.5" in report and "Initialization canvases" in report

@@ -338,10 +338,25 @@ def render_demo_report(out: Path, summary: dict, methods) -> str:
     plot = out / "comparison.png"
     if plot.exists():
         parts.append(f"<img class=plot src='data:image/png;base64,{_png_b64(load_rgb(plot))}'>")
+    c = summary["config"]
+    parts.append(
+        f"<p><small>Settings (same for every method): LoRA rank {c['rank']}, {c['train_steps']} steps at lr "
+        f"{c['learning_rate']:g}, composite probability p = {c['p']:g}; sampling {c['steps']} steps, guidance "
+        f"{c['guidance']:g}, {c['images_per_prompt']} images per prompt; initialization γ = {c['gamma']:g}, layout "
+        f"fill {c['fill']:g}; seed {summary['seed']}.</small></p>"
+    )
     for m in methods:
         parts.append(f"<h2>{esc(m.name)}</h2><p>{esc(m.description)} — "
                      f"<a href='eval/{esc(m.name)}/report.html'>per-image report</a></p>")
         parts.append(f"<img class=grid src='data:image/png;base64,{_png_b64(_method_grid(out, m.name))}'>")
+        inits = sorted((out / "gen" / m.name).glob("[0-9][0-9][0-9][0-9]_init.png"))
+        if inits:
+            from mudi.viz import grid
+
+            sheet = grid([load_rgb(p) for p in inits[:8]], labels=[p.stem for p in inits[:8]], cols=len(inits[:8]), cell=128)
+            parts.append("<p>Initialization canvases (the segmented reference photos placed by the layout; "
+                         "their latents, scaled by γ, shift the initial noise):</p>"
+                         f"<img class=grid src='data:image/png;base64,{_png_b64(sheet)}'>")
     parts.append("<h2>Prompts</h2><ul>" + "".join(f"<li>{esc(p)}</li>" for p in summary["prompts"]) + "</ul>")
     parts.append("<h2>Timings (s)</h2><p>" + ", ".join(f"{esc(k)}: {v}" for k, v in summary["timings_s"].items()) + "</p>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
