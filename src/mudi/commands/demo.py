@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     p.add_argument("--lr", type=float, default=d.learning_rate, help="learning rate")
     p.add_argument("--p", type=float, default=d.p, help="Seg-Mix / Cut-Mix probability")
-    p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt)
+    p.add_argument("--images-per-prompt", type=int, default=d.images_per_prompt, help="images per prompt and method")
     p.add_argument("--steps", type=int, default=d.steps, help="sampling steps")
     p.add_argument("--guidance", type=float, default=d.guidance, help="classifier-free guidance scale")
     p.add_argument("--gamma", type=float, default=d.gamma, help="initialization strength γ")
