@@ -14,6 +14,7 @@ method: every row applies the same setting to every method.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -43,35 +44,31 @@ def main() -> None:
     import torch
 
     from mudi import toy
-    from mudi.demo import METHODS, TOY_SUCCESS_THRESHOLD
-    from mudi.evaluate import evaluate_folder
-    from mudi.generate import GenerateConfig, generate
+    from mudi.demo import METHODS, DemoConfig, evaluate_method, generation_config
+    from mudi.generate import generate
     from mudi.models import load_pipeline
     from mudi.subjects import SubjectSet
 
     torch.set_num_threads(1)
     demo = Path(args.demo)
     methods = [m for m in METHODS if m.name in args.methods.split(",")]
-    base = str(toy.base_model_path())
-    pipe = load_pipeline(base, device="cpu")
+    base = toy.base_model_path()
+    pipe = load_pipeline(str(base), device="cpu")
     pipe.set_progress_bar_config(disable=True)
     sset = SubjectSet.load(demo / "subjects")
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mudi-sweep-"))
     print(f"{'guidance':>8} {'gamma':>6} {'fill':>5} {'method':<16} {'mean D&C':>9} {'success':>8} "
           f"{'missing':>8} {'dup':>4}", flush=True)
     for g, gamma, fill in itertools.product(args.guidance, args.gamma, args.fill):
+        # the demo's own settings with this row's guidance, γ and fill, for every method alike
+        cfg = dataclasses.replace(DemoConfig(), guidance=g, gamma=gamma, fill=fill, seed=args.seed,
+                                  images_per_prompt=args.images_per_prompt, steps=args.steps, progress=False)
         for m in methods:
             if m.init == "none" and (gamma, fill) != (args.gamma[0], args.fill[0]):
                 continue  # γ and fill only matter with initialization
             out = out_root / f"g{g}_gamma{gamma}_fill{fill}" / m.name
-            generate(GenerateConfig(
-                prompts=list(toy.DEMO_PROMPTS), out=str(out), base=base, lora=str(demo / f"lora_{m.mix}"),
-                subjects=str(demo / "subjects"), n=args.images_per_prompt, init=m.init, gamma=gamma, fill=fill,
-                steps=args.steps, resolution=64, seed=args.seed, guidance=g, overwrite=True, device="cpu",
-                dtype="float32", progress=False,
-            ), pipe=pipe)
-            s = evaluate_folder(out, sset, toy.ToyDetector(), toy.ToyEmbedder(), clip=None,
-                                success_threshold=TOY_SUCCESS_THRESHOLD, label=m.name).summary
+            generate(generation_config(cfg, m, demo, out, base), pipe=pipe)
+            s = evaluate_method(cfg, out, sset, m.name).summary
             print(f"{g:>8} {gamma:>6} {fill:>5} {m.name:<16} {s['dnc_mean']:>9.3f} {s['success_rate']:>8.0%} "
                   f"{s['n_missing']:>8} {s['n_duplicate']:>4}", flush=True)
     print(f"images: {out_root}")

@@ -131,6 +131,38 @@ def _stage(folder: Path, resume: bool, what: str, work: Callable[[], None]) -> f
     return dt
 
 
+def demo_resolution() -> int:
+    """Image side (px) the demo trains and samples at: the toy model's sampling size."""
+    from mudi import toy
+
+    return int(toy.SAMPLING.get("height", 64))
+
+
+def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_dir: Path, base: Path):
+    """The `mudi generate` settings of one method: the LoRA and subject set of the demo run in
+    ``demo_dir``, images into ``gen_dir``. Shared by the demo and benchmarks/toy_demo_sweep.py."""
+    from mudi import toy
+    from mudi.generate import GenerateConfig
+
+    return GenerateConfig(
+        prompts=list(toy.DEMO_PROMPTS), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
+        subjects=str(demo_dir / "subjects"), n=config.images_per_prompt, init=method.init, gamma=config.gamma,
+        fill=config.fill, steps=config.steps, resolution=demo_resolution(), seed=config.seed,
+        guidance=config.guidance, overwrite=True, device="cpu", dtype="float32", progress=config.progress,
+        save_init=method.init == "mudi",
+    )
+
+
+def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
+    """D&C of a method's images with the toy detector and embedder (an Evaluation)."""
+    from mudi import toy
+    from mudi.evaluate import evaluate_folder
+
+    return evaluate_folder(gen_dir, subject_set, toy.ToyDetector(), toy.ToyEmbedder(), clip=None,
+                           success_threshold=config.success_threshold, label=label,
+                           settings={"detector": "toy", "embedder": "toy"})
+
+
 def run_demo(config: DemoConfig) -> dict:
     """Run the demo; returns the summary (also written to OUT/summary.json)."""
     import torch
@@ -157,8 +189,8 @@ def _run_demo(config: DemoConfig) -> dict:
 
     from mudi import toy
     from mudi.config import TrainConfig
-    from mudi.evaluate import RunData, compare_runs, evaluate_folder, write_comparison
-    from mudi.generate import GenerateConfig, generate
+    from mudi.evaluate import RunData, compare_runs, write_comparison
+    from mudi.generate import generate
     from mudi.models import load_pipeline
     from mudi.prepare import import_set
     from mudi.subjects import SubjectSet
@@ -186,8 +218,7 @@ def _run_demo(config: DemoConfig) -> dict:
 
     timings["prepare"] = _stage(subjects_dir, config.resume, "1/4 prepare the toy subjects", make_subjects)
     sset = SubjectSet.load(subjects_dir)
-    sampling = dict(toy.SAMPLING)
-    resolution = int(sampling.get("height", 64))
+    resolution = demo_resolution()
 
     # 2. train one LoRA per mix ------------------------------------------------------------
     for mix in mixes:
@@ -209,32 +240,21 @@ def _run_demo(config: DemoConfig) -> dict:
     # 3. generate ---------------------------------------------------------------------------
     pipe = load_pipeline(str(base), device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    prompts = list(toy.DEMO_PROMPTS)
     for m in methods:
         gen_dir = out / "gen" / m.name
 
         def do_generate(m=m, gen_dir=gen_dir) -> None:
-            gcfg = GenerateConfig(
-                prompts=prompts, out=str(gen_dir), base=str(base), lora=str(out / f"lora_{m.mix}"),
-                subjects=str(subjects_dir), n=config.images_per_prompt, init=m.init, gamma=config.gamma, fill=config.fill,
-                steps=config.steps, resolution=resolution, seed=config.seed, guidance=config.guidance,
-                overwrite=True, device="cpu", dtype="float32", progress=config.progress, save_init=m.init == "mudi",
-            )
-            generate(gcfg, pipe=pipe)
+            generate(generation_config(config, m, out, gen_dir, base), pipe=pipe)
 
         timings[f"generate_{m.name}"] = _stage(gen_dir, config.resume, f"3/4 generate: {m.description}", do_generate)
 
     # 4. evaluate ---------------------------------------------------------------------------
-    detector, embedder = toy.ToyDetector(), toy.ToyEmbedder()
     runs: list[RunData] = []
     for m in methods:
         eval_dir = out / "eval" / m.name
 
         def do_eval(m=m, eval_dir=eval_dir) -> None:
-            ev = evaluate_folder(out / "gen" / m.name, sset, detector, embedder, clip=None,
-                                 success_threshold=config.success_threshold, label=m.name,
-                                 settings={"detector": "toy", "embedder": "toy"})
-            ev.write(eval_dir, overwrite=True)
+            evaluate_method(config, out / "gen" / m.name, sset, m.name).write(eval_dir, overwrite=True)
 
         timings[f"evaluate_{m.name}"] = _stage(eval_dir, config.resume, f"4/4 evaluate {m.name}", do_eval)
         runs.append(RunData.load(eval_dir, label=m.name))
@@ -248,7 +268,7 @@ def _run_demo(config: DemoConfig) -> dict:
         "config": asdict(config),
         "base_model": str(base),
         "subjects": {s.key: s.phrase for s in sset},
-        "prompts": prompts,
+        "prompts": list(toy.DEMO_PROMPTS),
         "methods": {},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -302,6 +322,8 @@ def _method_grid(out: Path, method: str, cell: int = 128):
 
 def render_demo_report(out: Path, summary: dict, methods) -> str:
     """A self-contained HTML page: subjects, per-method image grids, the table and the plot."""
+    from mudi.viz import grid
+
     esc = html.escape
     rows = []
     for m in methods:
@@ -349,11 +371,9 @@ def render_demo_report(out: Path, summary: dict, methods) -> str:
         parts.append(f"<h2>{esc(m.name)}</h2><p>{esc(m.description)} — "
                      f"<a href='eval/{esc(m.name)}/report.html'>per-image report</a></p>")
         parts.append(f"<img class=grid src='data:image/png;base64,{_png_b64(_method_grid(out, m.name))}'>")
-        inits = sorted((out / "gen" / m.name).glob("[0-9][0-9][0-9][0-9]_init.png"))
+        inits = sorted((out / "gen" / m.name).glob("[0-9][0-9][0-9][0-9]_init.png"))[:8]
         if inits:
-            from mudi.viz import grid
-
-            sheet = grid([load_rgb(p) for p in inits[:8]], labels=[p.stem for p in inits[:8]], cols=len(inits[:8]), cell=128)
+            sheet = grid([load_rgb(p) for p in inits], labels=[p.stem for p in inits], cols=len(inits), cell=128)
             parts.append("<p>Initialization canvases (the segmented reference photos placed by the layout; "
                          "their latents, scaled by γ, shift the initial noise):</p>"
                          f"<img class=grid src='data:image/png;base64,{_png_b64(sheet)}'>")
