@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 from mudi.compose import RESAMPLE, WHITE, Composer, _binary_mask, _paste  # noqa: E402
 from mudi.subjects import SubjectSet  # noqa: E402
 
-DEFAULT_SUBJECTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "subjects" / "dog6_and_dog2"
+DEFAULT_SUBJECTS = Path(__file__).resolve().parents[1] / "examples" / "subjects" / "dog6_and_dog2"
 
 
 def rate(composer: Composer, keys: list[str], n: int, seed: int = 0) -> float:

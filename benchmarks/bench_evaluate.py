@@ -37,7 +37,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-DEFAULT_SUBJECTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "subjects" / "dog6_and_dog2"
+DEFAULT_SUBJECTS = Path(__file__).resolve().parents[1] / "examples" / "subjects" / "dog6_and_dog2"
 
 
 def reduced_dinov2(out: Path, hidden: int = 384, layers: int = 6, heads: int = 6, size: int = 224) -> Path:

@@ -38,7 +38,7 @@ from mudi.generate import GenerateConfig, ImageJob, generate_image, set_schedule
 from mudi.layout import auto_layout  # noqa: E402
 from mudi.subjects import SubjectSet, mask_bbox  # noqa: E402
 
-DEFAULT_SUBJECTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "subjects" / "dog6_and_dog2"
+DEFAULT_SUBJECTS = Path(__file__).resolve().parents[1] / "examples" / "subjects" / "dog6_and_dog2"
 
 
 def reduced_pipeline(resolution: int):

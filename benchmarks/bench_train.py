@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of (bare, mudi --mix none, mudi segmix), interleaved against machine-load drift")
-    ap.add_argument("--subjects", default=None, help="subject set (default: shared/data/subjects/dog6_and_dog2)")
+    ap.add_argument("--subjects", default=None, help="subject set (default: examples/subjects/dog6_and_dog2)")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -174,7 +174,7 @@ def main() -> int:
         return 0
 
     repo = Path(__file__).resolve().parents[1]
-    subjects = args.subjects or str(repo.parent / "shared" / "data" / "subjects" / "dog6_and_dog2")
+    subjects = args.subjects or str(repo / "examples" / "subjects" / "dog6_and_dog2")
     with tempfile.TemporaryDirectory(prefix="mudi-bench-") as tmp:
         model = Path(tmp) / "model"
         build_model(model)

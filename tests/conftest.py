@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: offline mode, one CPU thread, tiny models, the shared test data.
+"""Shared pytest fixtures: offline mode, one CPU thread, tiny models, the example data in ``examples/``.
 
 Everything here runs at import time, before any test module imports torch/transformers,
 so the hub is never contacted and the suite stays light on the (shared) CPU.
@@ -41,14 +41,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The shared test data folder (``shared/data`` beside the repository checkout).
-
-    Override with the environment variable ``MUDI_SHARED_DATA``.
-    """
-    override = os.environ.get("MUDI_SHARED_DATA")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"Shared test data not found at {path}; set MUDI_SHARED_DATA to the shared/data folder."
-        )
+    """The example data shipped in the repository (``examples/``: two real subject pairs with
+    masks, from the DreamBooth dataset, CC-BY-4.0; see ``examples/README.md``)."""
+    path = Path(__file__).resolve().parents[1] / "examples"
+    assert (path / "subjects").is_dir(), f"{path}/subjects is missing from the checkout"
     return path
