@@ -22,7 +22,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mudi.compose import RESAMPLE, WHITE, Composer, _binary_mask, _paste  # noqa: E402
+from mudi.compose.mix import RESAMPLE, WHITE, Composer, _binary_mask, _paste  # noqa: E402
 from mudi.subjects import SubjectSet  # noqa: E402
 
 DEFAULT_SUBJECTS = Path(__file__).resolve().parents[1] / "examples" / "subjects" / "dog6_and_dog2"

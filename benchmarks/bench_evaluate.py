@@ -13,7 +13,7 @@ Printed figures (images per second of D&C):
 
 - ``naive``: for every image, embed the 10 reference photos again, compute S_GT, embed the two
   crops, score — what a straightforward per-image loop does;
-- ``mudi``: :class:`mudi.evaluate.DetectAndCompare` — references embedded once per subject set
+- ``mudi``: :class:`mudi.evaluate.scoring.DetectAndCompare` — references embedded once per subject set
   (timed: it is part of the run), S_GT once per subject combination, crops of ``--batch-size``
   images embedded together;
 - ``mudi (full evaluate_images)``: the same through the public API, including the annotated
@@ -91,7 +91,7 @@ def make_images(sset, n: int, rng: np.random.Generator):
 
 def naive_dnc(images, sset, detector, embedder, keys):
     """Per image: re-embed every reference photo, then the crops (what we avoid)."""
-    from mudi.dnc import crop_box, detect_and_compare_embeddings
+    from mudi.evaluate.dnc import crop_box, detect_and_compare_embeddings
 
     out = []
     for im in images:
@@ -114,8 +114,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mudi.embed import Dinov2Embedder
-    from mudi.evaluate import DetectAndCompare, evaluate_images
+    from mudi.evaluate.embed import Dinov2Embedder
+    from mudi.evaluate.scoring import DetectAndCompare, evaluate_images
     from mudi.subjects import SubjectSet
 
     if not (args.model_dir / "config.json").exists():

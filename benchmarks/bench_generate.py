@@ -3,18 +3,18 @@
     python benchmarks/bench_generate.py [--model reduced|tiny|PATH] [--resolution 128] [--steps 20]
                                         [--repeats 6] [--subjects DIR] [--device cpu]
 
-Both runs go through :func:`mudi.generate.generate_image` (the code path of ``mudi generate``)
+Both runs go through :func:`mudi.generate.pipeline.generate_image` (the code path of ``mudi generate``)
 with the same prompt, seeds and sampler; the initialized run additionally renders the init
 canvas from the real reference photos, VAE-encodes it and noises it (one VAE encoder pass
 per image). Prints the median seconds per image for each mode and their ratio (target <= 1.05),
 and — because a shared CPU makes whole-image timings noisy — the median time of the
-initialization alone (:func:`mudi.init.mean_shifted_latents`, canvas included) and the ratio
+initialization alone (:func:`mudi.generate.init.mean_shifted_latents`, canvas included) and the ratio
 it implies, (none + init) / none.
 
 ``--model reduced`` (default) builds, in memory with random weights, an SD-1.5-shaped pipeline
 scaled down ~5x in width (UNet 64/128/256/256, VAE 32/64/128/128 — the VAE is relatively
-*heavier* than in SD 1.5, so the ratio is conservative); ``tiny`` uses mudi.tiny's test
-pipeline; a path or hub id loads a real pipeline through mudi.models (e.g. on a GPU).
+*heavier* than in SD 1.5, so the ratio is conservative); ``tiny`` uses mudi.models.tiny's test
+pipeline; a path or hub id loads a real pipeline through mudi.models.loading (e.g. on a GPU).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mudi.generate import GenerateConfig, ImageJob, generate_image, set_scheduler  # noqa: E402
-from mudi.layout import auto_layout  # noqa: E402
+from mudi.generate.pipeline import GenerateConfig, ImageJob, generate_image, set_scheduler  # noqa: E402
+from mudi.generate.layout import auto_layout  # noqa: E402
 from mudi.subjects import SubjectSet, mask_bbox  # noqa: E402
 
 DEFAULT_SUBJECTS = Path(__file__).resolve().parents[1] / "examples" / "subjects" / "dog6_and_dog2"
@@ -46,7 +46,7 @@ def reduced_pipeline(resolution: int):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from mudi.tiny import clip_tokenizer
+    from mudi.models.tiny import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -80,10 +80,10 @@ def reduced_pipeline(resolution: int):
 def load(model: str, resolution: int, device: str):
     if model == "reduced":
         return reduced_pipeline(resolution).to(device)
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     if model == "tiny":
-        from mudi.tiny import build_tiny_models
+        from mudi.models.tiny import build_tiny_models
 
         root = Path(tempfile.mkdtemp(prefix="mudi_bench_"))
         model = str(build_tiny_models(root, parts="sd")["sd"])
@@ -143,7 +143,7 @@ def main() -> None:
     for r in range(args.repeats):  # interleave the modes so load changes hit both alike
         for mode in ("none", "mudi") if r % 2 == 0 else ("mudi", "none"):
             times[mode].append(timed(mode, r + 1))
-    from mudi.init import mean_shifted_latents
+    from mudi.generate.init import mean_shifted_latents
 
     init_times = []
     for r in range(max(5, args.repeats)):

@@ -44,9 +44,9 @@ def main() -> None:
     import torch
 
     from mudi import toy
-    from mudi.demo import METHODS, DemoConfig, evaluate_method, generation_config
-    from mudi.generate import generate
-    from mudi.models import load_pipeline
+    from mudi.toy.demo import METHODS, DemoConfig, evaluate_method, generation_config
+    from mudi.generate.pipeline import generate
+    from mudi.models.loading import load_pipeline
     from mudi.subjects import SubjectSet
 
     torch.set_num_threads(1)

@@ -71,14 +71,14 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     from mudi import toy
-    from mudi.evaluate import evaluate_images
+    from mudi.evaluate.scoring import evaluate_images
     from mudi.subjects import SubjectSet
 
     torch.set_num_threads(1)
     vae = AutoencoderKL.from_pretrained(os.path.join(args.model or str(toy.base_model_path()), "vae")).eval()
     with tempfile.TemporaryDirectory() as tmp:
         sset_dir = os.path.join(tmp, "subjects")
-        from mudi.prepare import import_set
+        from mudi.prepare.pipeline import import_set
 
         toy.make_subject_set(os.path.join(tmp, "raw"), seed=0)
         import_set(os.path.join(tmp, "raw"), sset_dir)

@@ -28,11 +28,11 @@ torch.set_num_threads(1)
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder with tiny random-weight models: sdxl/, sd/, owlv2/, sam/, dinov2/, clip/.
 
-    Built once per test session with :func:`mudi.tiny.build_tiny_models` (seed 0); each
-    subfolder is an ordinary local model folder accepted by the loaders in :mod:`mudi.models`.
+    Built once per test session with :func:`mudi.models.tiny.build_tiny_models` (seed 0); each
+    subfolder is an ordinary local model folder accepted by the loaders in :mod:`mudi.models.loading`.
     Treat it as read-only (it is shared by all tests).
     """
-    from mudi.tiny import build_tiny_models
+    from mudi.models.tiny import build_tiny_models
 
     root = tmp_path_factory.mktemp("tiny_models")
     build_tiny_models(root, seed=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mudi.dnc import (
+from mudi.evaluate.dnc import (
     box_similarity,
     clip_box,
     crop_box,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.evaluate import (
+from mudi.evaluate.scoring import (
     DetectAndCompare,
     Evaluation,
     RunData,
@@ -167,7 +167,7 @@ def test_per_k_and_subject_keys(sset):
 
 
 def test_masked_reference_mode(sset):
-    from mudi.embed import ReferenceEmbeddings, masked_reference
+    from mudi.evaluate.embed import ReferenceEmbeddings, masked_reference
 
     p = sset.photos("a")[0]
     ref = masked_reference(p.image, p.mask)
@@ -331,7 +331,7 @@ def test_compare_runs_table_and_win_rate(sset, tmp_path):
     assert comp.table[0]["success_rate"] == pytest.approx(2 / 3)
     assert comp.win_rate["mudi"]["dreambooth"] == pytest.approx(2 / 3, abs=1e-4)
     assert comp.win_rate["dreambooth"]["mudi"] == pytest.approx(1 / 3, abs=1e-4)
-    from mudi.evaluate import write_comparison
+    from mudi.evaluate.scoring import write_comparison
 
     paths = write_comparison(comp, tmp_path)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
@@ -345,7 +345,7 @@ def test_compare_runs_table_and_win_rate(sset, tmp_path):
 def test_dinov2_embedder_mean_of_all_tokens(tiny_models):
     import torch
 
-    from mudi.embed import Dinov2Embedder
+    from mudi.evaluate.embed import Dinov2Embedder
 
     e1 = Dinov2Embedder(tiny_models / "dinov2", batch_size=1)
     e4 = Dinov2Embedder((e1.model, e1.processor), batch_size=4)
@@ -364,7 +364,7 @@ def test_dinov2_embedder_mean_of_all_tokens(tiny_models):
 
 
 def test_dreamsim_missing_is_a_clear_error(monkeypatch):
-    from mudi.embed import DreamSimEmbedder, make_embedder
+    from mudi.evaluate.embed import DreamSimEmbedder, make_embedder
 
     monkeypatch.setitem(sys.modules, "dreamsim", None)  # make `import dreamsim` fail
     with pytest.raises(MudiError, match="dreamsim"):
@@ -374,7 +374,7 @@ def test_dreamsim_missing_is_a_clear_error(monkeypatch):
 
 
 def test_clip_scorer(tiny_models, sset):
-    from mudi.textfid import ClipScorer, fidelity_prompt
+    from mudi.evaluate.textfid import ClipScorer, fidelity_prompt
 
     clip = ClipScorer(tiny_models / "clip", batch_size=2)
     texts = [fidelity_prompt(PROMPT, sset)] * 3

@@ -15,8 +15,8 @@ from PIL import Image
 
 from mudi.cli import main
 from mudi.errors import MudiError
-from mudi.generate import GenerateConfig, generate, resolve_prompt
-from mudi.layout import LayoutWarning
+from mudi.generate.pipeline import GenerateConfig, generate, resolve_prompt
+from mudi.generate.layout import LayoutWarning
 from mudi.subjects import SubjectSet
 
 CONTRACT_KEYS = {"prompt", "negative_prompt", "seed", "subjects", "phrases", "subject_set", "layout", "gamma", "init",
@@ -52,7 +52,7 @@ def _make_lora(base: Path, out: Path, seed: int) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     pipe = load_pipeline(str(base))
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
@@ -80,7 +80,7 @@ def loras(tiny_models, subject_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_models):
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     return load_pipeline(str(tiny_models / "sd"))
 
@@ -326,7 +326,7 @@ def test_bad_inputs_needing_the_model(capsys, tiny_models, loras, subject_dir, t
 def test_lora_with_modules_the_base_lacks_is_refused(sd_pipe, loras, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from mudi.generate import load_lora
+    from mudi.generate.pipeline import load_lora
 
     state = load_file(str(loras["sd"] / "pytorch_lora_weights.safetensors"))
     renamed = {k.replace("down_blocks.1", "down_blocks.7"): v for k, v in state.items()}
@@ -369,9 +369,9 @@ def test_given_pipeline_keeps_its_scheduler(sd_pipe, subject_dir, tmp_path):
 def test_lora_beyond_attention_round_trips(tiny_models, tmp_path):
     """A LoRA on attention *and* other layers (proj_in/out, feed-forward), saved the way
     `mudi train` saves it, loads with every module and reproduces the trained UNet's output."""
-    from mudi.generate import load_lora
-    from mudi.lora import add_unet_lora, save_diffusers_lora
-    from mudi.models import load_pipeline
+    from mudi.generate.pipeline import load_lora
+    from mudi.models.lora import add_unet_lora, save_diffusers_lora
+    from mudi.models.loading import load_pipeline
 
     targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
     trained = load_pipeline(str(tiny_models / "sd"))

@@ -1,5 +1,5 @@
 """Robust input: every photo mode a user may bring must load; every broken input must raise a
-MudiError that names the file (mudi.imageio and mudi.subjects)."""
+MudiError that names the file (mudi.io and mudi.subjects)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.imageio import (
+from mudi.io import (
     list_images,
     load_mask,
     load_rgb,

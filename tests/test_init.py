@@ -1,4 +1,4 @@
-"""mudi.init: the mean-shifted initial latents against METHOD.md §4, recomputed by hand, and what
+"""mudi.generate.init: the mean-shifted initial latents against METHOD.md §4, recomputed by hand, and what
 the pipeline's denoising loop actually receives (for Euler, Euler-a, DDIM, DPM-Solver, PNDM, UniPC)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from mudi.errors import MudiError
-from mudi.generate import set_scheduler
-from mudi.init import mean_shifted_latents, render_canvas, schedule_start
-from mudi.layout import Placement
+from mudi.generate.pipeline import set_scheduler
+from mudi.generate.init import mean_shifted_latents, render_canvas, schedule_start
+from mudi.generate.layout import Placement
 from mudi.subjects import SegmentedPhoto
 
 RES = 64
@@ -35,7 +35,7 @@ LAYOUT = [Placement("a", (2, 8, 30, 56)), Placement("b", (30, 20, 62, 44))]
 
 @pytest.fixture(scope="module")
 def pipes(tiny_models):
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     return {name: load_pipeline(str(tiny_models / name)) for name in ("sdxl", "sd")}
 
@@ -209,7 +209,7 @@ def test_bad_inputs(pipes):
 
 
 def test_canvas_from_the_real_reference_photos(data_dir):
-    from mudi.layout import auto_layout
+    from mudi.generate.layout import auto_layout
     from mudi.subjects import SubjectSet, mask_bbox
 
     sset = SubjectSet.load(data_dir / "subjects" / "dog6_and_dog2")
@@ -232,7 +232,7 @@ def test_vae_normalization_variants(pipes):
 
     from PIL import Image
 
-    from mudi.init import encode_canvas
+    from mudi.generate.init import encode_canvas
 
     canvas = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     vae = _copy.deepcopy(pipes["sd"].vae)

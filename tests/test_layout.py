@@ -1,4 +1,4 @@
-"""mudi.layout: automatic slots, relative sizes, layout files, and the LLM provider against a
+"""mudi.generate.layout: automatic slots, relative sizes, layout files, and the LLM provider against a
 fake OpenAI-compatible server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mudi.errors import MudiError
-from mudi.layout import (
+from mudi.generate.layout import (
     LayoutProviderError,
     LayoutWarning,
     LLMLayoutProvider,

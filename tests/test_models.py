@@ -1,4 +1,4 @@
-"""mudi.models loaders and mudi.tiny models: every tiny part loads and runs; offline errors."""
+"""mudi.models.loading loaders and mudi.models.tiny models: every tiny part loads and runs; offline errors."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mudi import models
+from mudi.models import loading as models
 from mudi.errors import ModelNotAvailableError, MudiError
-from mudi.tiny import CLIP_VOCAB_SIZE, TINY_IMAGE_SIZE, build_tiny_models, clip_tokenizer, parse_parts
+from mudi.models.tiny import CLIP_VOCAB_SIZE, TINY_IMAGE_SIZE, build_tiny_models, clip_tokenizer, parse_parts
 
 
 def _image(h: int = 48, w: int = 80, seed: int = 0) -> Image.Image:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mudi.cli import main
 from mudi.errors import MudiError
-from mudi.prepare import (
+from mudi.prepare.pipeline import (
     PhotoResult,
     SubjectSpec,
     enlarge_box,
@@ -157,7 +157,7 @@ class _StubOwl:
 def test_owlv2_boxes_are_mapped_from_the_padded_square_and_clamped(tiny_models):
     from transformers import Owlv2Processor
 
-    from mudi.detect import Owlv2Detector
+    from mudi.prepare.detect import Owlv2Detector
 
     processor = Owlv2Processor.from_pretrained(tiny_models / "owlv2")
     stub = _StubOwl(
@@ -187,7 +187,7 @@ def test_owlv2_boxes_are_mapped_from_the_padded_square_and_clamped(tiny_models):
 def test_owlv2_nms_merges_duplicate_boxes(tiny_models):
     from transformers import Owlv2Processor
 
-    from mudi.detect import Owlv2Detector
+    from mudi.prepare.detect import Owlv2Detector
 
     processor = Owlv2Processor.from_pretrained(tiny_models / "owlv2")
     stub = _StubOwl(boxes=[[0.5, 0.5, 0.4, 0.4], [0.51, 0.5, 0.4, 0.4], [0.15, 0.15, 0.1, 0.1]],
@@ -200,7 +200,7 @@ def test_owlv2_nms_merges_duplicate_boxes(tiny_models):
 
 
 def test_owlv2_tiny_model_batches_and_stays_inside_images(tiny_models):
-    from mudi.detect import Owlv2Detector
+    from mudi.prepare.detect import Owlv2Detector
 
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in
@@ -221,7 +221,7 @@ def test_owlv2_tiny_model_batches_and_stays_inside_images(tiny_models):
 
 
 def test_sam_tiny_mask_has_the_photo_size(tiny_models):
-    from mudi.segment import SamSegmenter
+    from mudi.prepare.segment import SamSegmenter
 
     seg = SamSegmenter(str(tiny_models / "sam"))
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (70, 130, 3), dtype=np.uint8))
@@ -230,7 +230,7 @@ def test_sam_tiny_mask_has_the_photo_size(tiny_models):
 
 
 def test_grabcut_finds_a_square_on_a_plain_background():
-    from mudi.segment import GrabCutSegmenter
+    from mudi.prepare.segment import GrabCutSegmenter
 
     rng = np.random.default_rng(0)
     arr = np.full((100, 120, 3), 235, np.uint8) + rng.integers(0, 15, (100, 120, 3), dtype=np.uint8)
@@ -245,7 +245,7 @@ def test_grabcut_finds_a_square_on_a_plain_background():
 
 
 def test_grabcut_is_deterministic(data_dir):
-    from mudi.segment import GrabCutSegmenter
+    from mudi.prepare.segment import GrabCutSegmenter
 
     image = _small(data_dir / "subjects" / "dog6_and_dog2" / "a00.jpg", 128)
     seg = GrabCutSegmenter()
@@ -255,7 +255,7 @@ def test_grabcut_is_deterministic(data_dir):
 
 
 def test_grabcut_downscales_large_photos_and_returns_full_size_masks():
-    from mudi.segment import GrabCutSegmenter
+    from mudi.prepare.segment import GrabCutSegmenter
 
     arr = np.full((300, 200, 3), 240, np.uint8)
     arr[100:200, 50:150] = (20, 40, 160)

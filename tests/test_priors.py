@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from mudi.cli import main
-from mudi.config import PRIOR_PROMPT, TrainConfig
+from mudi.train.config import PRIOR_PROMPT, TrainConfig
 from mudi.errors import MudiError
-from mudi.priors import ClassSet, generate_class_set, segment_class_image
+from mudi.train.priors import ClassSet, generate_class_set, segment_class_image
 from mudi.protocols import Detection
 from mudi.subjects import SubjectSet
 
@@ -53,7 +53,7 @@ def subjects(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def class_set(tiny_models, subjects, tmp_path_factory) -> Path:
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_models / "sd"))
     pipe.set_progress_bar_config(disable=True)
@@ -110,7 +110,7 @@ def test_class_set_errors(tmp_path: Path, class_set: Path):
 
 
 def test_train_with_prior_preservation(tiny_models, subjects, class_set, tmp_path):
-    from mudi.train import train
+    from mudi.train.recipe import train
 
     out = tmp_path / "lora"
     train(TrainConfig(subjects=str(subjects), base=str(tiny_models / "sd"), out=str(out), prior_dir=str(class_set),
@@ -125,9 +125,9 @@ def test_train_with_prior_preservation(tiny_models, subjects, class_set, tmp_pat
 
 
 def test_priors_cli(tiny_models, subjects, tmp_path, monkeypatch, capsys):
-    import mudi.segment
+    from mudi.prepare import segment as prepare_segment
 
-    monkeypatch.setattr(mudi.segment.GrabCutSegmenter, "segment", lambda self, image, box: BoxSegmenter().segment(image, box))
+    monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", lambda self, image, box: BoxSegmenter().segment(image, box))
     out = tmp_path / "classes"
     args = ["priors", "--base", str(tiny_models / "sd"), "--subjects", str(subjects), "--n", "1",
             "--detector", "none", "--segmenter", "grabcut", "--steps", "1", "--no-progress"]

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mudi.cli import main
-from mudi.config import TrainConfig
+from mudi.train.config import TrainConfig
 from mudi.errors import MudiError
-from mudi.train import list_checkpoints, train
+from mudi.train.recipe import list_checkpoints, train
 
 FAST = dict(resolution=64, validate_every=-1, progress=False, checkpoint_every=0)
 
@@ -102,7 +102,7 @@ def test_train_each_model_and_mix(tiny_models, subjects, tmp_path, model, mix):
 
 
 def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects, tmp_path):
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     out = tmp_path / "lora"
     train(_cfg(tiny_models, subjects, out, "sdxl", learning_rate=1e-2, max_train_steps=3))
@@ -207,7 +207,7 @@ def test_resume_refuses_changed_method_options(tiny_models, subjects, tmp_path):
 
 
 def test_text_encoders_never_called_during_steps(tiny_models, subjects, tmp_path):
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_models / "sdxl"))
     calls = {"n": 0}
@@ -293,9 +293,9 @@ def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subject
 
 def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):
     """The trainer's cached plain examples + Composer.composite reproduce Composer.example."""
-    from mudi.compose import Composer
+    from mudi.compose.mix import Composer
     from mudi.subjects import SubjectSet
-    from mudi.train import ExampleSchedule
+    from mudi.train.recipe import ExampleSchedule
 
     sset = SubjectSet.load(subjects)
     comp = Composer(sset, 64, mix="segmix", p=0.5, k=2)
@@ -438,9 +438,9 @@ def test_text_encoders_freed_and_force_upcast_vae_kept_fp32(tiny_models, subject
     import gc
     import weakref
 
-    import mudi.models
+    import mudi.models.loading
 
-    real = mudi.models.load_pipeline
+    real = mudi.models.loading.load_pipeline
     seen: dict = {}
 
     def spy(*args, **kwargs):
@@ -449,7 +449,7 @@ def test_text_encoders_freed_and_force_upcast_vae_kept_fp32(tiny_models, subject
         seen["refs"] = [weakref.ref(pipe.text_encoder), weakref.ref(pipe.text_encoder_2)]
         return pipe
 
-    monkeypatch.setattr(mudi.models, "load_pipeline", spy)
+    monkeypatch.setattr(mudi.models.loading, "load_pipeline", spy)
     checks = []
 
     def on_step(step, row):
@@ -464,7 +464,7 @@ def test_text_encoders_freed_and_force_upcast_vae_kept_fp32(tiny_models, subject
 def test_validation_decodes_outside_autocast(tiny_models, subjects, tmp_path):
     """Validation images are decoded without autocast in the VAE's dtype: under fp16 autocast the
     SDXL base VAE (fp32, force_upcast) overflows and the validation grids come out black."""
-    from mudi.models import load_pipeline
+    from mudi.models.loading import load_pipeline
 
     pipe = load_pipeline(str(tiny_models / "sdxl"))
     assert pipe.vae.config.force_upcast
@@ -491,7 +491,7 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
 
-    from mudi.lora import add_unet_lora, kohya_state_dict, lora_state_dict, save_kohya_lora
+    from mudi.models.lora import add_unet_lora, kohya_state_dict, lora_state_dict, save_kohya_lora
 
     def unet(kind):
         common = dict(sample_size=8, layers_per_block=2, norm_num_groups=8, attention_head_dim=2)
@@ -540,9 +540,9 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
 def test_hub_model_path_resolves_resolution_after_loading(tiny_models, subjects, tmp_path, monkeypatch):
     """A hub id is not inspected before loading (inspect_model returns None): the model's
     resolution, SDXL-ness and prediction type then come from the loaded pipeline."""
-    import mudi.train
+    from mudi.train import recipe as train_recipe
 
-    monkeypatch.setattr(mudi.train, "inspect_model", lambda base: None)
+    monkeypatch.setattr(train_recipe, "inspect_model", lambda base: None)
     out = tmp_path / "o"
     train(_cfg(tiny_models, subjects, out, "sdxl", resolution=0, max_train_steps=1))
     summary = json.loads((out / "summary.json").read_text())

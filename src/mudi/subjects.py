@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.imageio import (
+from mudi.io import (
     load_mask,
     load_rgb_alpha,
     mask_to_image,

@@ -74,7 +74,7 @@ def build_unet(cfg: ToyModelConfig = ToyModelConfig()):
 def build_text_encoder(cfg: ToyModelConfig = ToyModelConfig()):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from mudi.tiny import CLIP_VOCAB_SIZE
+    from mudi.models.tiny import CLIP_VOCAB_SIZE
 
     conf = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
@@ -93,7 +93,7 @@ def build_text_encoder(cfg: ToyModelConfig = ToyModelConfig()):
 
 
 def build_tokenizer():
-    from mudi.tiny import clip_tokenizer
+    from mudi.models.tiny import clip_tokenizer
 
     return clip_tokenizer(MAX_TOKENS)
 
@@ -108,7 +108,7 @@ def training_scheduler(prediction_type: str = PREDICTION_TYPE):
     """The DDPM noise schedule used in training (Stable Diffusion v1's betas)."""
     from diffusers import DDPMScheduler
 
-    from mudi.tiny import SD_BETAS
+    from mudi.models.tiny import SD_BETAS
 
     return DDPMScheduler(
         **SD_BETAS,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mudi.imageio import prepare_output_dir, save_image_atomic, write_text_atomic
+from mudi.io import prepare_output_dir, save_image_atomic, write_text_atomic
 from mudi.toy import world
 
 

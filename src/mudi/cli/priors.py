@@ -15,7 +15,7 @@ HELP = "generate segmented class images for prior preservation (mudi train --pri
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mudi.config import PRIOR_PROMPT
+    from mudi.train.config import PRIOR_PROMPT
 
     p = subparsers.add_parser(
         "priors",
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mudi.errors import MudiError
-    from mudi.imageio import prepare_output_dir
+    from mudi.io import prepare_output_dir
     from mudi.subjects import SubjectSet
 
     # everything cheap first
@@ -68,22 +68,22 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise MudiError(f"{out}: the output folder already has content. Choose another --out or pass --overwrite.")
     sset = SubjectSet.load(args.subjects)
-    from mudi.train import _pick_device, check_resolution, inspect_model
+    from mudi.train.recipe import _pick_device, check_resolution, inspect_model
 
     info = inspect_model(args.base)
     if info is not None and args.resolution:
         check_resolution(args.resolution, info, args.base)
     device = _pick_device(args.device)
 
-    from mudi.prepare import load_models
+    from mudi.prepare.pipeline import load_models
 
     no_detector = str(args.detector).lower() == "none"
     detector, segmenter = load_models(
         None if no_detector else args.detector, args.segmenter, not no_detector, True,
         device="cuda" if device.type == "cuda" else "cpu",
     )
-    from mudi.models import load_pipeline
-    from mudi.priors import generate_class_set
+    from mudi.models.loading import load_pipeline
+    from mudi.train.priors import generate_class_set
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pipe = load_pipeline(args.base, dtype=dtype, device=device, vae=args.vae)

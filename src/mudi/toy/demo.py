@@ -7,7 +7,7 @@ with the OWLv2 / DINOv2 interfaces, so Detect-and-Compare runs unchanged.
 
 Stages (each in its own folder under OUT, each skipped on ``--resume`` once complete):
 
-1. ``subjects/``  -- the toy subject set, imported with :func:`mudi.prepare.import_set`
+1. ``subjects/``  -- the toy subject set, imported with :func:`mudi.prepare.pipeline.import_set`
    (contact sheet included);
 2. ``lora_none/``, ``lora_cutmix/``, ``lora_segmix/`` -- one LoRA per training mode
    (DreamBooth, Cut-Mix, Seg-Mix), same seed, steps and schedule, so they compare fairly;
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from mudi.errors import MudiError
-from mudi.imageio import load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.io import load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
 
 #: Success threshold for D&C with the toy detector and embedder. The toy embedder scores blurred
 #: objects lower than sharp ones: renders of both subjects passed through the toy model's VAE
@@ -142,7 +142,7 @@ def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_di
     """The `mudi generate` settings of one method: the LoRA and subject set of the demo run in
     ``demo_dir``, images into ``gen_dir``. Shared by the demo and benchmarks/toy_demo_sweep.py."""
     from mudi import toy
-    from mudi.generate import GenerateConfig
+    from mudi.generate.pipeline import GenerateConfig
 
     return GenerateConfig(
         prompts=list(toy.DEMO_PROMPTS), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
@@ -156,7 +156,7 @@ def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_di
 def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
     """D&C of a method's images with the toy detector and embedder (an Evaluation)."""
     from mudi import toy
-    from mudi.evaluate import evaluate_folder
+    from mudi.evaluate.scoring import evaluate_folder
 
     return evaluate_folder(gen_dir, subject_set, toy.ToyDetector(), toy.ToyEmbedder(), clip=None,
                            success_threshold=config.success_threshold, label=label,
@@ -188,13 +188,13 @@ def _run_demo(config: DemoConfig) -> dict:
     import torch
 
     from mudi import toy
-    from mudi.config import TrainConfig
-    from mudi.evaluate import RunData, compare_runs, write_comparison
-    from mudi.generate import generate
-    from mudi.models import load_pipeline
-    from mudi.prepare import import_set
+    from mudi.train.config import TrainConfig
+    from mudi.evaluate.scoring import RunData, compare_runs, write_comparison
+    from mudi.generate.pipeline import generate
+    from mudi.models.loading import load_pipeline
+    from mudi.prepare.pipeline import import_set
     from mudi.subjects import SubjectSet
-    from mudi.train import train
+    from mudi.train.recipe import train
 
     base = Path(config.base) if config.base else toy.base_model_path()
     out = Path(config.out)

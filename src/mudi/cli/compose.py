@@ -59,8 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from mudi.compose import Composer, parse_relative_sizes
-    from mudi.imageio import prepare_output_dir, save_image_atomic, write_text_atomic
+    from mudi.compose.mix import Composer, parse_relative_sizes
+    from mudi.io import prepare_output_dir, save_image_atomic, write_text_atomic
     from mudi.subjects import SubjectSet
     from mudi.viz import grid
 

@@ -94,7 +94,7 @@ def _device(name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mudi prepare``; returns the exit status."""
-    from mudi import prepare as prep
+    from mudi.prepare import pipeline as prep
 
     if args.src is not None and args.subject:
         raise MudiError("give either --from DIR (import a set) or --subject ... (segment photos), not both.")

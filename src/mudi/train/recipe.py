@@ -10,7 +10,7 @@ The recipe reads top to bottom in :func:`train`:
    state and the step: a resumed run is bitwise identical to an uninterrupted one (CPU),
 5. export the LoRA (diffusers + kohya formats), the log, the loss curve and validation grids.
 
-The method lives in the data (:class:`mudi.compose.Composer`); the loop is plain DreamBooth.
+The method lives in the data (:class:`mudi.compose.mix.Composer`); the loop is plain DreamBooth.
 
 Output folder::
 
@@ -54,9 +54,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mudi.config import TrainConfig, RESUME_SAFE_FIELDS
+from mudi.train.config import TrainConfig, RESUME_SAFE_FIELDS
 from mudi.errors import MudiError
-from mudi.imageio import prepare_output_dir, save_image_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mudi.io import prepare_output_dir, save_image_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 CONFIG_NAME = "config.toml"
 LOG_NAME = "train_log.jsonl"
@@ -96,7 +96,7 @@ def _read_json(path: Path, what: str) -> dict:
 
 def inspect_model(base: str) -> ModelInfo | None:
     """Read a local pipeline folder's configs (no weights). ``None`` for a hub id to be downloaded."""
-    from mudi.models import resolve_model
+    from mudi.models.loading import resolve_model
 
     path = resolve_model(base, "pipeline")
     folder = Path(path)
@@ -143,7 +143,7 @@ def check_resolution(resolution: int, info: ModelInfo, base: str) -> None:
 def subject_captions(subject_set, k: int, mix: str) -> list[str]:
     """Every caption an instance example can have: photo captions and composite captions
     (current subject first, every ordered choice of the k − 1 others)."""
-    from mudi.compose import composite_caption
+    from mudi.compose.mix import composite_caption
 
     caps = [ph.caption for s in subject_set for ph in subject_set.photos(s.key)]
     if mix != "none":
@@ -156,7 +156,7 @@ def subject_captions(subject_set, k: int, mix: str) -> list[str]:
 
 
 def class_captions(class_photos: dict[str, list], class_names: dict[str, str], keys: list[str], k: int, mix: str) -> list[str]:
-    from mudi.compose import composite_caption
+    from mudi.compose.mix import composite_caption
 
     caps = [ph.caption for key in keys for ph in class_photos[key]]
     if mix != "none":
@@ -421,7 +421,7 @@ def save_checkpoint(out: Path, step: int, unet, optimizer, *, scaler=None, sampl
     """
     from safetensors.torch import save_file
 
-    from mudi.lora import lora_state_dict
+    from mudi.models.lora import lora_state_dict
 
     root = Path(out) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -465,7 +465,7 @@ def load_checkpoint(path: Path, unet, optimizer, *, scaler=None) -> dict[str, An
     """Restore LoRA weights, optimizer state, scaler and RNG states; return the state JSON."""
     from safetensors.torch import load_file
 
-    from mudi.lora import load_lora_state_dict
+    from mudi.models.lora import load_lora_state_dict
 
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -654,7 +654,7 @@ def prepare_run(config: TrainConfig):
     Raises MudiError for every user mistake: options, output folder, subject set, class set,
     base model folder, resolution.
     """
-    from mudi.compose import parse_relative_sizes
+    from mudi.compose.mix import parse_relative_sizes
     from mudi.subjects import SubjectSet
 
     cfg = config
@@ -683,13 +683,13 @@ def prepare_run(config: TrainConfig):
             sset.subject(name)
     classes = None
     if cfg.prior_dir:
-        from mudi.priors import ClassSet
+        from mudi.train.priors import ClassSet
 
         cset = ClassSet.load(cfg.prior_dir)
         classes = (cset.for_subjects(sset), cset.class_names(sset))
     info = inspect_model(cfg.base)
     if cfg.vae and not (Path(cfg.vae) / "vae").is_dir():  # a VAE folder/hub id (or a pipeline's vae/)
-        from mudi.models import resolve_model
+        from mudi.models.loading import resolve_model
 
         resolve_model(cfg.vae, "vae")
     if info is not None:
@@ -703,7 +703,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     """Train a multi-subject LoRA; return the output folder (see the module docstring).
 
     Args:
-        config: the run (see :class:`~mudi.config.TrainConfig`).
+        config: the run (see :class:`~mudi.train.config.TrainConfig`).
         pipeline: optional already-loaded SD/SDXL pipeline to train (its UNet receives the
             LoRA adapter); by default the base model is loaded from ``config.base``.
         on_step: called after every optimizer step with (step, log row).
@@ -714,9 +714,9 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from mudi.compose import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
-    from mudi.lora import KOHYA_WEIGHT_NAME, add_unet_lora, save_diffusers_lora, save_kohya_lora
-    from mudi.models import is_sdxl, load_pipeline
+    from mudi.compose.mix import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
+    from mudi.models.lora import KOHYA_WEIGHT_NAME, add_unet_lora, save_diffusers_lora, save_kohya_lora
+    from mudi.models.loading import is_sdxl, load_pipeline
 
     t_start = time.time()
     cfg, sset, classes, info = prepare_run(config)

@@ -31,8 +31,8 @@ class SamSegmenter:
     """Segment Anything (transformers ``SamModel``) prompted with one box.
 
     Args:
-        model: a name for :func:`mudi.models.load_sam` (hub id or local folder, default
-            :data:`mudi.models.DEFAULT_SEGMENTER`), or a loaded ``(SamModel, SamProcessor)`` pair.
+        model: a name for :func:`mudi.models.loading.load_sam` (hub id or local folder, default
+            :data:`mudi.models.loading.DEFAULT_SEGMENTER`), or a loaded ``(SamModel, SamProcessor)`` pair.
         device, dtype: where and how to run the model when loading it by name.
     """
 
@@ -46,7 +46,7 @@ class SamSegmenter:
         dtype: torch.dtype = torch.float32,
     ):
         if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from mudi.models import DEFAULT_SEGMENTER, load_sam
+            from mudi.models.loading import DEFAULT_SEGMENTER, load_sam
 
             self.name = str(model) if model is not None else DEFAULT_SEGMENTER
             self.model, self.processor = load_sam(self.name, dtype=dtype, device=device)

@@ -119,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     """TrainConfig from defaults, --config and flags (flags win)."""
-    from mudi.config import TrainConfig
+    from mudi.train.config import TrainConfig
 
     cfg = TrainConfig.from_toml(args.config) if getattr(args, "config", None) else TrainConfig()
     values = {}
@@ -133,7 +133,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from mudi.train import SUMMARY_NAME, train
+    from mudi.train.recipe import SUMMARY_NAME, train
 
     cfg = build_config(args)
     out = train(cfg)

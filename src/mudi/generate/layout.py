@@ -3,7 +3,7 @@
 A :data:`Layout` is a list of :class:`Placement` ``(key, box)`` pairs: the subject key of a
 :class:`~mudi.subjects.SubjectSet` and a box ``(x0, y0, x1, y1)`` in canvas pixels (x1/y1
 exclusive). The subject's segmented photo, cropped to its mask's bounding box, is pasted
-into the box (see :func:`mudi.init.render_canvas`). Later placements are drawn on top.
+into the box (see :func:`mudi.generate.init.render_canvas`). Later placements are drawn on top.
 
 Four ways to get one:
 

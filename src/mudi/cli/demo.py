@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudi.demo import METHODS, DemoConfig
+from mudi.toy.demo import METHODS, DemoConfig
 
 
 def register(subparsers) -> None:
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from mudi.demo import run_demo
+    from mudi.toy.demo import run_demo
 
     cfg = DemoConfig(
         out=args.out, seed=args.seed, base=args.base, train_steps=args.train_steps, rank=args.rank, learning_rate=args.lr,

@@ -4,7 +4,7 @@ Both embedders implement :class:`mudi.protocols.Embedder` (``embed(images) -> (N
 L2-normalised float32):
 
 - :class:`Dinov2Embedder` — D&C-DINO: a DINOv2 model (``transformers.Dinov2Model`` loaded
-  through :func:`mudi.models.load_dinov2`); the embedding is the mean of **all** output tokens
+  through :func:`mudi.models.loading.load_dinov2`); the embedding is the mean of **all** output tokens
   of ``last_hidden_state`` (CLS and patch tokens), L2-normalised. Images go through the model in
   batches of ``batch_size``.
 - :class:`DreamSimEmbedder` — D&C-DS: the ``dreamsim`` package (optional extra
@@ -51,7 +51,7 @@ class Dinov2Embedder:
     def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
         import torch
 
-        from mudi import models
+        from mudi.models import loading as models
 
         if model is None:
             model = models.DEFAULT_DINO
@@ -157,7 +157,7 @@ def make_embedder(spec: str | None, *, device: str = "cpu", batch_size: int = 16
 
 def masked_reference(image: np.ndarray, mask: np.ndarray) -> Image.Image:
     """The subject alone: mask-bbox crop with the background painted white, padded square."""
-    from mudi.dnc import pad_to_square
+    from mudi.evaluate.dnc import pad_to_square
     from mudi.subjects import mask_bbox
 
     x0, y0, x1, y1 = mask_bbox(mask)
@@ -231,7 +231,7 @@ class ReferenceEmbeddings:
 
     def ground_truth(self, keys: Sequence[str]) -> np.ndarray:
         """S_GT for the subjects ``keys`` in this order (K × K), cached."""
-        from mudi.dnc import ground_truth_similarity
+        from mudi.evaluate.dnc import ground_truth_similarity
 
         t = tuple(keys)
         if t not in self._gt:

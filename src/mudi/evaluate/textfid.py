@@ -6,7 +6,7 @@ beach" is scored as "a corgi and a chow chow on the beach", because a CLIP model
 "olis". :func:`fidelity_prompt` makes that text (via :meth:`SubjectSet.strip_identifiers`).
 
 - :class:`ClipScorer` — CLIP score with ``transformers.CLIPModel`` (loaded through
-  :func:`mudi.models.load_clip`). **Convention**: ``100 · max(cos(image, text), 0)``, the
+  :func:`mudi.models.loading.load_clip`). **Convention**: ``100 · max(cos(image, text), 0)``, the
   CLIPScore of torchmetrics (without the 2.5 weight of Hessel et al. 2021). Typical values for
   SDXL images and ViT-L/14 are ~25–35.
 - :class:`ImageRewardScorer` — ImageReward, used only when the optional ``image-reward``
@@ -53,7 +53,7 @@ class ClipScorer:
     def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
         import torch
 
-        from mudi import models
+        from mudi.models import loading as models
 
         if model is None:
             model = models.DEFAULT_CLIP

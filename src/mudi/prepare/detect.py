@@ -59,8 +59,8 @@ class Owlv2Detector:
     """OWLv2 text-queried detector.
 
     Args:
-        model: a model name for :func:`mudi.models.load_owlv2` (hub id or local folder,
-            default :data:`mudi.models.DEFAULT_DETECTOR`), or an already loaded
+        model: a model name for :func:`mudi.models.loading.load_owlv2` (hub id or local folder,
+            default :data:`mudi.models.loading.DEFAULT_DETECTOR`), or an already loaded
             ``(Owlv2ForObjectDetection, Owlv2Processor)`` pair.
         device: where to run the model (``"cpu"``, ``"cuda"``); ignored for a loaded pair
             except that inputs are moved to the model's device.
@@ -78,7 +78,7 @@ class Owlv2Detector:
         nms_iou: float | None = DEFAULT_NMS_IOU,
     ):
         if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from mudi.models import DEFAULT_DETECTOR, load_owlv2
+            from mudi.models.loading import DEFAULT_DETECTOR, load_owlv2
 
             self.name = str(model) if model is not None else DEFAULT_DETECTOR
             self.model, self.processor = load_owlv2(self.name, dtype=dtype, device=device)

@@ -29,9 +29,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from mudi.config import PRIOR_PROMPT
+from mudi.train.config import PRIOR_PROMPT
 from mudi.errors import MudiError
-from mudi.imageio import load_mask, load_rgb, mask_to_image, save_image_atomic, write_text_atomic
+from mudi.io import load_mask, load_rgb, mask_to_image, save_image_atomic, write_text_atomic
 from mudi.subjects import SegmentedPhoto, SubjectSet
 
 METADATA = "metadata.jsonl"
@@ -130,7 +130,7 @@ def segment_class_image(image: Image.Image, cls: str, detector, segmenter, thres
         if not mask.any():
             return None, "the segmenter returned an empty mask"
         return mask, "ok"
-    from mudi.prepare import segment_photo
+    from mudi.prepare.pipeline import segment_photo
 
     return segment_photo(image, cls, detector, segmenter, threshold=threshold)
 

@@ -1,6 +1,6 @@
 """Mean-shifted initialization (METHOD.md §4): start sampling from the segmented subjects.
 
-For a prompt naming k subjects and a :mod:`mudi.layout`:
+For a prompt naming k subjects and a :mod:`mudi.generate.layout`:
 
 1. ``canvas`` = white S×S image with one segmented reference photo per subject pasted into its
    layout box (mask pixels only) — :func:`render_canvas`.
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.layout import Placement, fit_box
+from mudi.generate.layout import Placement, fit_box
 from mudi.subjects import SegmentedPhoto, mask_bbox
 
 #: METHOD.md §4 default γ.
@@ -230,7 +230,7 @@ def mean_shifted_latents(
         pipe: a diffusers SD or SDXL pipeline (any pipeline with ``vae``, ``unet``, ``scheduler``
             whose ``prepare_latents`` multiplies given latents by ``scheduler.init_noise_sigma``).
         subjects_photos: key → the segmented photo to paste (a list: its first photo is used).
-        layout: ``(key, box)`` placements, e.g. from :func:`mudi.layout.auto_layout`.
+        layout: ``(key, box)`` placements, e.g. from :func:`mudi.generate.layout.auto_layout`.
         gamma: γ, the scale of the subjects' latent mean (3 by default; 0 = no shift).
         generator: torch generator; ε is drawn first (as the pipeline would draw its own
             noise), then the VAE posterior sample.

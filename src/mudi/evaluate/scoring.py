@@ -5,7 +5,7 @@ Two entry points:
 - :func:`evaluate_images` — the file-free API (used by the demo): images (PIL or paths) with a
   prompt and/or the subject keys each shows, a :class:`~mudi.subjects.SubjectSet`, any
   :class:`~mudi.protocols.Detector` and :class:`~mudi.protocols.Embedder`, and optionally a
-  :class:`~mudi.textfid.ClipScorer`. Returns an :class:`Evaluation` (per-image results +
+  :class:`~mudi.evaluate.textfid.ClipScorer`. Returns an :class:`Evaluation` (per-image results +
   summary).
 - :func:`evaluate_folder` — the same over a folder written by ``mudi generate`` (``NNNN.png`` +
   ``NNNN.json`` sidecars); images without a sidecar need ``prompt=`` (and/or ``subject_keys=``).
@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from mudi import __version__
-from mudi.dnc import (
+from mudi.evaluate.dnc import (
     DEFAULT_DETECTION_THRESHOLD,
     NORMS,
     DncResult,
@@ -53,9 +53,9 @@ from mudi.dnc import (
     detect_and_compare,
     detect_and_compare_embeddings,
 )
-from mudi.embed import ReferenceEmbeddings
+from mudi.evaluate.embed import ReferenceEmbeddings
 from mudi.errors import MudiError
-from mudi.imageio import list_images, load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.io import list_images, load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
 from mudi.protocols import Detection, Detector, Embedder
 
 #: Minimum D&C of a successful image (see the module docstring for the reasoning).
@@ -162,7 +162,7 @@ class Evaluation:
         write_json_atomic(out / "per_image.json", [r.to_dict() for r in self.results])
         write_json_atomic(out / "scores.json", {"label": self.label, "summary": self.summary, "settings": self.settings})
         if report:
-            from mudi.report import render_run_report
+            from mudi.report.html import render_run_report
 
             write_text_atomic(out / "report.html", render_run_report(self, comparison=comparison,
                                                                        comparison_links=comparison_links))
@@ -178,7 +178,7 @@ class Evaluation:
 class DetectAndCompare:
     """Detect-and-Compare over batches of images for one subject set.
 
-    Reference embeddings are computed once per subject (:class:`~mudi.embed.ReferenceEmbeddings`)
+    Reference embeddings are computed once per subject (:class:`~mudi.evaluate.embed.ReferenceEmbeddings`)
     and S_GT once per subject combination; the crops of a whole batch of images go through the
     embedder together.
 
@@ -189,7 +189,7 @@ class DetectAndCompare:
         norm: ``"fro"`` (default) or ``"spectral"``.
         queries: optional ``{key: text}`` detection queries; default the subject's class
             (identifier removed), e.g. "corgi". Identical queries are asked once.
-        reference_mode: ``"whole"`` (paper) or ``"masked"``; see :class:`~mudi.embed.ReferenceEmbeddings`.
+        reference_mode: ``"whole"`` (paper) or ``"masked"``; see :class:`~mudi.evaluate.embed.ReferenceEmbeddings`.
         diagnose_count_errors: also embed the boxes of count-error images (at most
             ``diagnose_max_boxes``) so their box/subject similarities can be inspected; the
             score of such an image is 0 regardless.
@@ -599,7 +599,7 @@ def evaluate_images(images: Sequence[Image.Image | str | Path], subject_set, det
         images: PIL images or paths.
         subject_set: the :class:`~mudi.subjects.SubjectSet` the images personalize.
         detector, embedder: protocol implementations (OWLv2 + DINOv2, the toy world's, fakes…).
-        clip: optional :class:`~mudi.textfid.ClipScorer` (or anything with ``score(images, texts)``).
+        clip: optional :class:`~mudi.evaluate.textfid.ClipScorer` (or anything with ``score(images, texts)``).
         prompts: one prompt per image (or one for all); the subjects an image shows are the
             identifiers found in it unless ``subjects`` says otherwise.
         subjects: per image, the subject keys it shows, in order.
@@ -809,7 +809,7 @@ def compare_runs(runs: Sequence[RunData]) -> Comparison:
 
 def write_comparison(comp: Comparison, out: str | Path) -> dict[str, Path]:
     """comparison.csv, comparison.json and comparison.png in ``out`` (which must exist)."""
-    from mudi.report import plot_comparison
+    from mudi.report.html import plot_comparison
 
     out = Path(out)
     cols = list(dict.fromkeys(k for row in comp.table for k in row))
@@ -822,7 +822,7 @@ def write_comparison(comp: Comparison, out: str | Path) -> dict[str, Path]:
         "csv": write_text_atomic(out / "comparison.csv", buf.getvalue()),
         "json": write_json_atomic(out / "comparison.json", comp.to_dict()),
     }
-    from mudi.imageio import write_bytes_atomic
+    from mudi.io import write_bytes_atomic
 
     paths["png"] = write_bytes_atomic(out / "comparison.png", plot_comparison(comp))
     return paths

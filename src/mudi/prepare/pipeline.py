@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mudi.errors import MudiError
-from mudi.imageio import (
+from mudi.io import (
     IMAGE_SUFFIXES,
     list_images,
     load_mask,
@@ -768,7 +768,7 @@ def load_models(
     """Turn names into loaded models (only the needed ones). Names are resolved first, so an
     unavailable model fails before anything heavy is loaded."""
     from mudi.errors import ModelNotAvailableError
-    from mudi.models import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, resolve_model
+    from mudi.models.loading import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, resolve_model
 
     det_name = seg_name = None
     if need_detector and (detector is None or isinstance(detector, (str, os.PathLike))):
@@ -777,7 +777,7 @@ def load_models(
         seg_name = str(segmenter) if segmenter is not None else DEFAULT_SEGMENTER
         if seg_name.lower() == "grabcut":
             seg_name = None
-            from mudi.segment import GrabCutSegmenter
+            from mudi.prepare.segment import GrabCutSegmenter
 
             segmenter = GrabCutSegmenter()
     for flag, name, kind in (("--detector", det_name, "owlv2"), ("--segmenter", seg_name, "sam")):
@@ -794,11 +794,11 @@ def load_models(
         except MudiError as exc:
             raise MudiError(f"{flag}: {exc}") from None
     if det_name is not None:
-        from mudi.detect import Owlv2Detector
+        from mudi.prepare.detect import Owlv2Detector
 
         detector = Owlv2Detector(det_name, device=device, nms_iou=nms_iou)
     if seg_name is not None:
-        from mudi.segment import SamSegmenter
+        from mudi.prepare.segment import SamSegmenter
 
         segmenter = SamSegmenter(seg_name, device=device)
     return (detector if need_detector else None), (segmenter if need_segmenter else None)

@@ -2,7 +2,7 @@
 
 :func:`build_tiny_models` writes one folder per model family that mudi uses (SDXL and SD
 pipelines, OWLv2, SAM, DINOv2, CLIP). Each folder is a normal ``save_pretrained`` checkpoint
-(safetensors), so the loaders in :mod:`mudi.models` open it exactly like a real checkpoint.
+(safetensors), so the loaders in :mod:`mudi.models.loading` open it exactly like a real checkpoint.
 The weights are random (seeded), so outputs are meaningless, but every code path runs on
 CPU in a fraction of a second: this is what the tests and ``mudi tiny-models`` smoke tests use.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mudi.errors import MudiError
-from mudi.models import _TorchvisionFallbackFilter  # noqa: F401  (importing mudi.models quiets
+from mudi.models.loading import _TorchvisionFallbackFilter  # noqa: F401  (importing mudi.models.loading quiets
 # transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" warnings)
 
 ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip")
@@ -363,7 +363,7 @@ def build_tiny_models(
     Args:
         out_dir: folder to write into (created if needed); each part goes to ``out_dir/<part>``.
             Existing part folders are overwritten; callers guarding user outputs should use
-            :func:`mudi.imageio.prepare_output_dir` first.
+            :func:`mudi.io.prepare_output_dir` first.
         parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip`` to build.
         seed: every part's weights are a deterministic function of (seed, part).
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mudi.imageio import prepare_output_dir, write_text_atomic
-from mudi.tiny import ALL_PARTS, TINY_IMAGE_SIZE, TINY_PIPELINE_RESOLUTION, build_tiny_models, parse_parts
+from mudi.io import prepare_output_dir, write_text_atomic
+from mudi.models.tiny import ALL_PARTS, TINY_IMAGE_SIZE, TINY_PIPELINE_RESOLUTION, build_tiny_models, parse_parts
 
 _README = """\
 Tiny random-weight models written by `mudi tiny-models` (seed {seed}).

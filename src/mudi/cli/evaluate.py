@@ -30,8 +30,8 @@ _LABEL_RE = re.compile(r"^([A-Za-z0-9_.+\-]+)=(.+)$")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` verb."""
-    from mudi.dnc import DEFAULT_DETECTION_THRESHOLD, NORMS
-    from mudi.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_SUCCESS_THRESHOLD
+    from mudi.evaluate.dnc import DEFAULT_DETECTION_THRESHOLD, NORMS
+    from mudi.evaluate.scoring import DEFAULT_BATCH_SIZE, DEFAULT_SUCCESS_THRESHOLD
 
     p = subparsers.add_parser(
         "evaluate",
@@ -160,9 +160,9 @@ def _print_table(rows: list[tuple[str, dict]]) -> None:
 # ----------------------------------------------------------------------------- run
 
 def run(args: argparse.Namespace) -> int:
-    from mudi.evaluate import RunData, collect_folder, compare_runs, evaluate_items, write_comparison
-    from mudi.imageio import prepare_output_dir, write_text_atomic
-    from mudi.report import relative_link, render_comparison_report
+    from mudi.evaluate.scoring import RunData, collect_folder, compare_runs, evaluate_items, write_comparison
+    from mudi.io import prepare_output_dir, write_text_atomic
+    from mudi.report.html import relative_link, render_comparison_report
 
     if not args.images and not args.compare:
         raise MudiError("nothing to evaluate: give --images DIR (a `mudi generate` folder) and/or --compare RUN ...")
@@ -232,10 +232,10 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, overwrite=args.overwrite, what="evaluation")
     if to_eval:
         # ---- models
-        from mudi.detect import Owlv2Detector
-        from mudi.embed import ReferenceEmbeddings, make_embedder
-        from mudi.evaluate import DetectAndCompare
-        from mudi.models import DEFAULT_CLIP, DEFAULT_DETECTOR
+        from mudi.prepare.detect import Owlv2Detector
+        from mudi.evaluate.embed import ReferenceEmbeddings, make_embedder
+        from mudi.evaluate.scoring import DetectAndCompare
+        from mudi.models.loading import DEFAULT_CLIP, DEFAULT_DETECTOR
 
         device = _device(args.device)
         print(f"mudi evaluate: loading models on {device} ...", file=sys.stderr)
@@ -249,12 +249,12 @@ def run(args: argparse.Namespace) -> int:
         embedder = make_embedder(args.embedder, device=device, batch_size=args.batch_size)
         clip = None
         if (args.clip or "").lower() != "none":
-            from mudi.textfid import ClipScorer
+            from mudi.evaluate.textfid import ClipScorer
 
             clip = ClipScorer(args.clip or DEFAULT_CLIP, device=device, batch_size=args.batch_size)
         image_reward = None
         if args.image_reward:
-            from mudi.textfid import ImageRewardScorer
+            from mudi.evaluate.textfid import ImageRewardScorer
 
             image_reward = ImageRewardScorer(device=device)
         refs = ReferenceEmbeddings(sset, embedder, mode=args.reference_mode)  # shared by all runs

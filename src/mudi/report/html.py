@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mudi.evaluate import Comparison, Evaluation
+    from mudi.evaluate.scoring import Comparison, Evaluation
 
 #: At most this many images are shown in a run report (all are in scores.csv / per_image.json).
 MAX_REPORT_IMAGES = 500

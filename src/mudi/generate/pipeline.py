@@ -8,7 +8,7 @@ The flow for one ``mudi generate`` run (:func:`generate`):
 2. Plan one :class:`ImageJob` per image: prompt, per-image seed ``seed + index``, the
    reference photo per subject and the layout — all drawn from that per-image seed, so any
    image can be regenerated alone with ``--seed <its seed> --n 1``.
-3. For each job: initial latents from :func:`mudi.init.mean_shifted_latents` (``--init mudi``)
+3. For each job: initial latents from :func:`mudi.generate.init.mean_shifted_latents` (``--init mudi``)
    or the pipeline's own noise (``--init none``), sample, write ``0000.png`` + ``0000.json``
    (the sidecar) and optionally ``0000_init.png`` (the init canvas).
 4. A contact sheet of all images (``contact_sheet.png``; ``init_sheet.png`` with the canvases
@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mudi.config import read_train_table
+from mudi.train.config import read_train_table
 from mudi.errors import MudiError
-from mudi.imageio import prepare_output_dir, save_image_atomic, write_json_atomic
-from mudi.init import DEFAULT_GAMMA, mean_shifted_latents, vae_scale_factor
-from mudi.layout import (
+from mudi.io import prepare_output_dir, save_image_atomic, write_json_atomic
+from mudi.generate.init import DEFAULT_GAMMA, mean_shifted_latents, vae_scale_factor
+from mudi.generate.layout import (
     DEFAULT_FILL,
     DEFAULT_JITTER,
     LayoutProviderError,
@@ -734,7 +734,7 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
     dtype = resolve_dtype(config.dtype, device)
     own_pipe = pipe is None
     if own_pipe:
-        from mudi.models import load_pipeline
+        from mudi.models.loading import load_pipeline
 
         vae = config.vae or str(train_cfg.get("vae") or "") or None
         pipe = load_pipeline(base, dtype=dtype, device=device, vae=vae)
@@ -770,7 +770,7 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
 
         # ---- sample
         pipe.set_progress_bar_config(disable=True)
-        from mudi.init import schedule_start
+        from mudi.generate.init import schedule_start
 
         steps_per_image = len(schedule_start(pipe.scheduler, config.steps, "cpu")[0].timesteps)
         bs = config.batch_size

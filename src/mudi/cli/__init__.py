@@ -1,6 +1,6 @@
 """The `mudi` command: one verb per stage.
 
-Each verb lives in ``mudi.commands.<name>`` and exposes ``register(subparsers)`` and
+Each verb lives in ``mudi.cli.<name>`` and exposes ``register(subparsers)`` and
 ``run(args) -> int``. User mistakes (:class:`~mudi.errors.MudiError`) are printed without a
 traceback and exit with status 2.
 """
@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"mudi.commands.{name}")
+            module = importlib.import_module(f"mudi.cli.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"mudi.commands.{name}":
+            if exc.name == f"mudi.cli.{name}":
                 continue  # verb not built yet
             raise
         module.register(sub)
@@ -62,6 +62,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mudi {args.command}: interrupted.", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
