@@ -1,0 +1,149 @@
+"""Where and how a stage runs: device, dtype, random generators, and quiet libraries.
+
+Everything here is explicit and scoped: nothing is changed at import time, random numbers come
+from generators (or from a forked global RNG that is restored), and library settings changed by
+:func:`quiet_libraries` are put back when its ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Iterator
+
+import torch
+
+from mudi.errors import MudiError
+
+#: Names accepted by :func:`resolve_dtype` (besides ``auto``).
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+
+#: Loggers that :func:`quiet_libraries` turns down.
+LIBRARY_LOGGERS = ("diffusers", "transformers", "peft", "accelerate", "huggingface_hub")
+
+_TORCHVISION_FALLBACK = "requires torchvision (not installed); falling back"
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
+def pick_device(name: str = "auto", *, option: str = "--device") -> torch.device:
+    """The device ``name`` asks for, checked against this machine.
+
+    ``auto`` (or ``""``) picks CUDA, then Apple MPS, then the CPU. Anything else must be a
+    torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``) that exists here.
+
+    Raises:
+        MudiError: not a device, or not available on this machine (the message names ``option``).
+    """
+    if name in ("", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise MudiError(f"{option} {name!r} is not a device (use auto, cpu, cuda, cuda:1, mps).") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MudiError(f"{option} {name}: CUDA is not available on this machine; use {option} cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MudiError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif dev.type == "mps" and not _mps_available():
+        raise MudiError(f"{option} {name}: Apple MPS is not available on this machine; use {option} cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise MudiError(f"{option} {name!r}: mudi runs on cpu, cuda or mps.")
+    return dev
+
+
+def resolve_dtype(name: str, device: torch.device, *, option: str = "--dtype") -> torch.dtype:
+    """``auto`` = fp16 on CUDA, fp32 elsewhere; otherwise one of :data:`DTYPES`."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise MudiError(f"{option} {name!r}: choose auto or one of {', '.join(DTYPES)}.") from None
+
+
+def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    return torch.Generator(device).manual_seed(int(seed))
+
+
+@contextlib.contextmanager
+def forked_rng(seed: int) -> Iterator[None]:
+    """Run code that draws from torch's *global* RNG (e.g. peft's LoRA initialisation) as if after
+    ``torch.manual_seed(seed)``, and restore the global RNG state afterwards.
+
+    CUDA RNGs are forked too when CUDA is initialised, so the caller's streams are untouched.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+class _DropTorchvisionFallback(logging.Filter):
+    """Hides transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" notes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _TORCHVISION_FALLBACK not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_libraries(*, progress_bars: bool = False) -> Iterator[None]:
+    """Inside the block: library loggers show errors only, the torchvision-fallback note is hidden,
+    and (unless ``progress_bars``) diffusers/transformers/hub progress bars are off. Everything is
+    restored on exit, also after an exception."""
+    loggers = [logging.getLogger(n) for n in LIBRARY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    drop = _DropTorchvisionFallback()
+    import_logger = logging.getLogger("transformers.utils.import_utils")
+    import_logger.addFilter(drop)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    restore_bars = [] if progress_bars else _disable_progress_bars()
+    try:
+        yield
+    finally:
+        for enable in restore_bars:
+            enable()
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        import_logger.removeFilter(drop)
+
+
+def _disable_progress_bars() -> list:
+    """Turn off the libraries' progress bars; return the callables that turn back on those that were on."""
+    undo = []
+    for module in ("diffusers.utils.logging", "transformers.utils.logging", "huggingface_hub.utils"):
+        try:
+            lib = __import__(module, fromlist=["_"])
+        except ImportError:
+            continue
+        enabled = getattr(lib, "is_progress_bar_enabled", None) or getattr(lib, "are_progress_bars_disabled", None)
+        if enabled is None:
+            continue
+        if enabled.__name__ == "are_progress_bars_disabled":
+            was_on = not enabled()
+            off, on = lib.disable_progress_bars, lib.enable_progress_bars
+        else:
+            was_on = enabled()
+            off, on = lib.disable_progress_bar, lib.enable_progress_bar
+        if was_on:
+            off()
+            undo.append(on)
+    return undo
+
+
+__all__ = ["DTYPES", "forked_rng", "generator", "pick_device", "quiet_libraries", "resolve_dtype"]
