@@ -19,14 +19,14 @@ from mudi.toy import (
     class_word,
     make_subject_set,
 )
-from mudi.toy import world
+from mudi.toy import captions, world
 from mudi.toy.vision import find_objects
 
 
 def test_world_is_deterministic():
-    a_img, a_cap, _ = world.render_dataset(6, seed=3)
-    b_img, b_cap, _ = world.render_dataset(6, seed=3)
-    c_img, _, _ = world.render_dataset(6, seed=4)
+    a_img, a_cap, _ = captions.render_dataset(6, seed=3)
+    b_img, b_cap, _ = captions.render_dataset(6, seed=3)
+    c_img, _, _ = captions.render_dataset(6, seed=4)
     assert np.array_equal(a_img, b_img) and a_cap == b_cap
     assert not np.array_equal(a_img, c_img)
     assert a_img.shape == (6, 64, 64, 3) and a_img.dtype == np.uint8
@@ -39,13 +39,13 @@ def test_captions_follow_the_grammar():
          world.ToyObject("circle", "red", "striped", 15, 30, 20)),
         "grass", 1,
     )
-    assert world.caption(sc) == "a photo of a striped red circle and a blue square on grass"
+    assert captions.caption(sc) == "a photo of a striped red circle and a blue square on grass"
     sc3 = world.Scene(sc.objects + (world.ToyObject("star", "pink", "dotted", 30, 55, 10),), "white", 1)
-    assert world.caption(sc3) == (
+    assert captions.caption(sc3) == (
         "a photo of a striped red circle, a dotted pink star and a blue square, simple background"
     )
     for _ in range(20):
-        cap = world.caption(world.sample_scene(rng), rng)
+        cap = captions.caption(world.sample_scene(rng), rng)
         assert cap.startswith("a photo of a ") and any(c in cap for c in CLASSES)
 
 
@@ -54,14 +54,14 @@ def test_made_up_words_sit_before_class_words():
     scenes = [world.sample_scene(rng) for _ in range(60)]
     # p_made_up = 0 draws nothing extra from the rng: captions (and what follows) are unchanged
     r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
-    assert [world.caption(s, r1) for s in scenes] == [world.caption(s, r2, p_made_up=0.0) for s in scenes]
+    assert [captions.caption(s, r1) for s in scenes] == [captions.caption(s, r2, p_made_up=0.0) for s in scenes]
     assert r1.random() == r2.random()
-    known = set(" ".join(world.caption(s) for s in scenes).replace(",", " ").split())
+    known = set(" ".join(captions.caption(s) for s in scenes).replace(",", " ").split())
     known |= set(world.COLOURS) | set(world.TEXTURES) | set(world.CLASSES)
     seen = 0
     rng = np.random.default_rng(3)
     for s in scenes:
-        words = world.caption(s, rng, p_made_up=0.5).replace(",", " ").split()
+        words = captions.caption(s, rng, p_made_up=0.5).replace(",", " ").split()
         for i, w in enumerate(words):
             if w not in known:
                 seen += 1

@@ -20,24 +20,19 @@ Sizes (what the tiny processors expect):
 
 from __future__ import annotations
 
-import functools
-import gzip
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from mudi.errors import MudiError
-from mudi.models.loading import _TorchvisionFallbackFilter  # noqa: F401  (importing mudi.models.loading quiets
-# transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" warnings)
+from mudi.models.clip_tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
+from mudi.runtime import forked_rng, quiet_libraries
 
 ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip")
 
-CLIP_VOCAB_SIZE = 49408
 #: Stable Diffusion v1/v2/XL's training noise schedule (used by the tiny and the toy pipelines).
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-CLIP_MAX_LENGTH = 77
 OWL_MAX_LENGTH = 16
 
 #: Image sizes the tiny processors resize to (pixels, square).
@@ -46,78 +41,6 @@ TINY_IMAGE_SIZE = {"owlv2": 64, "sam": 64, "dinov2": 32, "clip": 32}
 TINY_PIPELINE_RESOLUTION = 64
 
 # Byte -> printable unicode table used by CLIP's byte-level BPE (GPT-2 style).
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes)))
-
-
-def _clip_bpe_path() -> Path:
-    spec = importlib.util.find_spec("clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise MudiError(
-            "The CLIP BPE vocabulary was not found: the 'openai-clip' package is not installed. "
-            "Install it (pip install openai-clip) to build tiny models."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise MudiError(f"{path} is missing: reinstall the 'openai-clip' package.")
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _clip_vocab_and_merges_cached() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
-    vocab, merges = _read_clip_vocab_and_merges()
-    return tuple(vocab.items()), tuple(merges)
-
-
-def _clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The real CLIP vocabulary (49408 tokens) and its 48894 merges (fresh copies)."""
-    vocab, merges = _clip_vocab_and_merges_cached()
-    return dict(vocab), list(merges)
-
-
-def _read_clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    lines = gzip.open(_clip_bpe_path()).read().decode("utf-8").split("\n")
-    # Line 0 is a version header; CLIP keeps 49152 - 256 - 2 merges.
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_chars = list(_bytes_to_unicode().values())
-    tokens = byte_chars + [c + "</w>" for c in byte_chars]
-    tokens += ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    return vocab, [(a, b) for a, b in merges]
-
-
-def clip_tokenizer(model_max_length: int = CLIP_MAX_LENGTH):
-    """A real CLIP tokenizer (the 49408-token BPE vocabulary), built offline.
-
-    Uses the vocabulary file shipped inside the ``openai-clip`` package, so no download is
-    needed. ``model_max_length`` is 77 for Stable Diffusion / CLIP and 16 for OWLv2.
-    """
-    from transformers import CLIPTokenizer
-
-    vocab, merges = _clip_vocab_and_merges()
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-    if not (CLIP_VOCAB_SIZE - 8 <= len(tok) <= CLIP_VOCAB_SIZE + 8):
-        raise MudiError(f"CLIP tokenizer built with {len(tok)} tokens, expected ~{CLIP_VOCAB_SIZE}.")
-    return tok
-
-
-# ---------------------------------------------------------------------------------------------
-# config helpers
 
 
 def _text_config(max_positions: int = CLIP_MAX_LENGTH, projection_dim: int = 32) -> dict:
@@ -372,23 +295,15 @@ def build_tiny_models(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from transformers.utils import logging as hf_logging
-
     written: dict[str, Path] = {}
-    bars_were_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar per tiny file
-    try:
+    with quiet_libraries():  # no "Writing model shards" bar per tiny file
         for part in parse_parts(parts):
             folder = out_dir / part
             folder.mkdir(parents=True, exist_ok=True)
             # Seed per part so a part's weights do not depend on which other parts were built.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1000 + ALL_PARTS.index(part))
+            with forked_rng(seed * 1000 + ALL_PARTS.index(part)):
                 _BUILDERS[part](folder)
             written[part] = folder
-    finally:
-        if bars_were_enabled:
-            hf_logging.enable_progress_bar()
     return written
 
 

@@ -74,7 +74,7 @@ def build_unet(cfg: ToyModelConfig = ToyModelConfig()):
 def build_text_encoder(cfg: ToyModelConfig = ToyModelConfig()):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from mudi.models.tiny import CLIP_VOCAB_SIZE
+    from mudi.models.clip_tokenizer import CLIP_VOCAB_SIZE
 
     conf = CLIPTextConfig(
         vocab_size=CLIP_VOCAB_SIZE,
@@ -93,7 +93,7 @@ def build_text_encoder(cfg: ToyModelConfig = ToyModelConfig()):
 
 
 def build_tokenizer():
-    from mudi.models.tiny import clip_tokenizer
+    from mudi.models.clip_tokenizer import clip_tokenizer
 
     return clip_tokenizer(MAX_TOKENS)
 
