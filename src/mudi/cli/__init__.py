@@ -1,21 +1,24 @@
 """The `mudi` command: one verb per stage.
 
 Each verb lives in ``mudi.cli.<name>`` and exposes ``register(subparsers)`` and
-``run(args) -> int``. User mistakes (:class:`~mudi.errors.MudiError`) are printed without a
-traceback and exit with status 2.
+``run(args) -> int``. Other packages add verbs through the ``mudi.commands`` entry-point group
+(name = verb, value = a module with the same two functions): the toy world adds ``mudi demo``
+that way, so the product never imports it. User mistakes (:class:`~mudi.errors.MudiError`) are
+printed without a traceback and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 
-from mudi import __version__
+from mudi.version import __version__
 from mudi.errors import MudiError
 
-#: Verb modules under mudi.commands, in the order `mudi --help` lists them.
+#: Built-in verb modules under mudi.cli, in the order `mudi --help` lists them.
 COMMANDS = [
     "prepare",
     "compose",
@@ -23,9 +26,17 @@ COMMANDS = [
     "priors",
     "generate",
     "evaluate",
-    "demo",
     "tiny_models",
 ]
+
+
+def _verb_modules():
+    """The built-in verb modules, then those other packages register (``mudi.commands`` entry points)."""
+    for name in COMMANDS:
+        yield importlib.import_module(f"mudi.cli.{name}")
+    for entry in sorted(importlib.metadata.entry_points(group="mudi.commands"), key=lambda e: e.name):
+        if entry.name not in COMMANDS:
+            yield entry.load()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,13 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mudi {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"mudi.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"mudi.cli.{name}":
-                continue  # verb not built yet
-            raise
+    for module in _verb_modules():
         module.register(sub)
     return parser
 
