@@ -14,10 +14,11 @@ from PIL import Image
 
 from mudi.cli import main
 from mudi.errors import MudiError
+from mudi.geometry import enlarge_box
 from mudi.prepare.pipeline import (
+    DEFAULT_BOX_MARGIN,
     PhotoResult,
     SubjectSpec,
-    enlarge_box,
     import_set,
     pick_single_box,
     prepare_from_photos,
@@ -72,14 +73,15 @@ def test_fakes_implement_the_protocols():
 
 def test_enlarge_box_adds_five_percent_of_image_size_per_side():
     # 400 x 300 image: 5 % = 20 px horizontally, 15 px vertically
-    assert enlarge_box((100, 100, 200, 200), (400, 300)) == (80.0, 85.0, 220.0, 215.0)
+    assert DEFAULT_BOX_MARGIN == 0.05
+    assert enlarge_box((100, 100, 200, 200), (400, 300), DEFAULT_BOX_MARGIN) == (80.0, 85.0, 220.0, 215.0)
     assert enlarge_box((100, 100, 200, 200), (400, 300), margin=0.1) == (60.0, 70.0, 240.0, 230.0)
     assert enlarge_box((100, 100, 200, 200), (400, 300), margin=0.0) == (100.0, 100.0, 200.0, 200.0)
 
 
 def test_enlarge_box_is_clamped_to_the_image():
-    assert enlarge_box((5, 10, 395, 290), (400, 300)) == (0.0, 0.0, 400.0, 300.0)
-    assert enlarge_box((30, 0, 390, 120), (400, 300)) == (10.0, 0.0, 400.0, 135.0)
+    assert enlarge_box((5, 10, 395, 290), (400, 300), 0.05) == (0.0, 0.0, 400.0, 300.0)
+    assert enlarge_box((30, 0, 390, 120), (400, 300), 0.05) == (10.0, 0.0, 400.0, 135.0)
 
 
 def test_segment_photo_prompts_the_segmenter_with_the_enlarged_box():

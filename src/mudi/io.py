@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -184,19 +186,91 @@ def save_image_atomic(img: Image.Image | np.ndarray, path: str | Path, **save_kw
     return _atomic_write(path, lambda fh: img.save(fh, format=fmt, **save_kwargs))
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
-    """Create an output folder, refusing to reuse a non-empty one unless ``overwrite``.
+def claim_output_dir(
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool | None = None,
+    what: str = "output",
+    option: str = "--out",
+    create: bool = False,
+) -> Path:
+    """The one output-folder policy of every stage: check that ``path`` may be written.
 
-    With ``overwrite`` the existing files are left in place and may be replaced one by one;
-    nothing is deleted wholesale.
+    - a file at ``path`` is refused;
+    - a folder with content is refused unless ``overwrite`` (files are then replaced one by one,
+      nothing is deleted wholesale) or ``resume`` (the stage continues its own run there);
+    - a path below an existing file is refused.
+
+    ``resume`` is ``None`` for stages that cannot resume, ``False``/``True`` for stages that can
+    (the error then suggests ``--resume``). Nothing is created unless ``create``; validate
+    first, create when writing starts.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
     """
     path = Path(path)
+    where = f"the {what} folder" + (f" ({option})" if option else "")
     if path.exists() and not path.is_dir():
-        raise MudiError(f"{path}: the {what} path is a file; choose a folder path.")
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise MudiError(
-            f"{path}: the {what} folder already has content. Choose another --out, "
-            "or pass --overwrite to write into it anyway."
-        )
-    path.mkdir(parents=True, exist_ok=True)
+        raise MudiError(f"{path}: {where} is a file; choose a folder path.")
+    if path.is_dir() and not (overwrite or resume) and any(path.iterdir()):
+        how = f"Choose another {option or 'folder'}, or pass --overwrite to write into it anyway."
+        if resume is not None:
+            how = f"Pass --resume to continue that run, --overwrite to start over in it, or choose another {option or 'folder'}."
+        raise MudiError(f"{path}: {where} already has content. {how}")
+    anchor = path.parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise MudiError(f"{path}: cannot create {where}, {anchor} is a file.")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def prepare_output_dir(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
+    """:func:`claim_output_dir` with ``create=True`` (kept for the stages not switched yet)."""
+    return claim_output_dir(path, overwrite=overwrite, what=what, create=True)
+
+
+@contextmanager
+def staged_output(out: str | Path, *, overwrite: bool = False, what: str = "output",
+                  option: str = "--out") -> Iterator[Path]:
+    """Write a stage's outputs all at once: yield a fresh staging folder; on success move its
+    files to ``out``, on error delete it (so a failed run leaves nothing behind).
+
+    ``out`` is checked with :func:`claim_output_dir` before and after the block. The staging
+    folder lives beside ``out`` (same file system), so the final step is a rename (new or empty
+    ``out``) or per-file replacements (``overwrite`` into a non-empty ``out``).
+    """
+    out = claim_output_dir(out, overwrite=overwrite, what=what, option=option)
+    anchor = out.parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=anchor))
+    except OSError as exc:
+        raise MudiError(f"{out}: cannot write there ({exc.strerror or exc}). Choose another {option or 'folder'}.") from None
+    try:
+        yield stage
+        claim_output_dir(out, overwrite=overwrite, what=what, option=option)  # nobody wrote there meanwhile
+        _move_into(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _move_into(stage: Path, out: Path) -> None:
+    """Rename ``stage`` to ``out`` (new or empty) or move its files into ``out`` one by one."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    for f in sorted(stage.iterdir()):
+        target = out / f.name
+        if target.is_dir() and not f.is_dir():
+            raise MudiError(f"{target}: is a folder in the output; cannot replace it with a file.")
+        os.replace(f, target)
+    shutil.rmtree(stage, ignore_errors=True)

@@ -16,16 +16,18 @@ channel instead of a mask file.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from mudi.errors import MudiError
+from mudi.geometry import mask_bbox
 from mudi.io import (
     load_mask,
     load_rgb_alpha,
@@ -59,15 +61,6 @@ class SegmentedPhoto:
     @property
     def size(self) -> tuple[int, int]:
         return self.image.shape[1], self.image.shape[0]
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1) of the true pixels of a mask, x1/y1 exclusive."""
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(xs) == 0:
-        raise ValueError("empty mask has no bounding box")
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 @dataclass
@@ -348,3 +341,67 @@ def _inside(root: Path, root_res: Path, rel: str, meta: Path, lineno: int) -> Pa
     if not full.exists():
         raise MudiError(f"{meta}:{lineno}: {rel!r} not found in {root}.")
     return root / p
+
+
+def parse_subject_values(
+    spec: str | Mapping[str, object] | None,
+    sset: SubjectSet | None = None,
+    *,
+    low: float = 0.0,
+    high: float = math.inf,
+    option: str = "--sizes",
+    meaning: str = "",
+) -> dict[str, float]:
+    """Parse per-subject numbers such as ``"olis=1,hta=0.6"`` (or a ``{name: value}`` mapping).
+
+    Every value must be a finite number with ``low < value <= high``. Names are kept as written,
+    or, with ``sset``, resolved to subject keys (a name may be a key, identifier or phrase).
+    An empty or ``None`` spec gives ``{}``.
+
+    Args:
+        option: the flag or config key the spec came from, named in every error message.
+        meaning: what the value means, added to the out-of-range message.
+
+    Raises:
+        MudiError: a part that is not ``NAME=NUMBER``, a value out of range, an unknown subject
+            (with ``sset``), or a spec with no pairs in it.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return {}
+    if isinstance(spec, Mapping):
+        items = [(str(k), v) for k, v in spec.items()]
+    else:
+        items = [_name_value(part.strip(), option) for part in str(spec).split(",") if part.strip()]
+    if not items:
+        raise MudiError(f"{option} {spec!r} has no NAME=NUMBER pairs; write them like a=1,b=0.6.")
+    out: dict[str, float] = {}
+    for name, raw in items:
+        name = name.strip()
+        value = _subject_value(name, raw, option)
+        if not low < value <= high:
+            bound = f"> {low:g}" if high == math.inf else f"in ({low:g}, {high:g}]"
+            raise MudiError(f"{option}: {name}={raw} must be {bound}{f' ({meaning})' if meaning else ''}.")
+        if sset is not None:
+            try:
+                name = sset.subject(name).key
+            except MudiError as exc:
+                raise MudiError(f"{option}: {exc}") from None
+        out[name] = value
+    return out
+
+
+def _name_value(part: str, option: str) -> tuple[str, str]:
+    name, sep, raw = part.partition("=")
+    if not sep or not name.strip():
+        raise MudiError(f"{option}: {part!r} is not NAME=NUMBER (e.g. a=1,b=0.6).")
+    return name, raw.strip()
+
+
+def _subject_value(name: str, raw: object, option: str) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise MudiError(f"{option}: the value {raw!r} for {name!r} is not a number.") from None
+    if not math.isfinite(value):
+        raise MudiError(f"{option}: the value {raw!r} for {name!r} must be a finite number.")
+    return value

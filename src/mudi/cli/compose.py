@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from mudi.compose.mix import Composer, parse_relative_sizes
-    from mudi.io import prepare_output_dir, save_image_atomic, write_text_atomic
+    from mudi.io import claim_output_dir, save_image_atomic, write_text_atomic
     from mudi.subjects import SubjectSet
     from mudi.viz import grid
 
@@ -74,14 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 2:
         raise MudiError(f"--k must be at least 2 subjects per composite (got {args.k}).")
     relative = parse_relative_sizes(args.relative_sizes) if args.relative_sizes else None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise MudiError(f"{out}: the output path is a file; choose a folder path for --out.")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise MudiError(
-            f"{out}: the output folder already has content. Choose another --out, "
-            "or pass --overwrite to write into it anyway."
-        )
+    out = claim_output_dir(args.out, overwrite=args.overwrite, what="compose output")
     sset = SubjectSet.load(args.subjects)
     composer = Composer(
         sset, args.size, mix=args.mix, p=args.p, k=args.k, low=args.low, margin=args.margin,
@@ -89,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # ---- write
-    out = prepare_output_dir(out, overwrite=args.overwrite, what="compose output")
+    out = claim_output_dir(out, overwrite=args.overwrite, what="compose output", create=True)
     rng = np.random.default_rng(args.seed)
     keys = sset.keys
     lines, thumbs, labels = [], [], []

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     specs = [prep.SubjectSpec.parse(s) for s in args.subject]
     threshold = prep.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-    margin = prep.DEFAULT_MARGIN if args.margin is None else args.margin
+    margin = prep.DEFAULT_BOX_MARGIN if args.margin is None else args.margin
     device = _device(args.device)
     report = prep.prepare_from_photos(
         specs, args.out,

@@ -50,7 +50,6 @@ transformed identically (bilinear, threshold 128); the caption is the photo's ow
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -58,16 +57,18 @@ import numpy as np
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.subjects import SegmentedPhoto, SubjectSet, mask_bbox
+from mudi.subjects import SegmentedPhoto, SubjectSet, parse_subject_values
 
 MIX_KINDS = ("segmix", "cutmix", "none")
 WHITE = (255, 255, 255)
 DEFAULT_LOW = 0.75
-DEFAULT_MARGIN = 32
+#: Seg-Mix margin in pixels (METHOD §2) on canvases of MARGIN_FULL_FROM px and more.
+DEFAULT_SEGMIX_MARGIN = 32
 #: Below this canvas side the default margin shrinks proportionally (S/8), so tiny test canvases work.
 MARGIN_FULL_FROM = 256
 #: Resampling filter for photos (masks use bilinear + threshold 128).
 RESAMPLE = Image.BICUBIC
+RELATIVE_SIZE_MEANING = "a fraction of the largest allowed scale; give the biggest subject 1, e.g. a=1,b=0.6"
 
 
 # ----------------------------------------------------------------------------- data types
@@ -175,7 +176,7 @@ def composite_caption(phrases: Sequence[str]) -> str:
 
 def default_margin(size: int) -> float:
     """The default margin: 32 px (METHOD §2) for canvases of 256 px and more, S/8 below that."""
-    return float(DEFAULT_MARGIN) if size >= MARGIN_FULL_FROM else size / 8
+    return float(DEFAULT_SEGMIX_MARGIN) if size >= MARGIN_FULL_FROM else size / 8
 
 
 def max_scale(w: int, h: int, size: int, k: int = 2, margin: float | None = None) -> float:
@@ -507,17 +508,10 @@ class Composer:
         self.relative: dict[str, float] | None = None
         if relative_sizes:
             self.relative = {s.key: 1.0 for s in subject_set}
-            for name, c in relative_sizes.items():
-                try:
-                    key = subject_set.subject(name).key
-                except MudiError as exc:
-                    raise MudiError(f"relative sizes: {exc}") from None
-                if not 0 < float(c) <= 1:
-                    raise MudiError(
-                        f"relative size {name}={c} must be in (0, 1] (fraction of the largest allowed "
-                        "scale; give the biggest subject 1, e.g. a=1,b=0.6)."
-                    )
-                self.relative[key] = float(c)
+            self.relative.update(parse_subject_values(
+                relative_sizes, subject_set, low=0.0, high=1.0, option="relative sizes",
+                meaning=RELATIVE_SIZE_MEANING,
+            ))
         self._crops: dict[tuple[str, int], Crop] = {}
 
     # ------------------------------------------------------------------ helpers
@@ -623,26 +617,12 @@ class Composer:
         )
 
 
-def parse_relative_sizes(text: str) -> dict[str, float]:
-    """Parse ``"a=1,b=0.6"`` into ``{"a": 1.0, "b": 0.6}`` (names are keys, identifiers or phrases)."""
-    out: dict[str, float] = {}
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, val = part.partition("=")
-        if not sep or not name.strip():
-            raise MudiError(f"--relative-sizes: {part!r} is not NAME=RATIO (e.g. a=1,b=0.6).")
-        try:
-            c = float(val)
-        except ValueError:
-            raise MudiError(f"--relative-sizes: ratio {val!r} for {name.strip()!r} is not a number.") from None
-        if not math.isfinite(c) or not 0 < c <= 1:
-            raise MudiError(
-                f"--relative-sizes: ratio {name.strip()}={val} must be in (0, 1] "
-                "(fraction of the largest allowed scale; give the biggest subject 1)."
-            )
-        out[name.strip()] = c
-    if not out:
+def parse_relative_sizes(text: str, sset: SubjectSet | None = None) -> dict[str, float]:
+    """Parse ``"a=1,b=0.6"`` into ``{"a": 1.0, "b": 0.6}``: each ratio c in (0, 1] is a fraction of
+    the largest allowed Seg-Mix scale (names are keys, identifiers or phrases; resolved to keys
+    with ``sset``). An empty text is an error: leave the option out instead."""
+    if not text or not text.strip():
         raise MudiError("--relative-sizes is empty; give NAME=RATIO pairs, e.g. a=1,b=0.6.")
-    return out
+    return parse_subject_values(
+        text, sset, low=0.0, high=1.0, option="--relative-sizes", meaning=RELATIVE_SIZE_MEANING,
+    )

@@ -20,19 +20,11 @@ import torch
 from PIL import Image
 
 from mudi.errors import MudiError
+from mudi.geometry import box_iou, clamp_box
 from mudi.protocols import Detection
 
 #: Default IoU above which two boxes count as the same object.
 DEFAULT_NMS_IOU = 0.5
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def nms(detections: Sequence[Detection], iou: float) -> list[Detection]:
@@ -42,17 +34,6 @@ def nms(detections: Sequence[Detection], iou: float) -> list[Detection]:
         if all(box_iou(det.box, k.box) <= iou for k in kept):
             kept.append(det)
     return kept
-
-
-def clamp_box(box: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    """Clamp an (x0, y0, x1, y1) box to the image ``[0, width] x [0, height]``."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    return (
-        min(max(x0, 0.0), float(width)),
-        min(max(y0, 0.0), float(height)),
-        min(max(x1, 0.0), float(width)),
-        min(max(y1, 0.0), float(height)),
-    )
 
 
 class Owlv2Detector:
@@ -134,7 +115,7 @@ class Owlv2Detector:
             boxes = res["boxes"].float().cpu().numpy()
             keep = np.isfinite(scores) & (scores >= threshold)
             for score, label, box in zip(scores[keep], labels[keep], boxes[keep]):
-                x0, y0, x1, y1 = clamp_box(box, im.width, im.height)
+                x0, y0, x1, y1 = clamp_box(box, im.size)
                 if x1 - x0 < 1.0 or y1 - y0 < 1.0:  # outside the image (in the padding) or degenerate
                     continue
                 dets.append(Detection((x0, y0, x1, y1), float(score), int(label)))
@@ -145,4 +126,4 @@ class Owlv2Detector:
         return out
 
 
-__all__ = ["DEFAULT_NMS_IOU", "Owlv2Detector", "box_iou", "clamp_box", "nms"]
+__all__ = ["DEFAULT_NMS_IOU", "Owlv2Detector", "nms"]

@@ -24,30 +24,31 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mudi.errors import MudiError
+from mudi.geometry import clamp_box, enlarge_box
 from mudi.io import (
     IMAGE_SUFFIXES,
+    claim_output_dir,
     list_images,
     load_mask,
     load_rgb_alpha,
     save_image_atomic,
+    staged_output,
     write_json_atomic,
 )
 from mudi.protocols import Detection, Detector, Segmenter
 from mudi.subjects import SegmentedPhoto, Subject, SubjectSet, Photo, split_phrase
 
 DEFAULT_THRESHOLD = 0.2
-DEFAULT_MARGIN = 0.05
+#: Box enlargement per side before segmenting, as a fraction of the image width/height.
+DEFAULT_BOX_MARGIN = 0.05
 SUBJECT_KEYS = "abcdefghijklmnopqrstuvwxyz"
 CONTACT_SHEET = "contact_sheet.png"
 FAILURES = "failures.json"
@@ -63,17 +64,6 @@ FROM_DETECTION = "detected"
 # ----------------------------------------------------------------------------- geometry
 
 
-def enlarge_box(
-    box: Sequence[float], size: tuple[int, int], margin: float = DEFAULT_MARGIN
-) -> tuple[float, float, float, float]:
-    """Grow ``box`` (x0, y0, x1, y1) by ``margin`` × image width (left/right) and × image height
-    (top/bottom) on every side, clamped to the image of ``size`` = (width, height)."""
-    W, H = size
-    x0, y0, x1, y1 = (float(v) for v in box)
-    dx, dy = margin * W, margin * H
-    return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(float(W), x1 + dx), min(float(H), y1 + dy))
-
-
 def pick_single_box(
     detections: Sequence[Detection], threshold: float
 ) -> tuple[Detection | None, str]:
@@ -87,7 +77,7 @@ def pick_single_box(
 
 
 def segment_in_box(
-    image: Image.Image, box: Sequence[float], segmenter: Segmenter, margin: float = DEFAULT_MARGIN
+    image: Image.Image, box: Sequence[float], segmenter: Segmenter, margin: float = DEFAULT_BOX_MARGIN
 ) -> tuple[np.ndarray | None, tuple[float, float, float, float], str]:
     """Enlarge ``box`` by ``margin`` and segment: (mask or None, prompt box, failure reason)."""
     prompt = enlarge_box(box, image.size, margin)
@@ -107,7 +97,7 @@ def segment_photo(
     detector: Detector,
     segmenter: Segmenter,
     threshold: float = DEFAULT_THRESHOLD,
-    margin: float = DEFAULT_MARGIN,
+    margin: float = DEFAULT_BOX_MARGIN,
 ) -> tuple[np.ndarray | None, str]:
     """METHOD §1 for one photo: detect ``class_phrase``, require exactly one box, enlarge it by
     ``margin``, segment. Returns (bool mask, "") or (None, reason the photo failed)."""
@@ -296,7 +286,7 @@ def _parse_box(value: Any, photo: Path, size: tuple[int, int], source: str) -> t
     if not ok:
         raise MudiError(f"{source}: box for {photo.name} must be [x0, y0, x1, y1] in pixels, got {value!r}.")
     x0, y0, x1, y1 = (float(v) for v in value)
-    cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(W), x1), min(float(H), y1)
+    cx0, cy0, cx1, cy1 = clamp_box(value, size)
     if not (x1 > x0 and y1 > y0):
         raise MudiError(f"{source}: box {value!r} for {photo.name} is empty; need x0 < x1 and y0 < y1.")
     if not (cx1 - cx0 >= 1 and cy1 - cy0 >= 1):
@@ -424,7 +414,7 @@ def run_preparation(
     segmenter: Segmenter | None,
     *,
     threshold: float = DEFAULT_THRESHOLD,
-    margin: float = DEFAULT_MARGIN,
+    margin: float = DEFAULT_BOX_MARGIN,
     batch_size: int = 4,
     progress: bool = True,
 ) -> list[PhotoResult]:
@@ -607,58 +597,6 @@ def contact_sheet(results: Sequence[PhotoResult], *, title: str = "", cell: int 
 # ----------------------------------------------------------------------------- output
 
 
-def check_output_dir(out: Path, *, overwrite: bool) -> None:
-    """Refuse a file path, or a non-empty folder without ``overwrite``; create nothing."""
-    if out.exists() and not out.is_dir():
-        raise MudiError(f"{out}: --out is a file; choose a folder path.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MudiError(
-            f"{out}: the output folder already has content. Choose another --out, "
-            "or pass --overwrite to write into it anyway."
-        )
-    anchor = out.parent
-    while not anchor.exists() and anchor != anchor.parent:
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise MudiError(f"{out}: cannot create the output folder, {anchor} is a file.")
-
-
-@contextmanager
-def staged_output(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh staging folder; on success move its files to ``out``, on error delete it.
-
-    The staging folder lives beside ``out`` (same file system), so the final step is a rename
-    (new/empty ``out``) or per-file replacements (``overwrite`` into a non-empty ``out``).
-    """
-    out = Path(out)
-    check_output_dir(out, overwrite=overwrite)
-    anchor = out.parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=anchor))
-    except OSError as exc:
-        raise MudiError(f"{out}: cannot write there ({exc.strerror or exc}). Choose another --out.") from None
-    try:
-        yield stage
-        check_output_dir(out, overwrite=overwrite)  # nobody wrote there meanwhile
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        if not out.exists():
-            os.replace(stage, out)
-        else:
-            for f in sorted(stage.iterdir()):
-                target = out / f.name
-                if target.is_dir() and not f.is_dir():
-                    raise MudiError(f"{target}: is a folder in the output; cannot replace it with a file.")
-                os.replace(f, target)
-            shutil.rmtree(stage, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-
-
 @dataclass
 class PrepareReport:
     """What a preparation wrote."""
@@ -693,7 +631,7 @@ def prepare_from_photos(
     detector: Detector | str | None = None,
     segmenter: Segmenter | str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
-    margin: float = DEFAULT_MARGIN,
+    margin: float = DEFAULT_BOX_MARGIN,
     boxes: str | Path | Mapping[str, Any] | None = None,
     masks_dir: str | Path | None = None,
     captions: str | Path | Mapping[str, str] | None = None,
@@ -722,7 +660,7 @@ def prepare_from_photos(
     out = Path(out)
     notes: list[str] = []
     inputs = collect_inputs(specs, masks_dir=masks_dir, boxes=boxes, captions=captions, notes=notes)
-    check_output_dir(out, overwrite=overwrite)
+    claim_output_dir(out, overwrite=overwrite, what="subject-set")
     need_det, need_seg = models_needed(inputs)
     detector, segmenter = load_models(detector, segmenter, need_det, need_seg, device=device, nms_iou=nms_iou)
 
@@ -751,7 +689,7 @@ def prepare_from_photos(
     title = f"mudi prepare | detector: {det_part} | segmenter: {seg_label} | margin {margin:g}"
     if failed:
         title += f" | {len(failed)} FAILED"
-    with staged_output(out, overwrite=overwrite) as stage:
+    with staged_output(out, overwrite=overwrite, what="subject-set") as stage:
         _write_outputs(stage, sset, results, settings, title)
     return PrepareReport(out, SubjectSet.load(out, validate=False), results, notes)
 
@@ -808,7 +746,7 @@ def import_set(src: str | Path, out: str | Path, *, overwrite: bool = False) -> 
     """Validate an existing subject set (metadata.jsonl format), copy it to ``out`` and write
     its contact sheet. Nothing is written if the set is invalid."""
     src, out = Path(src), Path(out)
-    check_output_dir(out, overwrite=overwrite)
+    claim_output_dir(out, overwrite=overwrite, what="subject-set")
     if out.exists() and src.exists() and out.resolve() == src.resolve():
         raise MudiError(f"{out}: --out must be a different folder from --from.")
     sset = SubjectSet.load(src)
@@ -826,23 +764,21 @@ def import_set(src: str | Path, out: str | Path, *, overwrite: bool = False) -> 
         "n_photos": len(results),
         "n_failed": 0,
     }
-    with staged_output(out, overwrite=overwrite) as stage:
+    with staged_output(out, overwrite=overwrite, what="subject-set") as stage:
         _write_outputs(stage, sset, results, settings, f"mudi prepare --from {src}")
     return PrepareReport(out, SubjectSet.load(out, validate=False), results)
 
 
 __all__ = [
-    "DEFAULT_MARGIN",
+    "DEFAULT_BOX_MARGIN",
     "DEFAULT_THRESHOLD",
     "PhotoInput",
     "PhotoResult",
     "PrepareReport",
     "SubjectSpec",
     "build_subject_set",
-    "check_output_dir",
     "collect_inputs",
     "contact_sheet",
-    "enlarge_box",
     "failure_table",
     "import_set",
     "load_models",
@@ -853,5 +789,4 @@ __all__ = [
     "run_preparation",
     "segment_in_box",
     "segment_photo",
-    "staged_output",
 ]

@@ -9,22 +9,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from mudi.errors import MudiError
-
-
-def _box_ints(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """Pixel box (x0, y0, x1, y1), x1/y1 exclusive, inside the image and at least 1 px wide."""
-    x0 = int(np.floor(min(max(float(box[0]), 0.0), width - 1)))
-    y0 = int(np.floor(min(max(float(box[1]), 0.0), height - 1)))
-    x1 = int(np.ceil(min(max(float(box[2]), x0 + 1), width)))
-    y1 = int(np.ceil(min(max(float(box[3]), y0 + 1), height)))
-    return x0, y0, x1, y1
+from mudi.geometry import pixel_box
 
 
 class SamSegmenter:
@@ -110,7 +102,7 @@ class GrabCutSegmenter:
         if scale < 1.0:
             work = image.resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.BILINEAR)
         w, h = work.size
-        x0, y0, x1, y1 = _box_ints([v * scale for v in box], w, h)
+        x0, y0, x1, y1 = pixel_box([v * scale for v in box], (w, h))
         bgr = np.ascontiguousarray(np.asarray(work)[:, :, ::-1])
         if x1 - x0 < 2 or y1 - y0 < 2:
             small = np.zeros((h, w), bool)

@@ -13,12 +13,14 @@ from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.io import (
+    claim_output_dir,
     list_images,
     load_mask,
     load_rgb,
     load_rgb_alpha,
     prepare_output_dir,
     save_image_atomic,
+    staged_output,
     write_json_atomic,
     write_text_atomic,
 )
@@ -303,6 +305,42 @@ def test_prepare_output_dir(tmp_path):
     assert prepare_output_dir(out, overwrite=True) == out and (out / "x.txt").read_text() == "keep"
     with pytest.raises(MudiError, match="is a file"):
         prepare_output_dir(out / "x.txt")
+
+
+def test_claim_output_dir_policy(tmp_path):
+    out = tmp_path / "new" / "deep"
+    assert claim_output_dir(out) == out and not out.exists()  # validates, creates nothing
+    assert claim_output_dir(out, create=True) == out and out.is_dir()
+    (out / "x.txt").write_text("keep")
+    with pytest.raises(MudiError, match=r"already has content\. Choose another --out, or pass --overwrite"):
+        claim_output_dir(out)
+    with pytest.raises(MudiError, match="Pass --resume to continue that run"):
+        claim_output_dir(out, resume=False)
+    assert claim_output_dir(out, resume=True) == out
+    assert claim_output_dir(out, overwrite=True) == out and (out / "x.txt").read_text() == "keep"
+    with pytest.raises(MudiError, match=r"the training output folder \(--run\) is a file"):
+        claim_output_dir(out / "x.txt", what="training output", option="--run")
+    with pytest.raises(MudiError, match="x.txt is a file"):
+        claim_output_dir(out / "x.txt" / "below")
+
+
+def test_staged_output_writes_all_or_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with staged_output(out) as stage:
+            (stage / "a.txt").write_text("a")
+            raise RuntimeError("boom")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with staged_output(out) as stage:
+        (stage / "a.txt").write_text("a")
+        assert not out.exists()
+    assert (out / "a.txt").read_text() == "a" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    with pytest.raises(MudiError, match="already has content"):
+        with staged_output(out):
+            pass
+    with staged_output(out, overwrite=True) as stage:
+        (stage / "b.txt").write_text("b")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt"]
 
 
 def test_atomic_writes_leave_no_temp_files(tmp_path):
