@@ -37,7 +37,8 @@ STAGE_SECTIONS = ("prepare", "compose", "train", "generate", "evaluate")
 S = TypeVar("S", bound="Settings")
 
 
-def setting(default: Any, help: str, *, choices: Iterable[Any] = (), flag: str = "", metavar: str = "") -> Any:
+def setting(default: Any, help: str, *, choices: Iterable[Any] = (), flag: str = "", metavar: str = "",
+            separator: str = "") -> Any:
     """A dataclass field with its default and help text (lists and dicts get a fresh copy per instance).
 
     Args:
@@ -46,8 +47,10 @@ def setting(default: Any, help: str, *, choices: Iterable[Any] = (), flag: str =
         choices: the allowed values, checked by :meth:`Settings.updated` and by argparse.
         flag: the command-line flag when it differs from ``--field-name``.
         metavar: argparse metavar.
+        separator: for a list field, the flag takes one value split on this (``--methods a,b``)
+            instead of one flag per item.
     """
-    meta = {"help": help, "choices": tuple(choices), "flag": flag, "metavar": metavar}
+    meta = {"help": help, "choices": tuple(choices), "flag": flag, "metavar": metavar, "separator": separator}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -95,8 +98,9 @@ class Settings:
             f = known[key]
             value = coerce(key, value, _default_of(f), prefix)
             choices = f.metadata.get("choices") or ()
-            if choices and value not in choices:
-                raise MudiError(f"{prefix}option {key} = {value!r}: choose one of {', '.join(map(str, choices))}.")
+            bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
+            if choices and bad:
+                raise MudiError(f"{prefix}option {key} = {bad[0]!r}: choose one of {', '.join(map(str, choices))}.")
             changes[key] = value
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
@@ -256,7 +260,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, names: Itera
         default = _default_of(f)
         meta = f.metadata
         flag = meta.get("flag") or "--" + name.replace("_", "-")
-        shown = "" if default in ("", [], None) else f" (default: {default})"
+        shown = "" if default is False or default in ("", [], None) else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": name, "default": None,
                                   "help": (str(meta.get("help", "")) + shown).replace("%", "%%")}
         if isinstance(default, bool):
@@ -264,11 +268,15 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, names: Itera
             if not default:
                 kwargs["default"] = None
         else:
-            if isinstance(default, list):
+            if isinstance(default, list) and meta.get("separator"):
+                kwargs["type"] = lambda text, sep=meta["separator"]: [v.strip() for v in text.split(sep) if v.strip()]
+                shown = f" (default: {meta['separator'].join(map(str, default))})" if default else ""
+                kwargs["help"] = (str(meta.get("help", "")) + shown).replace("%", "%%")
+            elif isinstance(default, list):
                 kwargs["action"] = "append"
             elif default is not None:
                 kwargs["type"] = type(default)
-            if meta.get("choices"):
+            if meta.get("choices") and not isinstance(default, list):
                 kwargs["choices"] = list(meta["choices"])
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]

@@ -21,17 +21,16 @@ The numbers are whatever the runs give; nothing is tuned per method.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from mudi.errors import MudiError
-from mudi.io import load_rgb, prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.runtime import quiet_libraries
+from mudi.settings import RunOptions, Settings, setting
+from mudi.io import prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.toy.demo_report import render_demo_report
 
 #: Success threshold for D&C with the toy detector and embedder. The toy embedder scores blurred
 #: objects lower than sharp ones: renders of both subjects passed through the toy model's VAE
@@ -63,35 +62,36 @@ METHODS: tuple[Method, ...] = (
 
 
 @dataclass
-class DemoConfig:
-    """Settings of a demo run; the defaults finish in under 10 minutes on a 2-core CPU."""
+class DemoConfig(Settings):
+    """Settings of a demo run; the defaults finish in under 10 minutes on a 2-core CPU.
 
-    out: str = "mudi-demo"
-    seed: int = 0
-    base: str = ""  # "" = the toy base model shipped with mudi
-    # training (per LoRA)
-    train_steps: int = 500
-    rank: int = 8
-    learning_rate: float = 4e-3
-    p: float = 0.3
-    gradient_accumulation_steps: int = 1
-    # generation
-    # Measured on the toy model (see the README's demo section and benchmarks/toy_demo_sweep.py):
-    # classifier-free guidance makes the toy LoRAs widen and merge the two subjects into one
-    # blob, a stronger initialization (γ 5) and a slightly smaller layout (fill 0.7 of a slot)
-    # keep them apart. The same settings are used for every method.
-    images_per_prompt: int = 8
-    steps: int = 20
-    guidance: float = 1.0
-    gamma: float = 5.0
-    fill: float = 0.7
-    # evaluation: the success threshold calibrated for the toy embedder (benchmarks/toy_dnc_calibration.py);
-    # the paper's 0.8 belongs to OWLv2 + DINOv2.
-    success_threshold: float = TOY_SUCCESS_THRESHOLD
-    methods: list[str] = field(default_factory=lambda: [m.name for m in METHODS])
-    overwrite: bool = False
-    resume: bool = False
-    progress: bool = True
+    Generation settings were measured on the toy model (see the README's demo section and
+    benchmarks/toy_demo_sweep.py): classifier-free guidance makes the toy LoRAs widen and merge
+    the two subjects into one blob; a stronger initialization (γ 5) and a slightly smaller layout
+    (fill 0.7 of a slot) keep them apart. The same settings are used for every method. The success
+    threshold is calibrated for the toy embedder (benchmarks/toy_dnc_calibration.py); the paper's
+    0.8 belongs to OWLv2 + DINOv2.
+    """
+
+    SECTION: ClassVar[str] = "demo"
+
+    out: str = setting("mudi-demo", "output folder")
+    seed: int = setting(0, "seed for everything (same seed, same numbers)")
+    base: str = setting("", "toy-world base model folder (default: the one shipped with mudi)")
+    train_steps: int = setting(500, "optimizer steps per LoRA")
+    rank: int = setting(8, "LoRA rank")
+    learning_rate: float = setting(4e-3, "learning rate", flag="--lr")
+    p: float = setting(0.3, "Seg-Mix / Cut-Mix probability")
+    gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
+    images_per_prompt: int = setting(8, "images per prompt and method")
+    steps: int = setting(20, "sampling steps")
+    guidance: float = setting(1.0, "classifier-free guidance scale")
+    gamma: float = setting(5.0, "initialization strength γ")
+    fill: float = setting(0.7, "initialization layout: each subject's box fills this fraction of its slot")
+    success_threshold: float = setting(
+        TOY_SUCCESS_THRESHOLD, "D&C at or above which an image with the right count is a success (toy embedder)")
+    methods: list[str] = setting([m.name for m in METHODS], "comma-separated subset of the methods",
+                                 separator=",")
 
     def check(self) -> None:
         known = {m.name for m in METHODS}
@@ -138,7 +138,8 @@ def demo_resolution() -> int:
     return int(toy.SAMPLING.get("height", 64))
 
 
-def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_dir: Path, base: Path):
+def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_dir: Path, base: Path, *,
+                      progress: bool = False):
     """The `mudi generate` settings of one method: the LoRA and subject set of the demo run in
     ``demo_dir``, images into ``gen_dir``. Shared by the demo and benchmarks/toy_demo_sweep.py."""
     from mudi import toy
@@ -148,7 +149,7 @@ def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_di
         prompts=list(toy.DEMO_PROMPTS), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
         subjects=str(demo_dir / "subjects"), n=config.images_per_prompt, init=method.init, gamma=config.gamma,
         fill=config.fill, steps=config.steps, resolution=demo_resolution(), seed=config.seed,
-        guidance=config.guidance, overwrite=True, device="cpu", dtype="float32", progress=config.progress,
+        guidance=config.guidance, overwrite=True, device="cpu", dtype="float32", progress=progress,
         save_init=method.init == "mudi",
     )
 
@@ -163,105 +164,127 @@ def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
                            settings={"detector": "toy", "embedder": "toy"})
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run the demo; returns the summary (also written to OUT/summary.json)."""
+def run_demo(config: DemoConfig, options: RunOptions | None = None) -> dict:
+    """Run the demo; returns the summary (also written to OUT/summary.json).
+
+    ``options``: ``resume`` skips the stages already complete in OUT, ``overwrite`` allows a
+    non-empty OUT, ``progress`` shows progress bars (the library ones too); the device is the CPU.
+    """
     import torch
 
+    options = options or RunOptions()
     config.check()
     # The toy models are small: one thread is as fast as two, and it stays fast when other work
     # shares the CPU (OpenMP threads spin-waiting for a descheduled peer cost seconds per step).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    if not config.progress:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
     try:
-        return _run_demo(config)
+        with quiet_libraries(progress_bars=options.progress):
+            return _run_demo(config, options)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_demo(config: DemoConfig) -> dict:
-    import torch
-
+def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
     from mudi import toy
-    from mudi.train.config import TrainConfig
-    from mudi.evaluate.scoring import RunData, compare_runs, write_comparison
-    from mudi.generate.pipeline import generate
-    from mudi.models.loading import load_pipeline
-    from mudi.prepare.pipeline import import_set
     from mudi.subjects import SubjectSet
-    from mudi.train.recipe import train
 
     base = Path(config.base) if config.base else toy.base_model_path()
     out = Path(config.out)
-    if config.resume and out.exists():
+    if options.resume and out.exists():
         out.mkdir(parents=True, exist_ok=True)
     else:
-        prepare_output_dir(out, overwrite=config.overwrite, what="demo output")
+        prepare_output_dir(out, overwrite=options.overwrite, what="demo output")
     methods = [m for m in METHODS if m.name in config.methods]
-    mixes = list(dict.fromkeys(m.mix for m in methods))
-    torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    # 1. subjects, 2. one LoRA per training mix, 3. images per method, 4. D&C per method
+    timings["prepare"] = _stage(out / "subjects", options.resume, "1/4 prepare the toy subjects",
+                                lambda: _make_subjects(out, config.seed))
+    sset = SubjectSet.load(out / "subjects")
+    for mix in dict.fromkeys(m.mix for m in methods):
+        timings[f"train_{mix}"] = _stage(out / f"lora_{mix}", options.resume, f"2/4 train LoRA --mix {mix}",
+                                         lambda mix=mix: _train(config, options, out, base, mix))
+    pipe = _toy_pipeline(base)
+    for m in methods:
+        timings[f"generate_{m.name}"] = _stage(
+            out / "gen" / m.name, options.resume, f"3/4 generate: {m.description}",
+            lambda m=m: _generate(config, options, m, out, base, pipe))
+    runs = []
+    for m in methods:
+        timings[f"evaluate_{m.name}"] = _stage(out / "eval" / m.name, options.resume, f"4/4 evaluate {m.name}",
+                                               lambda m=m: _evaluate(config, out, sset, m))
+        runs.append(_load_evaluation(out / "eval" / m.name, m.name))
+    _compare(runs, out)
+    timings["total"] = time.perf_counter() - t_start
+    summary = _summary(config, base, sset, methods, runs, timings)
+    write_json_atomic(out / "summary.json", summary)
+    write_text_atomic(out / "report.html", render_demo_report(out, summary, methods))
+    _say(f"done in {timings['total']:.0f} s: {out / 'report.html'}")
+    return summary
 
-    # 1. subjects ------------------------------------------------------------------------
-    raw = out / "toy_photos"
-    subjects_dir = out / "subjects"
 
-    def make_subjects() -> None:
-        toy.make_subject_set(raw, seed=config.seed, overwrite=True)
-        import_set(raw, subjects_dir, overwrite=True)
+def _make_subjects(out: Path, seed: int) -> None:
+    """The toy photos (rendered) and the subject set imported from them (contact sheet included)."""
+    from mudi import toy
+    from mudi.prepare.pipeline import import_set
 
-    timings["prepare"] = _stage(subjects_dir, config.resume, "1/4 prepare the toy subjects", make_subjects)
-    sset = SubjectSet.load(subjects_dir)
-    resolution = demo_resolution()
+    toy.make_subject_set(out / "toy_photos", seed=seed, overwrite=True)
+    import_set(out / "toy_photos", out / "subjects", overwrite=True)
 
-    # 2. train one LoRA per mix ------------------------------------------------------------
-    for mix in mixes:
-        lora_dir = out / f"lora_{mix}"
 
-        def do_train(mix=mix, lora_dir=lora_dir) -> None:
-            cfg = TrainConfig(
-                subjects=str(subjects_dir), base=str(base), out=str(lora_dir), resolution=resolution,
-                mix=mix, p=config.p, rank=config.rank, alpha=float(config.rank),
-                learning_rate=config.learning_rate, max_train_steps=config.train_steps,
-                gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
-                checkpoint_every=max(50, config.train_steps // 2), validate_every=-1, device="cpu",
-                progress=config.progress, overwrite=True, resume=config.resume and (lora_dir / "checkpoints").exists(),
-            )
-            train(cfg)
+def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: str) -> None:
+    """One LoRA per training mix, same seed, steps and schedule, so they compare fairly."""
+    from mudi.train.config import TrainConfig
+    from mudi.train.recipe import train
 
-        timings[f"train_{mix}"] = _stage(lora_dir, config.resume, f"2/4 train LoRA --mix {mix}", do_train)
+    lora_dir = out / f"lora_{mix}"
+    train(TrainConfig(
+        subjects=str(out / "subjects"), base=str(base), out=str(lora_dir), resolution=demo_resolution(),
+        mix=mix, p=config.p, rank=config.rank, alpha=float(config.rank),
+        learning_rate=config.learning_rate, max_train_steps=config.train_steps,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
+        checkpoint_every=max(50, config.train_steps // 2), validate_every=-1, device="cpu",
+        progress=options.progress, overwrite=True, resume=options.resume and (lora_dir / "checkpoints").exists(),
+    ))
 
-    # 3. generate ---------------------------------------------------------------------------
+
+def _toy_pipeline(base: Path):
+    """The toy base pipeline, loaded once and shared by every method's generation."""
+    from mudi.models.loading import load_pipeline
+
     pipe = load_pipeline(str(base), device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    for m in methods:
-        gen_dir = out / "gen" / m.name
+    return pipe
 
-        def do_generate(m=m, gen_dir=gen_dir) -> None:
-            generate(generation_config(config, m, out, gen_dir, base), pipe=pipe)
 
-        timings[f"generate_{m.name}"] = _stage(gen_dir, config.resume, f"3/4 generate: {m.description}", do_generate)
+def _generate(config: DemoConfig, options: RunOptions, method: Method, out: Path, base: Path, pipe) -> None:
+    from mudi.generate.pipeline import generate
 
-    # 4. evaluate ---------------------------------------------------------------------------
-    runs: list[RunData] = []
-    for m in methods:
-        eval_dir = out / "eval" / m.name
+    generate(generation_config(config, method, out, out / "gen" / method.name, base, progress=options.progress),
+             pipe=pipe)
 
-        def do_eval(m=m, eval_dir=eval_dir) -> None:
-            evaluate_method(config, out / "gen" / m.name, sset, m.name).write(eval_dir, overwrite=True)
 
-        timings[f"evaluate_{m.name}"] = _stage(eval_dir, config.resume, f"4/4 evaluate {m.name}", do_eval)
-        runs.append(RunData.load(eval_dir, label=m.name))
+def _evaluate(config: DemoConfig, out: Path, sset, method: Method) -> None:
+    evaluate_method(config, out / "gen" / method.name, sset, method.name).write(out / "eval" / method.name,
+                                                                                 overwrite=True)
 
-    comp = compare_runs(runs)
-    write_comparison(comp, out)
-    timings["total"] = time.perf_counter() - t_start
+
+def _load_evaluation(folder: Path, label: str):
+    from mudi.evaluate.scoring import RunData
+
+    return RunData.load(folder, label=label)
+
+
+def _compare(runs, out: Path) -> None:
+    """comparison.csv/json/png of every method, in OUT."""
+    from mudi.evaluate.scoring import compare_runs, write_comparison
+
+    write_comparison(compare_runs(runs), out)
+
+
+def _summary(config: DemoConfig, base: Path, sset, methods, runs, timings: dict[str, float]) -> dict:
+    from mudi import toy
 
     summary = {
         "seed": config.seed,
@@ -287,100 +310,4 @@ def _run_demo(config: DemoConfig) -> dict:
             "count_errors_duplicate": s.get("n_duplicate"),
             "identities_ok_rate": s.get("identities_ok_rate"),
         }
-    write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "report.html", render_demo_report(out, summary, methods))
-    _say(f"done in {timings['total']:.0f} s: {out / 'report.html'}")
     return summary
-
-
-# ------------------------------------------------------------------------------ report
-
-def _png_b64(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _method_grid(out: Path, method: str, cell: int = 128):
-    """Grid of a method's images labelled with their D&C (from the evaluation)."""
-    from mudi.viz import grid
-
-    per_image = json.loads((out / "eval" / method / "per_image.json").read_text(encoding="utf-8"))
-    images, labels = [], []
-    for d in per_image:
-        path = d.get("path")
-        if not path:
-            continue
-        images.append(load_rgb(path))
-        dnc = d.get("dnc")
-        tag = "count error" if d.get("count_error") or (isinstance(dnc, dict) and not dnc.get("count_ok", True)) else ""
-        score = dnc.get("score") if isinstance(dnc, dict) else dnc
-        labels.append(f"D&C {score:.2f} {tag}".strip() if isinstance(score, (int, float)) else "not scored")
-    cols = max(1, min(8, len(images)))
-    return grid(images, labels=labels, cols=cols, cell=cell)
-
-
-def render_demo_report(out: Path, summary: dict, methods) -> str:
-    """A self-contained HTML page: subjects, per-method image grids, the table and the plot."""
-    from mudi.viz import grid
-
-    esc = html.escape
-    rows = []
-    for m in methods:
-        s = summary["methods"][m.name]
-
-        def f(v, pct=False):
-            if v is None:
-                return "n/a"
-            return f"{100 * v:.0f} %" if pct else f"{v:.3f}"
-
-        rows.append(
-            f"<tr><td class=l><b>{esc(m.name)}</b><br><small>{esc(m.description)}</small></td>"
-            f"<td>{esc(m.mix)}</td><td>{esc(m.init)}</td><td>{s['n_images']}</td>"
-            f"<td>{f(s['dnc_mean'])}</td><td>{f(s['success_rate'], True)}</td>"
-            f"<td>{s['count_errors']} ({s['count_errors_missing']} missing, {s['count_errors_duplicate']} duplicate)</td></tr>"
-        )
-    parts = [
-        "<h1>mudi demo — identity decoupling on the toy world</h1>",
-        "<p>Two similar subjects of the same class that differ only in their markings were learned "
-        "by one LoRA per training mode from five photos each, then drawn together. Detect-and-Compare "
-        "(D&amp;C) scores each image with the toy detector and embedder: 1 is perfect, 0 a count error "
-        f"(a missing or duplicated subject). Success: right count and D&amp;C ≥ {summary['config']['success_threshold']}.</p>",
-        "<h2>Subjects</h2>",
-    ]
-    sheet = out / "subjects" / "contact_sheet.png"
-    if sheet.exists():
-        parts.append(f"<img class=sheet src='data:image/png;base64,{_png_b64(load_rgb(sheet))}'>")
-    parts.append("<p>" + ", ".join(f"<b>{esc(k)}</b>: {esc(v)}" for k, v in summary["subjects"].items()) + "</p>")
-    parts.append(
-        "<h2>Results</h2><table><tr><th class=l>method</th><th>training mix</th><th>initialization</th>"
-        "<th>images</th><th>mean D&amp;C</th><th>success rate</th><th>count errors</th></tr>"
-        + "".join(rows) + "</table>"
-    )
-    plot = out / "comparison.png"
-    if plot.exists():
-        parts.append(f"<img class=plot src='data:image/png;base64,{_png_b64(load_rgb(plot))}'>")
-    c = summary["config"]
-    parts.append(
-        f"<p><small>Settings (same for every method): LoRA rank {c['rank']}, {c['train_steps']} steps at lr "
-        f"{c['learning_rate']:g}, composite probability p = {c['p']:g}; sampling {c['steps']} steps, guidance "
-        f"{c['guidance']:g}, {c['images_per_prompt']} images per prompt; initialization γ = {c['gamma']:g}, layout "
-        f"fill {c['fill']:g}; seed {summary['seed']}.</small></p>"
-    )
-    for m in methods:
-        parts.append(f"<h2>{esc(m.name)}</h2><p>{esc(m.description)} — "
-                     f"<a href='eval/{esc(m.name)}/report.html'>per-image report</a></p>")
-        parts.append(f"<img class=grid src='data:image/png;base64,{_png_b64(_method_grid(out, m.name))}'>")
-        inits = sorted((out / "gen" / m.name).glob("[0-9][0-9][0-9][0-9]_init.png"))[:8]
-        if inits:
-            sheet = grid([load_rgb(p) for p in inits], labels=[p.stem for p in inits], cols=len(inits), cell=128)
-            parts.append("<p>Initialization canvases (the segmented reference photos placed by the layout; "
-                         "their latents, scaled by γ, shift the initial noise):</p>"
-                         f"<img class=grid src='data:image/png;base64,{_png_b64(sheet)}'>")
-    parts.append("<h2>Prompts</h2><ul>" + "".join(f"<li>{esc(p)}</li>" for p in summary["prompts"]) + "</ul>")
-    parts.append("<h2>Timings (s)</h2><p>" + ", ".join(f"{esc(k)}: {v}" for k, v in summary["timings_s"].items()) + "</p>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             ".l{text-align:left}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>mudi demo</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>\n")
