@@ -491,6 +491,7 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
 
+    from mudi.models.families import family_named
     from mudi.models.lora import add_unet_lora, kohya_state_dict, lora_state_dict, save_kohya_lora
 
     def unet(kind):
@@ -530,7 +531,8 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
         assert set(norm) == set(expected), kind
         assert all(torch.equal(norm[k], expected[k]) for k in expected), kind
         assert alphas and set(float(a) for a in alphas.values()) == {8.0}
-        path = save_kohya_lora(u, tmp_path / f"{kind}.safetensors", alpha=8.0, sdxl=kind == "sdxl")
+        family = family_named("sdxl" if kind == "sdxl" else "sd")
+        path = save_kohya_lora(u, tmp_path / f"{kind}.safetensors", alpha=8.0, family=family)
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         assert meta["ss_base_model_version"] == {"sdxl": "sdxl_base_v1-0", "sd1": "sd_v1", "sd2": "sd_v2"}[kind]
@@ -550,3 +552,22 @@ def test_hub_model_path_resolves_resolution_after_loading(tiny_models, subjects,
     assert TrainConfig.from_toml(out / "config.toml").resolution == 64
     with pytest.raises(MudiError, match="does not fit"):
         train(_cfg(tiny_models, subjects, tmp_path / "bad", "sdxl", resolution=72, max_train_steps=1))
+
+
+def test_target_module_typo_fails_before_writing_then_resume_works(tiny_models, subjects, tmp_path, capsys):
+    """A typo in target_modules of a --config file: one-line error naming the module and the valid
+    choices, exit 2, nothing written; with the config fixed the run starts and --resume continues it."""
+    cfg = tmp_path / "run.toml"
+    body = (f'subjects = "{subjects}"\nbase = "{tiny_models / "sd"}"\nmax_train_steps = 2\nresolution = 64\n'
+            'validate_every = -1\ncheckpoint_every = 1\n')
+    cfg.write_text(body + 'target_modules = ["to_q", "to_kk"]\n')
+    out = tmp_path / "L"
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "'to_kk' not found" in err and "to_k, to_out.0, to_q, to_v" in err and "'to_q'" not in err
+    assert not out.exists()
+    cfg.write_text(body + 'target_modules = ["to_q", "to_k"]\n')
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--stop-after", "1", "--no-progress"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert [r["step"] for r in _log(out)] == [1, 2] and (out / "pytorch_lora_weights.safetensors").is_file()

@@ -68,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         raise MudiError(f"{out}: the output folder already has content. Choose another --out or pass --overwrite.")
     sset = SubjectSet.load(args.subjects)
-    from mudi.train.recipe import _pick_device, check_resolution, inspect_model
+    from mudi.models.loading import inspect_model
+    from mudi.train.recipe import _pick_device
 
     info = inspect_model(args.base)
     if info is not None and args.resolution:
-        check_resolution(args.resolution, info, args.base)
+        info.check_resolution(args.resolution)
     device = _pick_device(args.device)
 
     from mudi.prepare.pipeline import load_models

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from mudi.errors import ModelNotAvailableError, MudiError
+from mudi.models.families import ModelInfo, family_for_index, read_config
 
 DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -255,18 +256,17 @@ def _read_model_index(path: str) -> dict:
         ) from None
 
 
-def _pipeline_class(index: dict, name: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def inspect_model(base: str) -> ModelInfo | None:
+    """What training needs from a local pipeline folder, read from its configs (no weights).
 
-    class_name = str(index.get("_class_name", ""))
-    if "text_encoder_2" in index or "XL" in class_name:
-        return StableDiffusionXLPipeline
-    if class_name.startswith("StableDiffusion") or {"unet", "vae", "text_encoder"} <= set(index):
-        return StableDiffusionPipeline
-    raise MudiError(
-        f"'{name}' is a {class_name or 'unknown'} pipeline; mudi supports Stable Diffusion "
-        f"1.x/2.x and SDXL pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
-    )
+    ``None`` for a hub id (its configs are read after loading: ``family.info_of(pipe, base)``).
+    """
+    path = resolve_model(base, "pipeline")
+    folder = Path(path)
+    if not folder.is_dir():
+        return None
+    index = read_config(folder / "model_index.json", "the pipeline")
+    return family_for_index(index, base).inspect(folder, index, base)
 
 
 def load_vae(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -298,8 +298,8 @@ def load_pipeline(
 ):
     """Load a Stable Diffusion or SDXL text-to-image pipeline.
 
-    The class (``StableDiffusionXLPipeline`` or ``StableDiffusionPipeline``) is chosen from
-    ``model_index.json``. The safety checker is disabled. Tokenizers are validated
+    The class is the pipeline class of the model's family (:mod:`mudi.models.families`),
+    recognized from ``model_index.json``. The safety checker is disabled. Tokenizers are validated
     (:func:`validate_tokenizer`).
 
     Args:
@@ -311,7 +311,8 @@ def load_pipeline(
     """
     path = resolve_model(name, "pipeline")
     index = _read_model_index(path)
-    cls = _pipeline_class(index, name)
+    family = family_for_index(index, name)
+    cls = family.pipeline_class()
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
     if variant:
         kwargs["variant"] = variant
@@ -329,17 +330,9 @@ def load_pipeline(
         module = getattr(pipe, part, None)
         if module is not None and next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
-    validate_tokenizer(getattr(pipe, "tokenizer", None), f"{name}: tokenizer")
-    if is_sdxl(pipe):
-        validate_tokenizer(getattr(pipe, "tokenizer_2", None), f"{name}: tokenizer_2")
+    for part in family.tokenizer_names:
+        validate_tokenizer(getattr(pipe, part, None), f"{name}: {part}")
     return pipe.to(device)
-
-
-def is_sdxl(pipe: Any) -> bool:
-    """True for SDXL pipelines (two text encoders, ``text_time`` micro-conditioning)."""
-    from diffusers import StableDiffusionXLPipeline
-
-    return isinstance(pipe, StableDiffusionXLPipeline) or getattr(pipe, "text_encoder_2", None) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,7 +433,7 @@ __all__ = [
     "clip_image_embeds",
     "clip_text_embeds",
     "hub_offline",
-    "is_sdxl",
+    "inspect_model",
     "load_clip",
     "load_dinov2",
     "load_owlv2",

@@ -50,6 +50,40 @@ def add_unet_lora(unet, *, rank: int, alpha: float, target_modules: list[str], d
     return params
 
 
+#: Module types peft can put a LoRA adapter on (the ones mudi offers as targets).
+_LORA_MODULE_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Embedding)
+
+
+def _target_name(name: str) -> str:
+    """The short name a target list uses for a module: its last path part (``to_q``), or the
+    last two when the last is an index (``to_out.0``)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+
+def lora_target_choices(model) -> list[str]:
+    """Every short module name a LoRA target list may use on ``model`` (sorted)."""
+    return sorted({_target_name(n) for n, m in model.named_modules() if n and isinstance(m, _LORA_MODULE_TYPES)})
+
+
+def check_lora_targets(model, targets: list[str], *, where: str) -> None:
+    """Raise MudiError unless every name in ``targets`` matches a LoRA-capable module of ``model``.
+
+    A target matches like peft matches it: the module's full name, or a name ending in
+    ``.<target>``. peft itself only fails when *no* target matches (and then with a traceback).
+    """
+    from mudi.errors import MudiError
+
+    names = [n for n, m in model.named_modules() if n and isinstance(m, _LORA_MODULE_TYPES)]
+    bad = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if bad:
+        choices = ", ".join(lora_target_choices(model))
+        raise MudiError(
+            f"target_modules {', '.join(repr(t) for t in bad)} not found in the UNet of {where}; "
+            f"choose among its Linear/Conv layers: {choices}."
+        )
+
+
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     """The adapter weights with peft key names (``...to_q.lora_A.weight``), detached, on CPU, contiguous."""
     from peft.utils import get_peft_model_state_dict
@@ -169,24 +203,25 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
     return out
 
 
-def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, base: str = "", sdxl: bool = False) -> Path:
-    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically); SDXL LoRAs get
-    the original UNet's block names (``lora_unet_input_blocks_*``), as kohya's own SDXL LoRAs."""
+def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: str = "") -> Path:
+    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically).
+
+    ``family`` (a :class:`~mudi.models.families.UNetFamily`) decides the key scheme (SDXL: the
+    original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
+    base-model version A1111 reads.
+    """
     from safetensors.torch import save_file
 
     out_path = Path(out_path)
-    lpb = getattr(_unwrap(unet).config, "layers_per_block", 2)
-    sgm = int(lpb) if sdxl and isinstance(lpb, int) else None  # SDXL: kohya's (original UNet) block names
-    sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=sgm)
+    model = _unwrap(unet)
+    sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
     meta = lora_metadata(unet)
-    # SD 2.x (OpenCLIP-H text encoder, cross-attention dim 1024): A1111 reads ss_v2 to tell it from SD 1.x
-    v2 = not sdxl and int(getattr(_unwrap(unet).config, "cross_attention_dim", 768) or 768) == 1024
     metadata = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(meta["r"]),
         "ss_network_alpha": str(alpha),
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else ("sd_v2" if v2 else "sd_v1"),
-        "ss_v2": str(v2),
+        "ss_base_model_version": family.kohya_base_version(model),
+        "ss_v2": str(family.is_v2(model)),
         "ss_sd_model_name": str(base),
         "mudi_lora_config": json.dumps(meta),
     }
@@ -216,9 +251,11 @@ __all__ = [
     "DIFFUSERS_WEIGHT_NAME",
     "KOHYA_WEIGHT_NAME",
     "add_unet_lora",
+    "check_lora_targets",
     "kohya_state_dict",
     "load_lora_state_dict",
     "lora_metadata",
+    "lora_target_choices",
     "lora_state_dict",
     "save_diffusers_lora",
     "save_kohya_lora",

@@ -56,6 +56,8 @@ import torch
 
 from mudi.train.config import TrainConfig, RESUME_SAFE_FIELDS
 from mudi.errors import MudiError
+from mudi.models.families import TextEmbeds, family_of
+from mudi.models.loading import inspect_model
 from mudi.io import prepare_output_dir, save_image_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 CONFIG_NAME = "config.toml"
@@ -64,77 +66,6 @@ SUMMARY_NAME = "summary.json"
 CKPT_DIR = "checkpoints"
 #: Above this many distinct captions the cache is filled lazily (first use) instead of upfront.
 MAX_PRECOMPUTED_CAPTIONS = 1024
-
-
-# ============================================================================ model inspection
-
-
-@dataclass
-class ModelInfo:
-    """What the trainer needs to know about a base model before loading its weights."""
-
-    path: str
-    sdxl: bool
-    vae_scale_factor: int
-    unet_downsample: int
-    default_resolution: int
-    prediction_type: str = "epsilon"
-
-    @property
-    def multiple(self) -> int:
-        return self.vae_scale_factor * self.unet_downsample
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MudiError(f"{path.parent}: {what} is missing {path.name}; the base model folder is incomplete.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MudiError(f"{path}: unreadable ({exc}); the base model folder is damaged.") from None
-
-
-def inspect_model(base: str) -> ModelInfo | None:
-    """Read a local pipeline folder's configs (no weights). ``None`` for a hub id to be downloaded."""
-    from mudi.models.loading import resolve_model
-
-    path = resolve_model(base, "pipeline")
-    folder = Path(path)
-    if not folder.is_dir():
-        return None
-    index = _read_json(folder / "model_index.json", "the pipeline")
-    cls = str(index.get("_class_name", ""))
-    if "unet" not in index or "vae" not in index:
-        raise MudiError(
-            f"{base}: a {cls or 'diffusers'} pipeline without a UNet/VAE; mudi trains Stable Diffusion 1.x/2.x "
-            "and SDXL pipelines."
-        )
-    sdxl = "text_encoder_2" in index or "XL" in cls
-    unet = _read_json(folder / "unet" / "config.json", "the UNet")
-    vae = _read_json(folder / "vae" / "config.json", "the VAE")
-    for sub in ("unet", "vae"):
-        if not any((folder / sub).glob("*.safetensors")):
-            raise MudiError(f"{folder / sub}: no .safetensors weights; mudi loads safetensors checkpoints only.")
-    try:
-        vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        down = 2 ** (len(unet["block_out_channels"]) - 1)
-        sample = int(unet.get("sample_size") or 64)
-    except (KeyError, TypeError) as exc:
-        raise MudiError(f"{folder}: UNet/VAE config lacks {exc}; the base model folder is damaged.") from None
-    sched = folder / "scheduler" / "scheduler_config.json"
-    pred = _read_json(sched, "the scheduler").get("prediction_type", "epsilon") if sched.exists() else "epsilon"
-    return ModelInfo(path, sdxl, vae_factor, down, sample * vae_factor, pred)
-
-
-def check_resolution(resolution: int, info: ModelInfo, base: str) -> None:
-    """Raise MudiError unless ``resolution`` fits the model (multiple of VAE factor × UNet downsampling)."""
-    m = info.multiple
-    if resolution % m or resolution < max(64, 2 * m):
-        raise MudiError(
-            f"--resolution {resolution} does not fit {base}: it must be a multiple of {m} (VAE factor "
-            f"{info.vae_scale_factor} × UNet downsampling {info.unet_downsample}) and at least {max(64, 2 * m)}; "
-            f"the model's native resolution is {info.default_resolution}."
-        )
 
 
 # ============================================================================ captions
@@ -188,18 +119,17 @@ class TextCache:
     Counts text-encoder forward calls (forward hooks) so a run can prove it makes none per step.
     """
 
-    def __init__(self, pipe, sdxl: bool, device: torch.device, dtype: torch.dtype):
-        self.pipe, self.sdxl, self.device, self.dtype = pipe, sdxl, device, dtype
-        self.cond: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        self.uncond: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    def __init__(self, pipe, family, device: torch.device, dtype: torch.dtype):
+        self.pipe, self.family, self.device, self.dtype = pipe, family, device, dtype
+        self.cond: dict[str, TextEmbeds] = {}
+        self.uncond: TextEmbeds | None = None
         self.calls = 0
         self._hooks = []
         for enc in self.encoders():
             self._hooks.append(enc.register_forward_hook(self._count))
 
     def encoders(self) -> list[torch.nn.Module]:
-        names = ("text_encoder", "text_encoder_2") if self.sdxl else ("text_encoder",)
-        return [getattr(self.pipe, n) for n in names if getattr(self.pipe, n, None) is not None]
+        return self.family.text_encoders(self.pipe)
 
     def _count(self, *_):
         self.calls += 1
@@ -210,44 +140,32 @@ class TextCache:
         self._hooks = []
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        enc_device = self.encoders()[0].device
-        if self.sdxl:
-            pe, _, pooled, _ = self.pipe.encode_prompt(
-                prompts, device=enc_device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            return pe.to(self.device, self.dtype), pooled.to(self.device, self.dtype)
-        pe, _ = self.pipe.encode_prompt(prompts, enc_device, 1, False)
-        return pe.to(self.device, self.dtype), None
+    def _encode(self, prompts: list[str]) -> TextEmbeds:
+        return self.family.encode_text(self.pipe, prompts, self.encoders()[0].device).to(self.device, self.dtype)
 
     def add(self, captions: list[str], batch: int = 16) -> None:
         """Encode and store every caption not cached yet."""
         todo = [c for c in dict.fromkeys(captions) if c not in self.cond]
         for i in range(0, len(todo), batch):
             chunk = todo[i : i + batch]
-            pe, pooled = self._encode(chunk)
+            embeds = self._encode(chunk)
             for j, c in enumerate(chunk):
-                self.cond[c] = (pe[j : j + 1], None if pooled is None else pooled[j : j + 1])
+                self.cond[c] = embeds.row(j)
 
+    @torch.no_grad()
     def add_uncond(self, negative: str) -> None:
         """Embeddings of the negative prompt for classifier-free-guided validation images."""
-        force_zeros = self.sdxl and bool(getattr(self.pipe.config, "force_zeros_for_empty_prompt", False))
-        if force_zeros and not negative:
-            pe, pooled = self._encode([""])
-            self.uncond = (torch.zeros_like(pe), torch.zeros_like(pooled))
-        else:
-            self.uncond = self._encode([negative])
+        enc_device = self.encoders()[0].device
+        self.uncond = self.family.encode_negative(self.pipe, negative, enc_device).to(self.device, self.dtype)
 
-    def get(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def get(self, captions: list[str]) -> TextEmbeds:
         """Batched embeddings; a caption never seen is encoded on the spot (and counted)."""
         missing = [c for c in captions if c not in self.cond]
         if missing:
             if not self.encoders():
                 raise RuntimeError(f"caption {missing[0]!r} was not pre-computed and the text encoders were released")
             self.add(missing)
-        pe = torch.cat([self.cond[c][0] for c in captions])
-        pooled = torch.cat([self.cond[c][1] for c in captions]) if self.sdxl else None
-        return pe, pooled
+        return TextEmbeds.cat([self.cond[c] for c in captions])
 
 
 # ============================================================================ data schedule
@@ -296,12 +214,11 @@ def image_to_tensor(image) -> torch.Tensor:
 class LatentEncoder:
     """VAE encoding with a cache of the latent distribution (mean, std) of plain examples."""
 
-    def __init__(self, vae, device: torch.device):
+    def __init__(self, vae, family, device: torch.device):
         self.vae = vae
+        self.family = family
         self.device = device
         self.dtype = next(vae.parameters()).dtype
-        self.scaling = float(vae.config.scaling_factor)
-        self.shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
         self.encodes = 0
 
@@ -320,7 +237,7 @@ class LatentEncoder:
     def sample(self, dist: tuple[torch.Tensor, torch.Tensor], gen: torch.Generator) -> torch.Tensor:
         mean, std = dist
         eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(mean.device)
-        return (mean + std * eps - self.shift) * self.scaling
+        return self.family.to_latents(self.vae, mean + std * eps)
 
 
 # ============================================================================ checkpoints
@@ -655,6 +572,7 @@ def prepare_run(config: TrainConfig):
     base model folder, resolution.
     """
     from mudi.compose.mix import parse_relative_sizes
+    from mudi.models.lora import check_lora_targets
     from mudi.subjects import SubjectSet
 
     cfg = config
@@ -695,7 +613,8 @@ def prepare_run(config: TrainConfig):
     if info is not None:
         if cfg.resolution == 0:
             cfg = cfg.updated({"resolution": info.default_resolution})
-        check_resolution(cfg.resolution, info, cfg.base)
+        info.check_resolution(cfg.resolution)
+        check_lora_targets(info.family.meta_denoiser(info.folder), cfg.target_modules, where=cfg.base)
     return cfg, sset, classes, info
 
 
@@ -715,8 +634,8 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     from tqdm.auto import tqdm
 
     from mudi.compose.mix import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
-    from mudi.models.lora import KOHYA_WEIGHT_NAME, add_unet_lora, save_diffusers_lora, save_kohya_lora
-    from mudi.models.loading import is_sdxl, load_pipeline
+    from mudi.models.lora import KOHYA_WEIGHT_NAME, add_unet_lora, check_lora_targets, save_diffusers_lora, save_kohya_lora
+    from mudi.models.loading import load_pipeline
 
     t_start = time.time()
     cfg, sset, classes, info = prepare_run(config)
@@ -738,15 +657,13 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         pipe = load_pipeline(cfg.base, dtype=weight_dtype, device="cpu", vae=cfg.vae or None)
     else:
         pipe = pipeline
-    sdxl = is_sdxl(pipe)
+    family = family_of(pipe)
     if info is None:  # hub model: check the resolution now that the configs are loaded
-        vae_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        info = ModelInfo(cfg.base, sdxl, vae_factor, 2 ** (len(pipe.unet.config.block_out_channels) - 1),
-                         int(pipe.unet.config.sample_size) * vae_factor,
-                         pipe.scheduler.config.get("prediction_type", "epsilon"))
+        info = family.info_of(pipe, cfg.base)
         if cfg.resolution == 0:
             cfg = cfg.updated({"resolution": info.default_resolution})
-        check_resolution(cfg.resolution, info, cfg.base)
+        info.check_resolution(cfg.resolution)
+    check_lora_targets(pipe.unet, cfg.target_modules, where=cfg.base)
     S = cfg.resolution
     margin = cfg.segmix_margin if cfg.segmix_margin >= 0 else float(default_margin(S))
     relative = parse_relative_sizes(cfg.relative_sizes) if cfg.relative_sizes else None
@@ -807,7 +724,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
 
     # ------------------------------------------------------------ caches
     run = RunState()
-    text = TextCache(pipe, sdxl, device, weight_dtype)
+    text = TextCache(pipe, family, device, weight_dtype)
     captions = subject_captions(sset, cfg.k, cfg.mix)
     class_photos, class_names = classes if classes else (None, None)
     if class_photos is not None:
@@ -831,7 +748,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             for enc in text.encoders():
                 enc.to("cpu")
 
-    latents = LatentEncoder(vae, device)
+    latents = LatentEncoder(vae, family, device)
     plain_examples = {}  # (key, index) -> plain Example (resize + crop done once)
     for s in sset:
         for i, ph in enumerate(sset.photos(s.key)):
@@ -873,7 +790,6 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     world, rank = accelerator.num_processes, accelerator.process_index
     B, accum = cfg.train_batch_size, cfg.gradient_accumulation_steps
     use_prior = class_photos is not None and cfg.prior_weight > 0
-    add_time_ids = torch.tensor([[S, S, 0, 0, S, S]], dtype=weight_dtype, device=device) if sdxl else None
     end_step = cfg.max_train_steps if not cfg.stop_after else min(cfg.max_train_steps, cfg.stop_after)
 
     def instance_example(key: str, idx: int, rng: np.random.Generator):
@@ -926,22 +842,14 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         eps = torch.cat(noise).to(device)
         t = torch.cat(ts).to(device)
         noisy = noise_scheduler.add_noise(x0, eps, t)
-        if prediction_type == "epsilon":
-            target = eps
-        elif prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(x0, eps, t)
-        else:
-            raise MudiError(f"unsupported prediction type {prediction_type!r} in the base model's scheduler.")
+        target = family.training_target(noise_scheduler, x0, eps, t)
         calls_before = text.calls
-        pe, pooled = text.get(caps)
+        embeds = text.get(caps)
         run.text_encoder_calls_training += text.calls - calls_before
-        kwargs = {}
-        if sdxl:
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": add_time_ids.repeat(len(caps), 1)}
         ctx = accelerator.no_sync(unet) if (not sync and world > 1) else _nullcontext()
         with ctx:
             with accelerator.autocast():
-                pred = unet(noisy.to(weight_dtype), t, encoder_hidden_states=pe, **kwargs).sample
+                pred = family.denoise(unet, noisy.to(weight_dtype), t, embeds, S)
             err = (pred.float() - target.float()) ** 2
             roles = [r for r, _ in lat]
             inst = torch.tensor([r == "instance" for r in roles], device=device)
@@ -970,17 +878,13 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         try:
             with torch.no_grad():
                 for pi, prompt in enumerate(val_prompts):
-                    pe, pooled = text.get([prompt])
-                    npe, npooled = text.uncond
                     n = cfg.validation_images
                     gens = [torch.Generator("cpu").manual_seed(cfg.seed + 1000 * pi + j) for j in range(n)]
-                    kw = dict(prompt_embeds=pe.repeat(n, 1, 1), negative_prompt_embeds=npe.repeat(n, 1, 1))
-                    if sdxl:
-                        kw.update(pooled_prompt_embeds=pooled.repeat(n, 1), negative_pooled_prompt_embeds=npooled.repeat(n, 1))
+                    kw = family.pipeline_embeds(text.get([prompt]).repeat(n), text.uncond.repeat(n))
                     with accelerator.autocast():  # the UNet only: see _decode_latents for the VAE
                         res = pipe(**kw, num_inference_steps=cfg.validation_inference_steps, output_type="latent",
                                    guidance_scale=cfg.validation_guidance_scale, height=S, width=S, generator=gens)
-                    images.extend(_decode_latents(pipe, res.images))
+                    images.extend(_decode_latents(pipe, family, res.images))
                     labels.extend([prompt] * n)
         finally:
             base_unet.train()
@@ -1064,7 +968,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
         if finished:
             unwrapped = accelerator.unwrap_model(unet)
             save_diffusers_lora(type(pipe), unwrapped, out)
-            save_kohya_lora(unwrapped, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, sdxl=sdxl)
+            save_kohya_lora(unwrapped, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family)
             if cfg.validate_every >= 0:
                 validate(cfg.max_train_steps)
         write_loss_plot(log_path, out / "loss.png")
@@ -1074,7 +978,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
             "step": max(run.step, start_step),
             "max_train_steps": cfg.max_train_steps,
             "resumed_from": start_step,
-            "model": "sdxl" if sdxl else "sd",
+            "model": family.name,
             "resolution": S,
             "mixed_precision": mp,
             "device": str(device),
@@ -1111,23 +1015,15 @@ def _reset_accelerate_precision(mp: str) -> None:
 
 
 @torch.no_grad()
-def _decode_latents(pipe, latents: torch.Tensor) -> list:
+def _decode_latents(pipe, family, latents: torch.Tensor) -> list:
     """Validation latents -> PIL images, decoded outside autocast in the VAE's own dtype.
 
     Under fp16 autocast the SDXL base VAE (kept in fp32 because its config says
     ``force_upcast``) would run its convolutions in fp16, overflow and give black images.
     """
     vae = pipe.vae
-    cfg = vae.config
     param = next(vae.parameters())
-    z = latents.to(param.device, param.dtype)
-    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-    if mean is not None and std is not None:
-        m = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-        z = z * s / cfg.scaling_factor + m
-    else:
-        z = z / cfg.scaling_factor
+    z = family.from_latents(vae, latents.to(param.device, param.dtype))
     images = []
     for i in range(z.shape[0]):  # one at a time: a 1024 px fp32 decode of a batch is several GB
         image = vae.decode(z[i : i + 1], return_dict=False)[0]
@@ -1154,9 +1050,7 @@ class _nullcontext:
 __all__ = [
     "ExampleSchedule",
     "TrainConfig",
-    "ModelInfo",
     "TextCache",
-    "check_resolution",
     "default_validation_prompts",
     "inspect_model",
     "list_checkpoints",

@@ -1,0 +1,72 @@
+"""Model families: the registry and how a folder or a loaded pipeline finds its family.
+
+Adding a family = one module with a :class:`~mudi.models.families.base.UNetFamily` subclass,
+an entry in :data:`FAMILIES` (most specific first), and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mudi.errors import MudiError
+from mudi.models.families.base import ModelInfo, SamplingDefaults, TextEmbeds, UNetFamily, read_config
+from mudi.models.families.sd import SDFamily
+from mudi.models.families.sdxl import SDXLFamily
+
+#: Every supported family, tried in this order (SDXL before the looser SD match).
+FAMILIES: tuple[UNetFamily, ...] = (SDXLFamily(), SDFamily())
+
+
+def family_named(name: str) -> UNetFamily:
+    """The family with this short name ("sd", "sdxl")."""
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise MudiError(f"unknown model family {name!r}; known: {', '.join(f.name for f in FAMILIES)}.")
+
+
+def family_for_index(index: dict, name: str = "") -> UNetFamily:
+    """The family of a pipeline described by ``model_index.json`` content, or MudiError."""
+    for family in FAMILIES:
+        if family.matches(index):
+            return family
+    class_name = str(index.get("_class_name", "")) or "unknown"
+    raise MudiError(
+        f"'{name}' is a {class_name} pipeline; mudi supports Stable Diffusion 1.x/2.x and SDXL "
+        f"pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
+    )
+
+
+def family_for_folder(path_or_index: str | os.PathLike | dict) -> UNetFamily:
+    """The family of a local pipeline folder (read from its ``model_index.json``) or of an index dict."""
+    if isinstance(path_or_index, dict):
+        return family_for_index(path_or_index)
+    folder = Path(path_or_index)
+    return family_for_index(read_config(folder / "model_index.json", "the pipeline"), str(folder))
+
+
+def family_of(pipe: Any) -> UNetFamily:
+    """The family of a loaded pipeline (by class, then by components)."""
+    for family in FAMILIES:
+        if isinstance(pipe, family.pipeline_class()):
+            return family
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return family_named("sdxl")
+    return family_named("sd")
+
+
+__all__ = [
+    "FAMILIES",
+    "ModelInfo",
+    "SDFamily",
+    "SDXLFamily",
+    "SamplingDefaults",
+    "TextEmbeds",
+    "UNetFamily",
+    "family_for_folder",
+    "family_for_index",
+    "family_named",
+    "family_of",
+]

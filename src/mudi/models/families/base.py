@@ -1,0 +1,289 @@
+"""The model-family seam: what differs between diffusion model families lives in one class each.
+
+A :class:`UNetFamily` describes a family of UNet latent-diffusion pipelines (Stable Diffusion
+1.x/2.x, SDXL). The trainer, the mean-shifted initialization and generation call its methods
+and never ask which family they hold:
+
+- recognizing a pipeline folder from its ``model_index.json`` and reading what training needs
+  before any weights are loaded (:meth:`UNetFamily.inspect` → :class:`ModelInfo`),
+- encoding prompts into one :class:`TextEmbeds` value (SDXL adds pooled embeddings),
+- the latent normalization in both directions (:meth:`UNetFamily.to_latents`,
+  :meth:`UNetFamily.from_latents`),
+- the training target (epsilon / v-prediction) and the denoiser call (SDXL adds its
+  ``added_cond_kwargs``),
+- the default LoRA targets, the pipeline class, default sampling settings, the kohya/ComfyUI
+  key scheme, and the sizes (VAE scale factor, size multiple, native resolution).
+
+A family subclass overrides only what is specific to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from mudi.errors import MudiError
+
+
+@dataclass(frozen=True)
+class TextEmbeds:
+    """Prompt embeddings of a batch: the per-token states and, for SDXL, the pooled embedding."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def row(self, i: int) -> "TextEmbeds":
+        """The embeddings of prompt ``i`` (batch dimension kept)."""
+        return TextEmbeds(self.tokens[i : i + 1], None if self.pooled is None else self.pooled[i : i + 1])
+
+    def repeat(self, n: int) -> "TextEmbeds":
+        """The batch repeated ``n`` times (one prompt → ``n`` images)."""
+        pooled = None if self.pooled is None else self.pooled.repeat(n, 1)
+        return TextEmbeds(self.tokens.repeat(n, 1, 1), pooled)
+
+    def zeros_like(self) -> "TextEmbeds":
+        """All-zero embeddings of the same shapes."""
+        pooled = None if self.pooled is None else torch.zeros_like(self.pooled)
+        return TextEmbeds(torch.zeros_like(self.tokens), pooled)
+
+    def to(self, device, dtype) -> "TextEmbeds":
+        """Moved and cast."""
+        pooled = None if self.pooled is None else self.pooled.to(device, dtype)
+        return TextEmbeds(self.tokens.to(device, dtype), pooled)
+
+    @staticmethod
+    def cat(items: list["TextEmbeds"]) -> "TextEmbeds":
+        """Concatenate along the batch dimension."""
+        tokens = torch.cat([x.tokens for x in items])
+        pooled = None if items[0].pooled is None else torch.cat([x.pooled for x in items])
+        return TextEmbeds(tokens, pooled)
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """A family's default sampling settings (steps, classifier-free guidance scale)."""
+
+    steps: int = 30
+    guidance_scale: float = 7.5
+
+
+@dataclass
+class ModelInfo:
+    """What the trainer needs to know about a base model before loading its weights."""
+
+    path: str  # the model as the user named it (folder or hub id)
+    family: "UNetFamily"
+    vae_scale_factor: int
+    unet_downsample: int
+    default_resolution: int
+    prediction_type: str = "epsilon"
+    folder: Path | None = None  # the local pipeline folder (None: not inspected before loading)
+
+    @property
+    def multiple(self) -> int:
+        """Pixel multiple a resolution must have: VAE factor × UNet down-sampling."""
+        return self.vae_scale_factor * self.unet_downsample
+
+    def check_resolution(self, resolution: int, option: str = "--resolution") -> None:
+        """Raise MudiError unless ``resolution`` fits the model."""
+        m = self.multiple
+        if resolution % m or resolution < max(64, 2 * m):
+            raise MudiError(
+                f"{option} {resolution} does not fit {self.path}: it must be a multiple of {m} (VAE factor "
+                f"{self.vae_scale_factor} × UNet downsampling {self.unet_downsample}) and at least "
+                f"{max(64, 2 * m)}; the model's native resolution is {self.default_resolution}."
+            )
+
+
+def read_config(path: Path, what: str) -> dict:
+    """A JSON config file of a model folder, or MudiError naming the file and what to do."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MudiError(f"{path.parent}: {what} is missing {path.name}; the base model folder is incomplete.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MudiError(f"{path}: unreadable ({exc}); the base model folder is damaged.") from None
+
+
+def _vae_channel_stats(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    if mean is None or std is None:
+        return None
+    m = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+    return m, s
+
+
+class UNetFamily:
+    """Base of the UNet latent-diffusion families: the behaviour they share.
+
+    Subclasses set the class attributes and override the methods that differ
+    (:class:`~mudi.models.families.sdxl.SDXLFamily` adds pooled text embeddings and time ids).
+    """
+
+    #: short name, stored in summaries ("sd", "sdxl")
+    name: ClassVar[str] = ""
+    #: the diffusers pipeline class name
+    pipeline_class_name: ClassVar[str] = ""
+    #: pipeline components holding text encoders / tokenizers
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    #: METHOD.md §3 LoRA targets (the UNet attention projections)
+    default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
+    sampling: ClassVar[SamplingDefaults] = SamplingDefaults()
+
+    # ------------------------------------------------------------------ recognizing
+    @classmethod
+    def matches(cls, index: dict) -> bool:
+        """True when a ``model_index.json`` describes a pipeline of this family."""
+        raise NotImplementedError
+
+    def pipeline_class(self):
+        """The diffusers pipeline class of this family."""
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class_name)
+
+    def inspect(self, folder: Path, index: dict, base: str) -> ModelInfo:
+        """Read a local pipeline folder's configs (no weights) into a :class:`ModelInfo`."""
+        if "unet" not in index or "vae" not in index:
+            cls = str(index.get("_class_name", ""))
+            raise MudiError(
+                f"{base}: a {cls or 'diffusers'} pipeline without a UNet/VAE; mudi trains Stable Diffusion "
+                "1.x/2.x and SDXL pipelines."
+            )
+        unet = read_config(folder / "unet" / "config.json", "the UNet")
+        vae = read_config(folder / "vae" / "config.json", "the VAE")
+        for sub in ("unet", "vae"):
+            if not any((folder / sub).glob("*.safetensors")):
+                raise MudiError(f"{folder / sub}: no .safetensors weights; mudi loads safetensors checkpoints only.")
+        sched = folder / "scheduler" / "scheduler_config.json"
+        pred = read_config(sched, "the scheduler").get("prediction_type", "epsilon") if sched.exists() else "epsilon"
+        try:
+            return self._info(base, unet, vae, pred, folder)
+        except (KeyError, TypeError) as exc:
+            raise MudiError(f"{folder}: UNet/VAE config lacks {exc}; the base model folder is damaged.") from None
+
+    def meta_denoiser(self, folder: Path) -> torch.nn.Module:
+        """The folder's UNet built from its config on the meta device (no weights, no memory):
+        enough to check module names before anything is loaded or written."""
+        from diffusers import UNet2DConditionModel
+
+        config = UNet2DConditionModel.load_config(str(folder / "unet"))
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return UNet2DConditionModel.from_config(config)
+
+    def info_of(self, pipe, base: str) -> ModelInfo:
+        """The :class:`ModelInfo` of a loaded pipeline (for hub models, not inspected before loading)."""
+        pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+        return self._info(base, pipe.unet.config, pipe.vae.config, pred)
+
+    def _info(self, path: str, unet, vae, prediction_type: str, folder: Path | None = None) -> ModelInfo:
+        vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        down = 2 ** (len(unet["block_out_channels"]) - 1)
+        sample = int(unet.get("sample_size") or 64)
+        return ModelInfo(path, self, vae_factor, down, sample * vae_factor, prediction_type, folder)
+
+    # ------------------------------------------------------------------ sizes
+    def vae_scale_factor(self, pipe) -> int:
+        """Pixels per latent cell (8 for SD/SDXL)."""
+        f = getattr(pipe, "vae_scale_factor", None)
+        if f:
+            return int(f)
+        return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def size_multiple(self, pipe) -> int:
+        """Pixel multiple a resolution must have: VAE factor × 2^(UNet down-samplings)."""
+        n_down = max(0, len(getattr(pipe.unet.config, "down_block_types", ())) - 1)
+        return self.vae_scale_factor(pipe) * 2**n_down
+
+    def default_resolution(self, pipe) -> int:
+        """The model's native resolution (UNet sample size × VAE factor: 1024 SDXL, 512 SD 1.5)."""
+        return int(pipe.unet.config.sample_size) * self.vae_scale_factor(pipe)
+
+    # ------------------------------------------------------------------ text
+    def text_encoders(self, pipe) -> list[torch.nn.Module]:
+        """The pipeline's text encoders that are present."""
+        return [getattr(pipe, n) for n in self.text_encoder_names if getattr(pipe, n, None) is not None]
+
+    def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
+        """Prompt embeddings from the pipeline's own ``encode_prompt`` (no classifier-free guidance)."""
+        tokens, _ = pipe.encode_prompt(prompts, device, 1, False)
+        return TextEmbeds(tokens)
+
+    def encode_negative(self, pipe, negative: str, device) -> TextEmbeds:
+        """Embeddings of a negative prompt for classifier-free guidance."""
+        return self.encode_text(pipe, [negative], device)
+
+    def pipeline_embeds(self, cond: TextEmbeds, uncond: TextEmbeds) -> dict[str, torch.Tensor]:
+        """``pipe(...)`` keyword arguments that pass precomputed embeddings."""
+        return {"prompt_embeds": cond.tokens, "negative_prompt_embeds": uncond.tokens}
+
+    # ------------------------------------------------------------------ latents
+    def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor:
+        """VAE posterior sample → the normalized latents the denoiser works on.
+
+        ``(z − latents_mean) · scaling / latents_std`` when the VAE config has per-channel
+        statistics, else ``(z − shift_factor) · scaling`` (no shift when it has none).
+        """
+        scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        stats = _vae_channel_stats(vae, sample)
+        if stats is not None:
+            return (sample - stats[0]) * scaling / stats[1]
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            return (sample - float(shift)) * scaling
+        return sample * scaling
+
+    def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_latents`: normalized latents → what ``vae.decode`` expects."""
+        scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+        stats = _vae_channel_stats(vae, z)
+        if stats is not None:
+            return z * stats[1] / scaling + stats[0]
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            return z / scaling + float(shift)
+        return z / scaling
+
+    # ------------------------------------------------------------------ denoiser
+    def training_target(self, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict: the noise (epsilon) or the velocity (v-prediction)."""
+        kind = scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return scheduler.get_velocity(x0, noise, t)
+        raise MudiError(f"unsupported prediction type {kind!r} in the base model's scheduler.")
+
+    def denoise(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: TextEmbeds, resolution: int) -> torch.Tensor:
+        """The denoiser's prediction for a batch of noisy latents."""
+        return unet(noisy, t, encoder_hidden_states=embeds.tokens, **self.unet_kwargs(embeds, resolution)).sample
+
+    def unet_kwargs(self, embeds: TextEmbeds, resolution: int) -> dict[str, Any]:
+        """Extra UNet conditioning (none for SD 1.x/2.x)."""
+        return {}
+
+    # ------------------------------------------------------------------ LoRA files
+    def kohya_block_layers(self, unet) -> int | None:
+        """``layers_per_block`` when kohya names this family's blocks after the original UNet, else None."""
+        return None
+
+    def kohya_base_version(self, unet) -> str:
+        """The ``ss_base_model_version`` A1111 reads to tell base models apart."""
+        return "sd_v2" if self.is_v2(unet) else "sd_v1"
+
+    def is_v2(self, unet) -> bool:
+        """SD 2.x (OpenCLIP-H text encoder: cross-attention dim 1024)."""
+        return int(getattr(unet.config, "cross_attention_dim", 768) or 768) == 1024
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+__all__ = ["ModelInfo", "SamplingDefaults", "TextEmbeds", "UNetFamily", "read_config"]
