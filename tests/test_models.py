@@ -14,6 +14,7 @@ from PIL import Image
 
 from mudi.models import loading as models
 from mudi.errors import ModelNotAvailableError, MudiError
+from mudi.models.families import family_of
 from mudi.models.tiny import CLIP_VOCAB_SIZE, TINY_IMAGE_SIZE, build_tiny_models, clip_tokenizer, parse_parts
 
 
@@ -154,7 +155,7 @@ def test_kind_mismatch_is_explained(tiny_models):
 @pytest.mark.parametrize("part", ["sdxl", "sd"])
 def test_tiny_pipeline_generates(tiny_models, part):
     pipe = models.load_pipeline(str(tiny_models / part))
-    assert models.is_sdxl(pipe) == (part == "sdxl")
+    assert family_of(pipe).name == part
     assert pipe.vae_scale_factor == 8
     assert len(pipe.tokenizer) == CLIP_VOCAB_SIZE and pipe.tokenizer.model_max_length == 77
     names = {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n, _ in pipe.unet.named_modules() if "attn" in n}
