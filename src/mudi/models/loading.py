@@ -22,7 +22,6 @@ Notes for callers (transformers 5 / diffusers 0.42):
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -56,18 +55,6 @@ MIN_TOKENIZER_VOCAB = 1000
 _UNSET_MAX_LENGTH = 10**9
 
 _HUB_TIMEOUT_S = 10.0
-
-
-# ---------------------------------------------------------------------------------------------
-# quiet the "<X>ImageProcessor requires torchvision; falling back to <X>ImageProcessorPil" noise
-
-
-class _TorchvisionFallbackFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision (not installed); falling back" not in record.getMessage()
-
-
-logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
 
 # ---------------------------------------------------------------------------------------------
