@@ -3,7 +3,7 @@
     python benchmarks/bench_generate.py [--model reduced|tiny|PATH] [--resolution 128] [--steps 20]
                                         [--repeats 6] [--subjects DIR] [--device cpu]
 
-Both runs go through :func:`mudi.generate.pipeline.generate_image` (the code path of ``mudi generate``)
+Both runs go through :func:`mudi.generate.sampling.generate_image` (the code path of ``mudi generate``)
 with the same prompt, seeds and sampler; the initialized run additionally renders the init
 canvas from the real reference photos, VAE-encodes it and noises it (one VAE encoder pass
 per image). Prints the median seconds per image for each mode and their ratio (target <= 1.05),
@@ -34,7 +34,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mudi.generate.pipeline import GenerateConfig, ImageJob, generate_image, set_scheduler  # noqa: E402
+from mudi.generate import GenerateConfig  # noqa: E402
+from mudi.generate.jobs import ImageJob  # noqa: E402
+from mudi.generate.sampling import generate_image, set_scheduler  # noqa: E402
 from mudi.generate.layout import auto_layout  # noqa: E402
 from mudi.subjects import SubjectSet, mask_bbox  # noqa: E402
 

@@ -45,7 +45,7 @@ def main() -> None:
 
     from mudi import toy
     from mudi.toy.demo import METHODS, DemoConfig, evaluate_method, generation_config
-    from mudi.generate.pipeline import generate
+    from mudi.generate import generate
     from mudi.models.loading import load_pipeline
     from mudi.subjects import SubjectSet
 

@@ -15,7 +15,8 @@ from PIL import Image
 
 from mudi.cli import main
 from mudi.errors import MudiError
-from mudi.generate.pipeline import GenerateConfig, generate, resolve_prompt
+from mudi.generate import GenerateConfig, generate
+from mudi.generate.prompts import resolve_prompt
 from mudi.generate.layout import LayoutWarning
 from mudi.subjects import SubjectSet
 
@@ -326,7 +327,7 @@ def test_bad_inputs_needing_the_model(capsys, tiny_models, loras, subject_dir, t
 def test_lora_with_modules_the_base_lacks_is_refused(sd_pipe, loras, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from mudi.generate.pipeline import load_lora
+    from mudi.generate.lora_loading import load_lora
 
     state = load_file(str(loras["sd"] / "pytorch_lora_weights.safetensors"))
     renamed = {k.replace("down_blocks.1", "down_blocks.7"): v for k, v in state.items()}
@@ -369,7 +370,7 @@ def test_given_pipeline_keeps_its_scheduler(sd_pipe, subject_dir, tmp_path):
 def test_lora_beyond_attention_round_trips(tiny_models, tmp_path):
     """A LoRA on attention *and* other layers (proj_in/out, feed-forward), saved the way
     `mudi train` saves it, loads with every module and reproduces the trained UNet's output."""
-    from mudi.generate.pipeline import load_lora
+    from mudi.generate.lora_loading import load_lora
     from mudi.models.lora import add_unet_lora, save_diffusers_lora
     from mudi.models.loading import load_pipeline
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from mudi.errors import MudiError
-from mudi.generate.pipeline import set_scheduler
+from mudi.generate.sampling import set_scheduler
 from mudi.generate.init import mean_shifted_latents, render_canvas, schedule_start
-from mudi.generate.layout import Placement
+from mudi.generate.layout import LayoutBox
 from mudi.subjects import SegmentedPhoto
 
 RES = 64
@@ -30,7 +30,7 @@ def make_photo(seed: int, w: int = 40, h: int = 56) -> SegmentedPhoto:
 
 
 PHOTOS = {"a": make_photo(1), "b": make_photo(2, 60, 30)}
-LAYOUT = [Placement("a", (2, 8, 30, 56)), Placement("b", (30, 20, 62, 44))]
+LAYOUT = [LayoutBox("a", (2, 8, 30, 56)), LayoutBox("b", (30, 20, 62, 44))]
 
 
 @pytest.fixture(scope="module")

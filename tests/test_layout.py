@@ -13,18 +13,15 @@ import pytest
 
 from mudi.errors import MudiError
 from mudi.generate.layout import (
-    LayoutProviderError,
+    LayoutBox,
     LayoutWarning,
-    LLMLayoutProvider,
-    Placement,
     auto_layout,
     fit_box,
     fit_layout,
     layout_to_json,
-    llm_layout,
     load_layout_file,
-    parse_llm_boxes,
 )
+from mudi.generate.llm_layout import LayoutProviderError, LLMLayoutProvider, llm_layout, parse_llm_boxes
 
 S = 512
 DIMS = [("a", (100, 200)), ("b", (300, 150)), ("c", (50, 50))]
@@ -112,8 +109,8 @@ def test_layout_file_formats(tmp_path):
     assert got == [("a", (5, 10, 100, 200)), ("b", (125, 25, 250, 225))]
     # fitted to the photos' aspect ratios
     fitted = fit_layout(got, {"a": (50, 100), "b": (125, 200)})
-    assert fitted == [Placement("a", fit_box((5, 10, 100, 200), (50, 100))),
-                      Placement("b", fit_box((125, 25, 250, 225), (125, 200)))]
+    assert fitted == [LayoutBox("a", fit_box((5, 10, 100, 200), (50, 100))),
+                      LayoutBox("b", fit_box((125, 25, 250, 225), (125, 200)))]
     assert layout_to_json(fitted)[0] == {"key": "a", "box": list(fitted[0].box)}
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from mudi.generate.pipeline import NEGATIVE_PROMPT, SCHEDULERS, GenerateConfig, GenerateWarning, generate, read_prompts_file
+from mudi.generate import NEGATIVE_PROMPT, SCHEDULERS, GenerateConfig, GenerateWarning, generate, read_prompts_file
 from mudi.generate.init import DEFAULT_GAMMA
 from mudi.generate.layout import DEFAULT_FILL, DEFAULT_JITTER, LayoutWarning
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.generate.layout import Placement, fit_box
+from mudi.generate.layout import LayoutBox, fit_box
 from mudi.subjects import SegmentedPhoto, mask_bbox
 
 #: METHOD.md §4 default γ.
@@ -68,7 +68,7 @@ class InitLatents:
     z: torch.Tensor
     timestep: Any
     init_noise_sigma: float
-    layout: list[Placement]
+    layout: list[LayoutBox]
 
 
 # ------------------------------------------------------------------------------ canvas
@@ -83,12 +83,12 @@ def _one_photo(value: SegmentedPhoto | Sequence[SegmentedPhoto], key: str) -> Se
 
 def render_canvas(
     photos: Mapping[str, SegmentedPhoto | Sequence[SegmentedPhoto]],
-    layout: Sequence[Placement | tuple[str, Sequence[int]]],
+    layout: Sequence[LayoutBox | tuple[str, Sequence[int]]],
     width: int,
     height: int | None = None,
     *,
     background: tuple[int, int, int] = (255, 255, 255),
-) -> tuple[Image.Image, np.ndarray, list[Placement]]:
+) -> tuple[Image.Image, np.ndarray, list[LayoutBox]]:
     """Paste each subject's segmented photo into its layout box on a white canvas.
 
     The photo and mask are cropped to the mask's bounding box, fitted into the box keeping
@@ -101,7 +101,7 @@ def render_canvas(
     height = width if height is None else height
     canvas = Image.new("RGB", (width, height), tuple(int(v) for v in background))
     union = Image.new("L", (width, height), 0)
-    drawn: list[Placement] = []
+    drawn: list[LayoutBox] = []
     for item in layout:
         key, box = item[0], item[1]
         if key not in photos:
@@ -119,7 +119,7 @@ def render_canvas(
         m = m.point(lambda v: 255 if v >= 128 else 0)  # binary: mask pixels only, no blending
         canvas.paste(img, (bx0, by0), m)  # PIL clips to the canvas
         union.paste(255, (bx0, by0, bx1, by1), m)
-        drawn.append(Placement(key, (int(bx0), int(by0), int(bx1), int(by1))))
+        drawn.append(LayoutBox(key, (int(bx0), int(by0), int(bx1), int(by1))))
     return canvas, np.asarray(union) >= 128, drawn
 
 
@@ -212,7 +212,7 @@ def vae_scale_factor(pipe) -> int:
 def mean_shifted_latents(
     pipe,
     subjects_photos: Mapping[str, SegmentedPhoto | Sequence[SegmentedPhoto]],
-    layout: Sequence[Placement | tuple[str, Sequence[int]]],
+    layout: Sequence[LayoutBox | tuple[str, Sequence[int]]],
     *,
     gamma: float = DEFAULT_GAMMA,
     generator: torch.Generator | None = None,
