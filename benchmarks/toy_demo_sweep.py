@@ -44,7 +44,7 @@ def main() -> None:
     import torch
 
     from mudi import toy
-    from mudi.toy.demo import METHODS, DemoConfig, evaluate_method, generation_config
+    from mudi.toy.demo import METHODS, DemoConfig, evaluate_method, generation_config, generation_options
     from mudi.generate import generate
     from mudi.models.loading import load_pipeline
     from mudi.subjects import SubjectSet
@@ -67,7 +67,7 @@ def main() -> None:
             if m.init == "none" and (gamma, fill) != (args.gamma[0], args.fill[0]):
                 continue  # γ and fill only matter with initialization
             out = out_root / f"g{g}_gamma{gamma}_fill{fill}" / m.name
-            generate(generation_config(cfg, m, demo, out, base), pipe=pipe)
+            generate(generation_config(cfg, m, demo, out, base), generation_options(), pipe=pipe)
             s = evaluate_method(cfg, out, sset, m.name).summary
             print(f"{g:>8} {gamma:>6} {fill:>5} {m.name:<16} {s['dnc_mean']:>9.3f} {s['success_rate']:>8.0%} "
                   f"{s['n_missing']:>8} {s['n_duplicate']:>4}", flush=True)

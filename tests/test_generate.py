@@ -17,6 +17,7 @@ from mudi.cli import main
 from mudi.errors import MudiError
 from mudi.generate import GenerateConfig, generate
 from mudi.generate.prompts import resolve_prompt
+from mudi.settings import RunOptions
 from mudi.generate.layout import LayoutWarning
 from mudi.subjects import SubjectSet
 
@@ -167,7 +168,7 @@ def test_cli_sd_no_lora_layout_file_dpm(tiny_models, subject_dir, tmp_path):
 # ----------------------------------------------------------------------------- API tests
 
 def cfg(out, subject_dir, **kw) -> GenerateConfig:
-    base = dict(prompts=[PROMPT], out=str(out), subjects=str(subject_dir), n=1, steps=2, seed=3, progress=False,
+    base = dict(prompts=[PROMPT], out=str(out), subjects=str(subject_dir), n=1, steps=2, seed=3,
                 guidance=3.0)
     base.update(kw)
     return GenerateConfig(**base)
@@ -206,13 +207,13 @@ def test_resume_and_overwrite(sd_pipe, subject_dir, tmp_path):
     first = (out / "0000.png").stat().st_mtime_ns
     with pytest.raises(MudiError, match="already has content"):
         generate(cfg(out, subject_dir, n=3), pipe=sd_pipe)
-    paths = generate(cfg(out, subject_dir, n=3, resume=True), pipe=sd_pipe)
+    paths = generate(cfg(out, subject_dir, n=3), RunOptions(resume=True, progress=False), pipe=sd_pipe)
     assert [p.name for p in paths] == ["0000.png", "0001.png", "0002.png"]
     assert (out / "0000.png").stat().st_mtime_ns == first  # kept, not regenerated
     assert sidecar(out, 2)["seed"] == 5
     with pytest.raises(MudiError, match="other settings.*gamma"):
-        generate(cfg(out, subject_dir, n=3, resume=True, gamma=1.0), pipe=sd_pipe)
-    generate(cfg(out, subject_dir, n=1, overwrite=True, gamma=1.0), pipe=sd_pipe)
+        generate(cfg(out, subject_dir, n=3, gamma=1.0), RunOptions(resume=True, progress=False), pipe=sd_pipe)
+    generate(cfg(out, subject_dir, n=1, gamma=1.0), RunOptions(overwrite=True, progress=False), pipe=sd_pipe)
     assert sidecar(out, 0)["gamma"] == 1.0
 
 

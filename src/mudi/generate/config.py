@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from mudi.errors import MudiError
 from mudi.generate.init import DEFAULT_GAMMA
 from mudi.generate.layout import DEFAULT_FILL, DEFAULT_JITTER
+from mudi.generate.llm_layout import DEFAULT_LLM_TIMEOUT
+from mudi.runtime import DTYPES
+from mudi.settings import Settings, setting
 
 #: METHOD.md §4 default negative prompt.
 NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
 INIT_MODES = ("mudi", "none")
-DTYPE_NAMES = ("fp32", "float32", "fp16", "float16", "bf16", "bfloat16")
 
 #: --scheduler names → (diffusers class name, extra config).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -33,46 +34,49 @@ class GenerateWarning(UserWarning):
 
 
 @dataclass
-class GenerateConfig:
-    """Everything that defines a ``mudi generate`` run.
+class GenerateConfig(Settings):
+    """Everything that defines a ``mudi generate`` run (the ``[generate]`` table of a run file).
 
     ``base`` may be empty when ``lora`` is a ``mudi train`` output with a ``config.toml``
-    (its base model is used; likewise ``subjects`` and ``vae``). ``resolution = 0`` means the
-    model's default (``unet.config.sample_size × vae_scale_factor``: 1024 SDXL, 512 SD 1.5).
+    (its base model is used; likewise ``subjects``, ``vae`` and ``resolution``). How to run it
+    (resume, overwrite, device, progress) is a :class:`~mudi.settings.RunOptions`, not part of it.
     """
 
-    prompts: list[str] = field(default_factory=list)
-    out: str = ""
-    base: str = ""
-    lora: str = ""
-    subjects: str = ""
-    n: int = 4
-    batch_size: int = 1  # images per pipeline call
-    init: str = "mudi"
-    gamma: float = DEFAULT_GAMMA
-    layout: str = "auto"  # "auto", "llm" or a JSON file of boxes
-    sizes: dict[str, float] = field(default_factory=dict)  # relative sizes (auto layout)
-    fill: float = DEFAULT_FILL
-    jitter: float = DEFAULT_JITTER
-    photo: int = -1  # reference photo index per subject; -1 = random (per-image seed)
-    steps: int = 30
-    resolution: int = 0
-    seed: int = 0
-    guidance: float = 7.5
-    negative_prompt: str = NEGATIVE_PROMPT
-    scheduler: str = "default"
-    lora_scale: float = 1.0
-    vae: str = ""
-    save_init: bool = False
-    overwrite: bool = False
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    llm_url: str = ""
-    llm_model: str = ""
-    llm_api_key: str = ""
-    llm_timeout: float = 60.0
-    progress: bool = True
+    SECTION: ClassVar[str] = "generate"
+
+    prompts: list[str] = setting([], "prompt naming subjects by identifier (\"olis corgi\") or placeholder "
+                                 "({a}, {olis}); repeatable", flag="--prompt", metavar="TEXT")
+    out: str = setting("", "output folder", metavar="DIR")
+    base: str = setting("", "base model (diffusers SD/SDXL folder or hub id); default: the base in "
+                        "--lora's config.toml", metavar="MODEL")
+    lora: str = setting("", "LoRA folder from `mudi train` (holds pytorch_lora_weights.safetensors) or a "
+                        ".safetensors file; omit to sample the base model", metavar="DIR|FILE")
+    subjects: str = setting("", "subject-set folder (default: the one in --lora's config.toml)", metavar="DIR")
+    n: int = setting(4, "images per prompt")
+    batch_size: int = setting(1, "images per pipeline call (raise it on a GPU)")
+    init: str = setting("mudi", "mean-shifted init (mudi) or plain noise (none)", choices=INIT_MODES)
+    gamma: float = setting(DEFAULT_GAMMA, "γ, strength of the init shift")
+    layout: str = setting("auto", "auto, llm, or a JSON file of boxes", metavar="auto|llm|FILE")
+    sizes: str = setting("", "relative subject sizes for the auto layout, e.g. olis=1,hta=0.6", metavar="SPEC")
+    fill: float = setting(DEFAULT_FILL, "auto layout: share of a slot a subject fills")
+    jitter: float = setting(DEFAULT_JITTER, "auto layout: random shift of a box, share of its slot")
+    photo: int = setting(-1, "reference photo index per subject on the canvas (-1: random per image)")
+    steps: int = setting(30, "inference steps")
+    resolution: int = setting(0, "image side in pixels (0: the LoRA's training resolution, else the "
+                              "model's: 1024 SDXL, 512 SD 1.5)")
+    seed: int = setting(0, "seed of image 0; image i uses seed + i")
+    guidance: float = setting(7.5, "classifier-free guidance scale")
+    negative_prompt: str = setting(NEGATIVE_PROMPT, "negative prompt (\"\" for none)")
+    scheduler: str = setting("default", "sampler (default: the model's own)", choices=("default", *SCHEDULERS))
+    lora_scale: float = setting(1.0, "LoRA strength")
+    vae: str = setting("", "VAE override (e.g. madebyollin/sdxl-vae-fp16-fix)", metavar="MODEL")
+    save_init: bool = setting(False, "also save each init canvas (0000_init.png, init_sheet.png)")
+    dtype: str = setting("auto", "weights dtype (auto: fp16 on CUDA, fp32 otherwise)", choices=("auto", *DTYPES))
+    llm_url: str = setting("", "OpenAI-compatible endpoint for --layout llm", metavar="URL")
+    llm_model: str = setting("", "model name for --layout llm", metavar="NAME")
+    llm_api_key: str = setting("", "API key for --layout llm (never written to the outputs; prefer "
+                               "MUDI_LLM_API_KEY)", metavar="KEY")
+    llm_timeout: float = setting(DEFAULT_LLM_TIMEOUT, "seconds to wait for the LLM")
 
     def check(self) -> None:
         """Validate options that need no model or file; raise MudiError on the first problem."""
@@ -100,12 +104,10 @@ class GenerateConfig:
             raise MudiError(f"--lora-scale must be a number, got {self.lora_scale}.")
         if self.scheduler not in ("default", *SCHEDULERS):
             raise MudiError(f"--scheduler must be one of default, {', '.join(SCHEDULERS)}; got {self.scheduler!r}.")
-        if self.device != "auto" and not re.match(r"^(cpu|cuda(:\d+)?|mps)$", self.device):
-            raise MudiError(f"--device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}.")
-        if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
-            raise MudiError(f"--dtype must be auto, fp32, fp16 or bf16; got {self.dtype!r}.")
-        if self.resume and self.overwrite:
-            raise MudiError("--resume and --overwrite exclude each other: resume keeps finished images, overwrite redoes them.")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise MudiError(f"--dtype must be auto or one of {', '.join(DTYPES)}; got {self.dtype!r}.")
+        if not isinstance(self.sizes, str):
+            raise MudiError(f"--sizes must be text like \"olis=1,hta=0.6\", got {self.sizes!r}.")
         if self.sizes and self.layout != "auto":
             raise MudiError("--sizes (relative sizes) works with --layout auto only.")
         if not 0 < self.fill <= 1:
@@ -119,7 +121,8 @@ class GenerateConfig:
                 raise MudiError("an empty prompt was given.")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Every field except the LLM API key."""
+        d = super().to_dict()
         d.pop("llm_api_key", None)  # never write secrets next to the outputs
         return d
 

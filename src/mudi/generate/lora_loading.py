@@ -8,12 +8,11 @@ received them, so a LoRA trained on another base model is refused instead of sil
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
 from typing import Any
 
 from mudi.errors import MudiError
+from mudi.runtime import quiet_libraries
 from mudi.train.config import read_train_table
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -73,24 +72,10 @@ def _lora_modules(weights: Path) -> dict[str, set[str]]:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_diffusers():
-    """Silence diffusers/peft log output (we report LoRA problems ourselves, as one clear error)."""
-    loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
-
-
 def _drop_adapter(pipe) -> None:
     """Remove a (partly) loaded LoRA so a caller's pipeline is left as it was."""
     try:
-        with _quiet_diffusers():
+        with quiet_libraries():
             pipe.unload_lora_weights()
     except Exception:  # noqa: BLE001 - best effort; the caller reports the real error
         pass
@@ -113,7 +98,7 @@ def load_lora(pipe, lora: str | Path, *, scale: float = 1.0, base: str = "") -> 
     if cfg.get("base"):
         hint += f" (its config.toml says base = {cfg['base']!r})"
     try:
-        with _quiet_diffusers():
+        with quiet_libraries():
             pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER_NAME)
     except Exception as exc:  # noqa: BLE001 - diffusers/peft raise RuntimeError, ValueError, KeyError, ...
         _drop_adapter(pipe)

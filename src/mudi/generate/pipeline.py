@@ -40,6 +40,8 @@ from mudi.generate.prompts import parse_sizes, resolve_prompt
 from mudi.generate.sampling import StepProgress, default_resolution, generate_batch, set_scheduler, size_multiple
 from mudi.generate.sheets import write_contact_sheets
 from mudi.io import prepare_output_dir, save_image_atomic, write_json_atomic
+from mudi.runtime import pick_device, resolve_dtype
+from mudi.settings import RunOptions
 from mudi.subjects import SubjectSet
 
 
@@ -107,6 +109,14 @@ def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: in
     if resolution:
         check_layout_file(config, sset, resolution)
     return None
+
+
+def check_run_options(options: RunOptions, config: GenerateConfig) -> tuple[torch.device, torch.dtype]:
+    """Step 1 (end): the invocation options; returns the device and dtype to load the model with."""
+    if options.resume and options.overwrite:
+        raise MudiError("--resume and --overwrite exclude each other: resume keeps finished images, overwrite redoes them.")
+    device = pick_device(options.device)
+    return device, resolve_dtype(config.dtype, device)
 
 
 def open_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -177,58 +187,41 @@ def write_run_config(config: GenerateConfig, inputs: RunInputs, run: ResolvedRun
 
 
 def sample_jobs(pipe, jobs: Sequence[ImageJob], config: GenerateConfig, inputs: RunInputs,
-                sidecars: dict[int, dict[str, Any]], run: ResolvedRun) -> None:
+                sidecars: dict[int, dict[str, Any]], run: ResolvedRun, *, progress: bool = True) -> None:
     """Step 8: sample ``jobs`` in batches of ``config.batch_size``; write each image, its sidecar
     and (``save_init``) its init canvas as soon as its batch is done."""
     pipe.set_progress_bar_config(disable=True)
-    progress = StepProgress.for_pipeline(pipe, len(jobs), config.steps, enabled=config.progress)
+    bar = StepProgress.for_pipeline(pipe, len(jobs), config.steps, enabled=progress)
     bs = config.batch_size
     for batch in (jobs[i:i + bs] for i in range(0, len(jobs), bs)):
-        progress.start_batch(batch)
+        bar.start_batch(batch)
         results = generate_batch(pipe, batch, inputs.sset, config, height=run.height, width=run.width,
-                                 callback=progress)
+                                 callback=bar)
         for job, (image, init) in zip(batch, results):
             if init is not None and config.save_init:
                 save_image_atomic(init.canvas, inputs.out / f"{job.stem}_init.png")
             save_image_atomic(image, inputs.out / f"{job.stem}.png")
             write_json_atomic(inputs.out / f"{job.stem}.json", sidecars[job.index])
-    progress.close()
+    bar.close()
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MudiError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    from mudi.generate.config import DTYPE_NAMES
-
-    return {"auto": torch.float16 if device.type == "cuda" else torch.float32, **dict(zip(DTYPE_NAMES, (
-        torch.float32, torch.float32, torch.float16, torch.float16, torch.bfloat16, torch.bfloat16)))}[dtype]
-
-
-def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
+def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=None) -> list[Path]:
     """Run a whole ``mudi generate`` job; returns the image paths (in index order).
 
     Args:
         config: the run's settings (see :class:`GenerateConfig`); never modified.
+        options: how to run it: ``resume`` (keep the images of OUT made with the same settings),
+            ``overwrite`` (write into a non-empty OUT), ``device``, ``progress``.
         pipe: an already loaded base pipeline to use instead of loading ``config.base``
             (its scheduler is replaced if ``config.scheduler`` asks; a LoRA is loaded into it
             and unloaded again at the end).
     """
+    options = options or RunOptions()
     # 1. Check inputs (nothing loaded or written yet)
     inputs = check_inputs(config, have_pipe=pipe is not None)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    device, dtype = check_run_options(options, config)
     # 2. Output folder
-    open_output_folder(inputs.out, resume=config.resume, overwrite=config.overwrite)
+    open_output_folder(inputs.out, resume=options.resume, overwrite=options.overwrite)
     # 3. Base model (or the caller's pipeline)
     own_pipe = pipe is None
     if own_pipe:
@@ -245,10 +238,10 @@ def generate(config: GenerateConfig, *, pipe=None) -> list[Path]:
         jobs = plan_jobs(config, inputs.sset, run.width, run.height, sizes=inputs.sizes, llm=inputs.llm)
         sidecars = {j.index: sidecar(j, config, run, inputs.sset) for j in jobs}
         # 7. Run config; with --resume, skip finished images
-        todo = [j for j in jobs if not (config.resume and is_finished(inputs.out, j.stem, sidecars[j.index]))]
+        todo = [j for j in jobs if not (options.resume and is_finished(inputs.out, j.stem, sidecars[j.index]))]
         write_run_config(config, inputs, run)
         # 8. Sample
-        sample_jobs(pipe, todo, config, inputs, sidecars, run)
+        sample_jobs(pipe, todo, config, inputs, sidecars, run, progress=options.progress)
     # 9. Contact sheets
     write_contact_sheets(inputs.out, jobs, inputs.sset, with_init=config.save_init and config.init == "mudi")
     return [inputs.out / f"{j.stem}.png" for j in jobs]

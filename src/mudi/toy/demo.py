@@ -138,20 +138,23 @@ def demo_resolution() -> int:
     return int(toy.SAMPLING.get("height", 64))
 
 
-def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_dir: Path, base: Path, *,
-                      progress: bool = False):
+def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_dir: Path, base: Path):
     """The `mudi generate` settings of one method: the LoRA and subject set of the demo run in
     ``demo_dir``, images into ``gen_dir``. Shared by the demo and benchmarks/toy_demo_sweep.py."""
     from mudi import toy
-    from mudi.generate.pipeline import GenerateConfig
+    from mudi.generate import GenerateConfig
 
     return GenerateConfig(
         prompts=list(toy.DEMO_PROMPTS), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
         subjects=str(demo_dir / "subjects"), n=config.images_per_prompt, init=method.init, gamma=config.gamma,
         fill=config.fill, steps=config.steps, resolution=demo_resolution(), seed=config.seed,
-        guidance=config.guidance, overwrite=True, device="cpu", dtype="float32", progress=progress,
-        save_init=method.init == "mudi",
+        guidance=config.guidance, dtype="float32", save_init=method.init == "mudi",
     )
+
+
+def generation_options(*, progress: bool = False) -> RunOptions:
+    """How the demo runs `mudi generate`: on the CPU, into a fresh folder per method."""
+    return RunOptions(overwrite=True, device="cpu", progress=progress)
 
 
 def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
@@ -259,10 +262,10 @@ def _toy_pipeline(base: Path):
 
 
 def _generate(config: DemoConfig, options: RunOptions, method: Method, out: Path, base: Path, pipe) -> None:
-    from mudi.generate.pipeline import generate
+    from mudi.generate import generate
 
-    generate(generation_config(config, method, out, out / "gen" / method.name, base, progress=options.progress),
-             pipe=pipe)
+    generate(generation_config(config, method, out, out / "gen" / method.name, base),
+             generation_options(progress=options.progress), pipe=pipe)
 
 
 def _evaluate(config: DemoConfig, out: Path, sset, method: Method) -> None:
