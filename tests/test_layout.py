@@ -16,11 +16,11 @@ from mudi.generate.layout import (
     LayoutBox,
     LayoutWarning,
     auto_layout,
-    fit_box,
     fit_layout,
     layout_to_json,
     load_layout_file,
 )
+from mudi.geometry import fit_box
 from mudi.generate.llm_layout import LayoutProviderError, LLMLayoutProvider, llm_layout, parse_llm_boxes
 
 S = 512
@@ -83,11 +83,6 @@ def test_auto_layout_relative_sizes():
         auto_layout(subjects, S, S, sizes={"a": 1.0})
     with pytest.raises(MudiError, match="positive"):
         auto_layout(subjects, S, S, sizes={"a": 1.0, "b": -1})
-
-
-def test_fit_box_keeps_aspect_centred():
-    assert fit_box((0, 0, 100, 100), (50, 100)) == (25, 0, 75, 100)
-    assert fit_box((10, 20, 210, 120), (400, 100)) == (10, 45, 210, 95)
 
 
 # ------------------------------------------------------------------------------- files

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.generate.layout import LayoutBox, fit_box
-from mudi.subjects import SegmentedPhoto, mask_bbox
+from mudi.generate.layout import LayoutBox
+from mudi.geometry import fit_box
+from mudi.subjects import SegmentedPhoto
 
 #: METHOD.md §4 default γ.
 DEFAULT_GAMMA = 3.0
@@ -109,7 +110,7 @@ def render_canvas(
         photo = _one_photo(photos[key], key)
         if not photo.mask.any():
             raise MudiError(f"{photo.path}: the mask is empty; cannot place subject {key!r}.")
-        x0, y0, x1, y1 = mask_bbox(photo.mask)
+        x0, y0, x1, y1 = photo.bbox
         bx0, by0, bx1, by1 = fit_box(box, (x1 - x0, y1 - y0))
         if bx1 <= 0 or by1 <= 0 or bx0 >= width or by0 >= height:
             raise MudiError(f"subject {key!r}: box {list(box)} lies outside the {width}x{height} canvas.")

@@ -22,7 +22,7 @@ from mudi.generate.config import GenerateConfig
 from mudi.generate.layout import LayoutBox, LayoutWarning, auto_layout, fit_layout, layout_to_json, load_layout_file
 from mudi.generate.llm_layout import LayoutProviderError, LLMLayoutProvider
 from mudi.generate.prompts import resolve_prompt
-from mudi.subjects import SegmentedPhoto, Subject, SubjectSet, mask_bbox
+from mudi.subjects import SegmentedPhoto, Subject, SubjectSet
 
 #: Sidecar keys that must match for ``--resume`` to keep an existing image.
 RESUME_KEYS = (
@@ -142,7 +142,7 @@ class LayoutPlanner:
 
 def photo_dims(photo: SegmentedPhoto) -> tuple[int, int]:
     """Size (w, h) of the bounding box of a photo's mask."""
-    x0, y0, x1, y1 = mask_bbox(photo.mask)
+    x0, y0, x1, y1 = photo.bbox
     return x1 - x0, y1 - y0
 
 

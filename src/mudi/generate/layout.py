@@ -17,7 +17,7 @@ Three ways to get one:
   boxes proposed by a language model behind an OpenAI-compatible ``/v1/chat/completions``
   endpoint; any failure falls back to :func:`auto_layout` with a :class:`LayoutWarning`.
 
-Boxes given by a user or a language model are *regions*: :func:`fit_box` shrinks them to the
+Boxes given by a user or a language model are *regions*: :func:`~mudi.geometry.fit_box` shrinks them to the
 photo's aspect ratio (centred), so subjects are never distorted. The layouts returned by
 this module are already fitted when the subjects' sizes are known.
 """
@@ -31,6 +31,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from mudi.errors import MudiError
+from mudi.geometry import fit_box
 
 Box = tuple[int, int, int, int]
 
@@ -59,19 +60,6 @@ Layout = list[LayoutBox]
 def layout_to_json(layout: Sequence[LayoutBox]) -> list[dict[str, Any]]:
     """``[{"key": "a", "box": [x0, y0, x1, y1]}, ...]`` (the sidecar / layout-file format)."""
     return [{"key": p.key, "box": [int(v) for v in p.box]} for p in layout]
-
-
-def fit_box(box: Sequence[float], size: tuple[float, float]) -> Box:
-    """The largest box of aspect ``size`` = (w, h) inside ``box``, centred; integer pixels."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    bw, bh = max(1.0, x1 - x0), max(1.0, y1 - y0)
-    w, h = float(size[0]), float(size[1])
-    scale = min(bw / w, bh / h)
-    fw, fh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    fw, fh = min(fw, int(round(bw))), min(fh, int(round(bh)))
-    nx0 = int(round(x0 + (bw - fw) / 2))
-    ny0 = int(round(y0 + (bh - fh) / 2))
-    return nx0, ny0, nx0 + fw, ny0 + fh
 
 
 def _clamp_box(x0: float, y0: float, w: int, h: int, width: int, height: int) -> Box:
@@ -307,7 +295,6 @@ __all__ = [
     "LayoutWarning",
     "auto_layout",
     "check_box",
-    "fit_box",
     "fit_layout",
     "layout_to_json",
     "load_layout_file",

@@ -2,22 +2,22 @@
 
 :func:`generate` runs one ``mudi generate`` job in numbered steps, each a named function:
 
-1. :func:`check_inputs` — everything that can be wrong *before* sampling: options, the subject
-   set, the LoRA folder, the prompts' subjects (identifiers), layout files, the output folder
-   (never silently overwritten). Nothing is loaded or written yet; the config is never modified
-   (resolved values go into :class:`RunInputs`).
-2. :func:`open_output_folder`.
-3. :func:`load_base_pipeline` (or take the pipeline the caller gives).
-4. :func:`sampling_resolution` — the image side, checked against the model.
-5. :func:`configured_pipeline` — the scheduler and the LoRA (fit to the base model checked);
+1. :func:`check_inputs` — everything that can be wrong before the model is loaded: options,
+   the subject set, the LoRA folder, the prompts' subjects (identifiers), layout files, the
+   device, the output folder (never silently overwritten). Nothing is written yet, and the
+   config is never modified (resolved values go into :class:`RunInputs`).
+2. :func:`load_base_pipeline` (or take the pipeline the caller gives).
+3. :func:`sampling_resolution` — the image side, checked against the model.
+4. :func:`configured_pipeline` — the scheduler and the LoRA (its fit to the base model checked);
    undone at the end for a pipeline the caller gave.
-6. :func:`~mudi.generate.jobs.plan_jobs` — one job per image: prompt, per-image seed
+5. :func:`~mudi.generate.jobs.plan_jobs` — one job per image: prompt, per-image seed
    ``seed + index``, the reference photo per subject and the layout, all drawn from that seed.
-7. :func:`write_run_config` and, with ``--resume``, skip the images already made.
-8. :func:`sample_jobs` — per batch: initial latents (:func:`mudi.generate.init.mean_shifted_latents`
+6. :func:`write_run_config` (creates the output folder) and, with ``--resume``, skip the images
+   already made.
+7. :func:`sample_jobs` — per batch: initial latents (:func:`mudi.generate.init.mean_shifted_latents`
    or the pipeline's own noise), sample, write ``0000.png`` + ``0000.json`` (the sidecar) and
    optionally ``0000_init.png`` (the init canvas).
-9. :func:`~mudi.generate.sheets.write_contact_sheets` (``contact_sheet.png``, ``init_sheet.png``).
+8. :func:`~mudi.generate.sheets.write_contact_sheets` (``contact_sheet.png``, ``init_sheet.png``).
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from mudi.generate.init import vae_scale_factor
 from mudi.generate.jobs import ImageJob, ResolvedRun, check_layout_file, is_finished, plan_jobs, sidecar
 from mudi.generate.llm_layout import LLMLayoutProvider
 from mudi.generate.lora_loading import load_lora, lora_weights_file, read_train_config
-from mudi.generate.prompts import parse_sizes, resolve_prompt
+from mudi.generate.prompts import resolve_prompt
 from mudi.generate.sampling import StepProgress, default_resolution, generate_batch, set_scheduler, size_multiple
 from mudi.generate.sheets import write_contact_sheets
-from mudi.io import prepare_output_dir, save_image_atomic, write_json_atomic
+from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic
 from mudi.runtime import pick_device, resolve_dtype
 from mudi.settings import RunOptions
-from mudi.subjects import SubjectSet
+from mudi.subjects import SubjectSet, parse_subject_values
 
 
 @dataclass(frozen=True)
@@ -56,21 +56,24 @@ class RunInputs:
         sizes: relative sizes by subject key (auto layout).
         llm: the language-model provider for ``layout = "llm"``.
         train_cfg: the LoRA's ``config.toml`` ({} without one).
-        out: the output folder.
+        out: the output folder; device, dtype: to load the base model with.
     """
 
     base: str
     subjects_dir: str
     sset: SubjectSet
     out: Path
+    device: torch.device
+    dtype: torch.dtype
     sizes: dict[str, float] = field(default_factory=dict)
     llm: LLMLayoutProvider | None = None
     train_cfg: dict[str, Any] = field(default_factory=dict)
 
 
-def check_inputs(config: GenerateConfig, *, have_pipe: bool = False) -> RunInputs:
-    """Step 1: validate the config and the files it names; MudiError on the first problem."""
+def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool = False) -> RunInputs:
+    """Step 1: validate the config, the options and the files they name; MudiError on the first problem."""
     config.check()
+    device, dtype = check_run_options(options, config)
     train_cfg: dict[str, Any] = {}
     if config.lora:
         lora_weights_file(config.lora)
@@ -90,10 +93,10 @@ def check_inputs(config: GenerateConfig, *, have_pipe: bool = False) -> RunInput
     sset = SubjectSet.load(subjects_dir)
     for p in config.prompts:
         resolve_prompt(sset, p)
-    sizes = parse_sizes(config.sizes, sset) if config.sizes else {}
+    sizes = parse_subject_values(config.sizes, sset, option="--sizes", meaning="relative size")
     llm = check_layout_option(config, sset, int(config.resolution or train_cfg.get("resolution") or 0))
-    return RunInputs(base=base, subjects_dir=subjects_dir, sset=sset, out=Path(config.out), sizes=sizes, llm=llm,
-                     train_cfg=train_cfg)
+    return RunInputs(base=base, subjects_dir=subjects_dir, sset=sset, out=Path(config.out), device=device,
+                     dtype=dtype, sizes=sizes, llm=llm, train_cfg=train_cfg)
 
 
 def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: int) -> LLMLayoutProvider | None:
@@ -112,29 +115,21 @@ def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: in
 
 
 def check_run_options(options: RunOptions, config: GenerateConfig) -> tuple[torch.device, torch.dtype]:
-    """Step 1 (end): the invocation options; returns the device and dtype to load the model with."""
+    """The invocation options and the output folder (checked, not created yet); returns the
+    device and dtype to load the model with."""
     if options.resume and options.overwrite:
         raise MudiError("--resume and --overwrite exclude each other: resume keeps finished images, overwrite redoes them.")
+    claim_output_dir(config.out, overwrite=options.overwrite, resume=options.resume, what="generate output")
     device = pick_device(options.device)
     return device, resolve_dtype(config.dtype, device)
 
 
-def open_output_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Step 2: a new or empty folder (``overwrite``: any folder; ``resume``: keep what is there)."""
-    if resume:
-        if out.exists() and not out.is_dir():
-            raise MudiError(f"{out}: the output path is a file; choose a folder path.")
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_output_dir(out, overwrite=overwrite, what="generate output")
-
-
-def load_base_pipeline(config: GenerateConfig, inputs: RunInputs, device: torch.device, dtype: torch.dtype):
+def load_base_pipeline(config: GenerateConfig, inputs: RunInputs):
     """Step 3: the base pipeline (with the VAE of ``--vae`` or of the LoRA's ``config.toml``)."""
     from mudi.models.loading import load_pipeline
 
     vae = config.vae or str(inputs.train_cfg.get("vae") or "") or None
-    return load_pipeline(inputs.base, dtype=dtype, device=device, vae=vae)
+    return load_pipeline(inputs.base, dtype=inputs.dtype, device=inputs.device, vae=vae)
 
 
 def pipeline_name(pipe) -> str:
@@ -177,8 +172,11 @@ def configured_pipeline(pipe, config: GenerateConfig, base: str, *, restore: boo
             pipe.scheduler = old_scheduler
 
 
-def write_run_config(config: GenerateConfig, inputs: RunInputs, run: ResolvedRun) -> None:
-    """Step 7: ``generate_config.json`` — the config with the values the run resolved."""
+def write_run_config(config: GenerateConfig, inputs: RunInputs, run: ResolvedRun, options: RunOptions) -> None:
+    """Step 6: create the output folder and write ``generate_config.json`` — the config with the
+    values the run resolved."""
+    claim_output_dir(inputs.out, overwrite=options.overwrite, resume=options.resume, what="generate output",
+                     create=True)
     write_json_atomic(inputs.out / "generate_config.json", {
         **config.to_dict(), "base": run.base, "subjects": run.subject_set, "resolution": run.height,
         "sizes": inputs.sizes,
@@ -218,30 +216,27 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     """
     options = options or RunOptions()
     # 1. Check inputs (nothing loaded or written yet)
-    inputs = check_inputs(config, have_pipe=pipe is not None)
-    device, dtype = check_run_options(options, config)
-    # 2. Output folder
-    open_output_folder(inputs.out, resume=options.resume, overwrite=options.overwrite)
-    # 3. Base model (or the caller's pipeline)
+    inputs = check_inputs(config, options, have_pipe=pipe is not None)
+    # 2. Base model (or the caller's pipeline)
     own_pipe = pipe is None
     if own_pipe:
-        pipe = load_base_pipeline(config, inputs, device, dtype)
+        pipe = load_base_pipeline(config, inputs)
     base = inputs.base if own_pipe else (inputs.base or pipeline_name(pipe))
-    # 4. Resolution
+    # 3. Resolution
     res = sampling_resolution(pipe, config, inputs)
-    # 5. Scheduler and LoRA
+    # 4. Scheduler and LoRA
     with configured_pipeline(pipe, config, base, restore=not own_pipe) as scheduler_name:
         run = ResolvedRun(base=base, subject_set=str(Path(inputs.subjects_dir)), lora=str(config.lora or ""),
                           scheduler=scheduler_name, height=res, width=res,
-                          dtype=dtype if own_pipe else pipe.unet.dtype)
-        # 6. Plan one job per image
+                          dtype=inputs.dtype if own_pipe else pipe.unet.dtype)
+        # 5. Plan one job per image
         jobs = plan_jobs(config, inputs.sset, run.width, run.height, sizes=inputs.sizes, llm=inputs.llm)
         sidecars = {j.index: sidecar(j, config, run, inputs.sset) for j in jobs}
-        # 7. Run config; with --resume, skip finished images
+        # 6. Run config; with --resume, skip finished images
         todo = [j for j in jobs if not (options.resume and is_finished(inputs.out, j.stem, sidecars[j.index]))]
-        write_run_config(config, inputs, run)
-        # 8. Sample
+        write_run_config(config, inputs, run, options)
+        # 7. Sample
         sample_jobs(pipe, todo, config, inputs, sidecars, run, progress=options.progress)
-    # 9. Contact sheets
+    # 8. Contact sheets
     write_contact_sheets(inputs.out, jobs, inputs.sset, with_init=config.save_init and config.init == "mudi")
     return [inputs.out / f"{j.stem}.png" for j in jobs]

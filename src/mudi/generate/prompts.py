@@ -12,7 +12,6 @@ prompt naming no subject at all.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -80,24 +79,3 @@ def read_prompts_file(path: str | Path) -> list[str]:
     if not prompts:
         raise MudiError(f"{path}: contains no prompts (one prompt per line).")
     return prompts
-
-
-def parse_sizes(spec: str | dict | None, sset: SubjectSet | None = None) -> dict[str, float]:
-    """``"olis=1,hta=0.6"`` (subjects by key, identifier or phrase) → ``{key: size}``."""
-    if not spec:
-        return {}
-    items = spec.items() if isinstance(spec, dict) else (
-        part.split("=", 1) if "=" in part else (part, None) for part in str(spec).split(",") if part.strip()
-    )
-    out: dict[str, float] = {}
-    for name, val in items:
-        try:
-            v = float(val)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise MudiError(f"--sizes: expected NAME=NUMBER pairs like \"olis=1,hta=0.6\", got {name!r}={val!r}.") from None
-        if not (math.isfinite(v) and v > 0):
-            raise MudiError(f"--sizes: size of {name!r} must be a positive number, got {val}.")
-        key = sset.subject(str(name).strip()).key if sset is not None else str(name).strip()
-        out[key] = v
-    return out
-
