@@ -13,11 +13,11 @@ Printed figures (images per second of D&C):
 
 - ``naive``: for every image, embed the 10 reference photos again, compute S_GT, embed the two
   crops, score — what a straightforward per-image loop does;
-- ``mudi``: :class:`mudi.evaluate.scoring.DetectAndCompare` — references embedded once per subject set
+- ``mudi``: :class:`mudi.evaluate.DetectAndCompare` — references embedded once per subject set
   (timed: it is part of the run), S_GT once per subject combination, crops of ``--batch-size``
   images embedded together;
-- ``mudi (full evaluate_images)``: the same through the public API, including the annotated
-  thumbnails for the report.
+- ``mudi (full evaluate_images)``: the same through the public API (results and summary; the
+  report's thumbnails are drawn later, by :mod:`mudi.report`).
 
 The target is ``mudi / naive >= 4`` on 20 images. Scores of both variants are checked to agree.
 """
@@ -115,7 +115,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from mudi.evaluate.embed import Dinov2Embedder
-    from mudi.evaluate.scoring import DetectAndCompare, evaluate_images
+    from mudi.evaluate import DetectAndCompare, evaluate_images
     from mudi.subjects import SubjectSet
 
     if not (args.model_dir / "config.json").exists():
@@ -152,7 +152,7 @@ def main() -> None:
     r_naive, r_fast, r_full = args.n / t_naive, args.n / t_fast, args.n / t_full
     print(f"naive (re-embed references per image): {r_naive:7.2f} images/s  ({t_naive:.2f} s)")
     print(f"mudi DetectAndCompare (cached refs):   {r_fast:7.2f} images/s  ({t_fast:.2f} s)")
-    print(f"mudi evaluate_images (+thumbnails):    {r_full:7.2f} images/s  ({t_full:.2f} s)")
+    print(f"mudi evaluate_images (full API):     {r_full:7.2f} images/s  ({t_full:.2f} s)")
     print(f"speed-up: {r_fast / r_naive:.2f}x (D&C), {r_full / r_naive:.2f}x (full API); target >= 4x")
 
 

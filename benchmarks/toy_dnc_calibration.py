@@ -71,7 +71,7 @@ def main() -> None:
     from diffusers import AutoencoderKL
 
     from mudi import toy
-    from mudi.evaluate.scoring import evaluate_images
+    from mudi.evaluate import evaluate_images
     from mudi.subjects import SubjectSet
 
     torch.set_num_threads(1)

@@ -11,16 +11,16 @@ import pytest
 from PIL import Image
 
 from mudi.errors import MudiError
-from mudi.evaluate.scoring import (
+from mudi.evaluate import (
     DetectAndCompare,
     Evaluation,
-    RunData,
-    collect_folder,
     compare_runs,
     evaluate_folder,
     evaluate_images,
 )
+from mudi.evaluate.folder import collect_folder
 from mudi.protocols import Detection, Detector, Embedder
+from mudi.report import write_run_report
 from mudi.subjects import SubjectSet
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 30, 220), (30, 200, 30)
@@ -299,7 +299,9 @@ def test_broken_sidecar_is_reported_per_image(sset, tmp_path):
 def test_write_outputs_and_report(sset, tmp_path):
     g = write_generation(tmp_path / "g", [GOOD, TWICE, ONE])
     ev = evaluate_folder(g, sset, ColourDetector(), MeanColourEmbedder())
-    out = ev.write(tmp_path / "E")
+    out = ev.save(tmp_path / "E")
+    assert ev.path == out
+    write_run_report(ev)
     for name in ("scores.csv", "per_image.json", "scores.json", "report.html"):
         assert (out / name).is_file()
     scores = json.loads((out / "scores.json").read_text())
@@ -314,10 +316,13 @@ def test_write_outputs_and_report(sset, tmp_path):
     assert html.count("data:image/jpeg;base64,") == 3 and "data:image/png;base64," in html
     assert "S_DC" in html and "S_GT" in html and "count error (missing" in html
     with pytest.raises(MudiError, match="already has content"):
-        ev.write(tmp_path / "E")
-    ev.write(tmp_path / "E", overwrite=True)
-    run = RunData.load(out)
-    assert run.label == "g" and run.dnc_by_name["0000"] > 0.9
+        ev.save(tmp_path / "E")
+    ev.save(tmp_path / "E", overwrite=True)
+    run = Evaluation.load(out)
+    assert run.label == "g" and run.dnc_by_name["0000"] > 0.9 and run.path == out
+    # one type for one artifact: what was saved is what is loaded
+    assert [r.to_dict() for r in run.results] == per and run.summary == scores["summary"]
+    assert run.dnc_by_name == ev.dnc_by_name and run.results[1].dnc.s_dc.shape == (2, 2)
 
 
 def test_compare_runs_table_and_win_rate(sset, tmp_path):
@@ -326,18 +331,19 @@ def test_compare_runs_table_and_win_rate(sset, tmp_path):
     gb = write_generation(tmp_path / "dreambooth", [TWICE, ONE, GOOD])
     ea = evaluate_folder(ga, sset, det, emb)
     eb = evaluate_folder(gb, sset, det, emb)
-    comp = compare_runs([RunData.from_evaluation(ea), RunData.from_evaluation(eb)])
+    comp = compare_runs([ea, eb])
     assert [r["label"] for r in comp.table] == ["mudi", "dreambooth"]
     assert comp.table[0]["success_rate"] == pytest.approx(2 / 3)
     assert comp.win_rate["mudi"]["dreambooth"] == pytest.approx(2 / 3, abs=1e-4)
     assert comp.win_rate["dreambooth"]["mudi"] == pytest.approx(1 / 3, abs=1e-4)
-    from mudi.evaluate.scoring import write_comparison
+    from mudi.report import write_comparison_plot
 
-    paths = write_comparison(comp, tmp_path)
-    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    paths = comp.save(tmp_path)
+    assert write_comparison_plot(comp, tmp_path).read_bytes()[:4] == b"\x89PNG"
     assert json.loads(paths["json"].read_text())["n_shared_images"]["mudi"]["dreambooth"] == 3
+    assert paths["csv"].read_text().startswith("label,path,n_images")
     with pytest.raises(MudiError, match="unique"):
-        compare_runs([RunData.from_evaluation(ea), RunData.from_evaluation(ea)])
+        compare_runs([ea, ea])
 
 
 # ----------------------------------------------------------------------------- real model wrappers (tiny)
@@ -364,7 +370,8 @@ def test_dinov2_embedder_mean_of_all_tokens(tiny_models):
 
 
 def test_dreamsim_missing_is_a_clear_error(monkeypatch):
-    from mudi.evaluate.embed import DreamSimEmbedder, make_embedder
+    from mudi.evaluate.embed import DreamSimEmbedder
+    from mudi.evaluate.registry import make_embedder
 
     monkeypatch.setitem(sys.modules, "dreamsim", None)  # make `import dreamsim` fail
     with pytest.raises(MudiError, match="dreamsim"):
@@ -506,7 +513,7 @@ def test_cli_on_mudi_generate_output(tiny_models, saved_set, tmp_path):
 def test_toy_world_detector_and_embedder(tmp_path):
     """The evaluation depends only on the protocols: the toy world's classical detector and
     embedder plug in unchanged, and D&C separates a correct scene from a duplicated subject."""
-    from mudi.toy import world
+    from mudi.toy import register, world
     from mudi.toy.subject_set import make_subject_set
     from mudi.toy.vision import ToyDetector, ToyEmbedder
 
@@ -526,7 +533,9 @@ def test_toy_world_detector_and_embedder(tmp_path):
     assert not aa.success and not bb.success and aa.score < 0.3 and bb.score < 0.3
     assert ev.summary["success_rate"] == 0.5
 
-    # the same through the CLI (--detector toy --embedder toy), over a generate-style folder
+    # the same through the CLI (--detector toy --embedder toy), over a generate-style folder;
+    # an installed mudi registers the toy world through its `mudi.plugins` entry point, here directly
+    register()
     g = tmp_path / "G"
     g.mkdir()
     for i, im in enumerate(images):
@@ -537,3 +546,233 @@ def test_toy_world_detector_and_embedder(tmp_path):
                 "--clip", "none", "--out", tmp_path / "E") == 0
     s = json.loads((tmp_path / "E" / "scores.json").read_text())
     assert s["summary"]["success_rate"] == 0.5 and s["settings"]["detector"] == "toy"
+
+    # the same settings from a run file's [evaluate] table; flags still override it
+    run = tmp_path / "run.toml"
+    run.write_text('[evaluate]\ndetector = "toy"\nembedder = "toy"\nclip = "none"\nsuccess_threshold = 0.99\n'
+                   f'images = "{g}"\nsubjects = "{tmp_path / "toy"}"\n')
+    assert _cli("evaluate", "--config", run, "--success-threshold", "0.5", "--no-report", "--out", tmp_path / "E3") == 0
+    s3 = json.loads((tmp_path / "E3" / "scores.json").read_text())
+    assert s3["summary"]["n_scored"] == 4 and s3["settings"]["success_threshold"] == 0.5
+    assert not (tmp_path / "E3" / "report.html").exists() and (tmp_path / "E3" / "config.toml").is_file()
+
+
+# ----------------------------------------------------------------------------- library: evaluate(), compare()
+
+def _fake_models():
+    from mudi.evaluate import EvalModels
+
+    return EvalModels(ColourDetector(), MeanColourEmbedder(), names={"detector": "colour", "embedder": "mean"})
+
+
+def _config(saved_set, images, out="", **values):
+    from mudi.evaluate import EvaluateConfig
+
+    return EvaluateConfig().updated({"images": str(images), "subjects": str(saved_set), "out": str(out),
+                                     "clip": "none", **values})
+
+
+def test_evaluate_writes_results_and_resolved_config(saved_set, tmp_path):
+    from mudi.evaluate import EvaluateConfig, evaluate
+
+    g = write_generation(tmp_path / "G", [GOOD, TWICE])
+    config = _config(saved_set, g, tmp_path / "E", success_threshold=0.9, queries=["a=red thing"])
+    models = _fake_models()
+    ev = evaluate(config, models=models)
+    assert ev.path == tmp_path / "E" and ev.label == "G" and [r.success for r in ev.results] == [True, False]
+    assert {p.name for p in ev.path.iterdir()} == {"scores.csv", "per_image.json", "scores.json", "config.toml"}
+    assert EvaluateConfig.from_toml(ev.path / "config.toml") == config  # the resolved config, read back
+    settings = json.loads((ev.path / "scores.json").read_text())["settings"]
+    assert settings["detector"] == "colour" and settings["queries"]["a"] == "red thing"
+    assert models.detector.calls[0][1] == ("red thing", "blue block")
+    # the references of a subject set are embedded once per EvalModels, whatever the number of runs
+    n = models.embedder.n_embedded
+    evaluate(config.updated({"out": ""}), models=models)
+    assert models.embedder.n_embedded - n == 4  # only the crops of the two images
+
+
+def test_evaluate_checks_everything_before_writing(saved_set, tmp_path):
+    from mudi.evaluate import evaluate
+    from mudi.settings import RunOptions
+
+    wrong = write_generation(tmp_path / "wrong", [GOOD], subjects=("a", "x"), phrases=["olis red block", "sks dog"])
+    with pytest.raises(MudiError, match="not in the subject set"):
+        evaluate(_config(saved_set, wrong, tmp_path / "E"), models=_fake_models())
+    assert not (tmp_path / "E").exists()
+    g = write_generation(tmp_path / "G", [GOOD])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("x")
+    with pytest.raises(MudiError, match="already has content"):
+        evaluate(_config(saved_set, g, tmp_path / "busy"), models=_fake_models())
+    ev = evaluate(_config(saved_set, g, tmp_path / "busy"), RunOptions(overwrite=True), models=_fake_models())
+    assert (ev.path / "keep.txt").read_text() == "x" and (ev.path / "scores.json").is_file()
+    with pytest.raises(MudiError, match="--nms"):
+        evaluate(_config(saved_set, g, tmp_path / "E2", nms="many"), models=_fake_models())
+    with pytest.raises(MudiError, match="--query"):
+        evaluate(_config(saved_set, g, tmp_path / "E2", queries=["red"]), models=_fake_models())
+    with pytest.raises(MudiError, match="subjects"):
+        evaluate(_config(saved_set, g, tmp_path / "E2").updated({"subjects": ""}), models=_fake_models())
+    assert not (tmp_path / "E2").exists()
+
+
+def test_config_fields_flags_and_run_file(tmp_path):
+    from mudi.evaluate import EvaluateConfig
+    from mudi.settings import field_help
+
+    assert field_help(EvaluateConfig, "success_threshold") and EvaluateConfig().success_threshold == 0.8
+    assert EvaluateConfig(nms="none").nms_iou() is None and EvaluateConfig().nms_iou() == 0.5
+    for bad in ({"batch_size": 0}, {"threshold": 1.5}, {"success_threshold": -0.1}, {"nms": "0"}):
+        with pytest.raises(MudiError):
+            EvaluateConfig().updated(bad).check()
+    run = tmp_path / "run.toml"
+    run.write_text('[train]\nrank = 4\n\n[evaluate]\nembedder = "dreamsim"\nsubject_keys = ["a", "b"]\n')
+    cfg = EvaluateConfig.from_toml(run)
+    assert cfg.embedder == "dreamsim" and cfg.subject_keys == ["a", "b"] and cfg.detector == "owlv2"
+    run.write_text('[evaluate]\nembeder = "dreamsim"\n')
+    with pytest.raises(MudiError, match="embedder"):  # the typo is named with the valid choice
+        EvaluateConfig.from_toml(run)
+
+
+def test_plan_runs_labels_and_destinations(tmp_path):
+    from mudi.evaluate import plan_runs
+
+    a, b = write_generation(tmp_path / "a", [GOOD]), write_generation(tmp_path / "b", [GOOD])
+    out = tmp_path / "out"
+    [one] = plan_runs([str(a)], [], out)
+    assert (one.label, one.dest, one.kind) == ("a", out, "images")
+    runs = plan_runs([f"x={a}", str(b)], [], out)
+    assert [(r.label, r.dest) for r in runs] == [("x", out / "x"), ("b", out / "b")]
+    ev_dir = tmp_path / "ev"
+    Evaluation([], {"n_images": 0}, {}, "old").save(ev_dir)
+    runs = plan_runs([str(a)], [str(b), f"old={ev_dir}"], out)
+    assert [(r.label, r.kind, r.dest, r.primary) for r in runs] == [
+        ("a", "images", out, True), ("b", "images", out / "compare" / "b", False), ("old", "evaluation", None, False)]
+    with pytest.raises(MudiError, match="used twice"):
+        plan_runs([f"x={a}", f"x={b}"], [], out)
+    with pytest.raises(MudiError, match="at least two"):
+        plan_runs([], [str(ev_dir)], out)
+    with pytest.raises(MudiError, match="nothing to evaluate"):
+        plan_runs([], [], out)
+    with pytest.raises(MudiError, match="not a folder"):
+        plan_runs([str(tmp_path / "missing")], [], out)
+
+
+def test_compare_evaluations_folders_and_image_folders(saved_set, tmp_path, sset):
+    from mudi.evaluate import compare
+
+    mem = evaluate_folder(write_generation(tmp_path / "mem", [GOOD, GOOD]), sset, ColourDetector(),
+                          MeanColourEmbedder())
+    done = evaluate_folder(write_generation(tmp_path / "done", [TWICE, TWICE]), sset, ColourDetector(),
+                           MeanColourEmbedder(), label="done")
+    done.save(tmp_path / "E_done")
+    imgs = write_generation(tmp_path / "imgs", [GOOD, ONE])
+    out = tmp_path / "C"
+    comp = compare([mem, f"earlier={tmp_path / 'E_done'}", str(imgs)], _config(saved_set, ""), out=out,
+                   models=_fake_models())
+    assert [r["label"] for r in comp.table] == ["mem", "earlier", "imgs"]
+    assert comp.win_rate["mem"]["earlier"] == 1.0 and comp.win_rate["earlier"]["mem"] == 0.0
+    assert comp.runs[2].path == out / "compare" / "imgs" and (out / "compare" / "imgs" / "scores.json").is_file()
+    assert json.loads((out / "comparison.json").read_text())["n_shared_images"]["imgs"]["mem"] == 2
+    with pytest.raises(MudiError, match="EvaluateConfig"):
+        compare([mem, str(imgs)])
+
+
+# ----------------------------------------------------------------------------- registry and plugins
+
+def test_registry_names_paths_and_errors(monkeypatch, tmp_path):
+    from mudi.evaluate import registry
+
+    calls = []
+    monkeypatch.setitem(registry.DETECTORS.factories, "owlv2", lambda model, **kw: calls.append((model, kw)) or "det")
+    assert registry.make_detector(None, device="cpu", batch_size=2, nms_iou=None) == "det"
+    assert registry.make_detector("org/owlv2-large") == "det" and registry.make_detector(str(tmp_path)) == "det"
+    assert [c[0] for c in calls] == [None, "org/owlv2-large", str(tmp_path)]
+    assert calls[0][1] == {"device": "cpu", "batch_size": 2, "nms_iou": None}
+    with pytest.raises(MudiError, match=r"--embedder 'dinov3'.*Registered embedders: .*dinov2, dreamsim"):
+        registry.make_embedder("dinov3")
+    with pytest.raises(ValueError):
+        registry.register_detector("a/b", lambda model, **kw: None)
+
+
+def test_plugins_are_loaded_lazily_from_entry_points(monkeypatch):
+    from importlib import metadata
+
+    from mudi.evaluate import registry
+
+    class FakeEntryPoint:
+        def __init__(self, name, fn):
+            self.name, self.value, self._fn = name, f"x:{name}", fn
+
+        def load(self):
+            return self._fn
+
+    def broken():
+        raise RuntimeError("plugin bug")
+
+    def good():
+        registry.register_embedder("plug", lambda model, **kw: "plugged")
+
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "EMBEDDERS", registry.Registry("embedder", "dinov2", dict(registry.EMBEDDERS.factories)))
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [FakeEntryPoint("bad", broken),
+                                                                 FakeEntryPoint("good", good)] if group == registry.PLUGIN_GROUP else [])
+    with pytest.warns(UserWarning, match="plugin bug"):
+        assert registry.make_embedder("plug") == "plugged"
+    assert registry._plugins_loaded and "plug" in registry.EMBEDDERS.names()
+
+
+def test_toy_world_plugs_in_through_an_entry_point():
+    import tomllib
+    from importlib import metadata
+
+    import mudi.toy
+    from mudi.evaluate import registry
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    value = pyproject["project"]["entry-points"]["mudi.plugins"]["toy"]
+    assert metadata.EntryPoint("toy", value, "mudi.plugins").load() is mudi.toy.register
+    mudi.toy.register()
+    assert type(registry.make_detector("toy")).__name__ == "ToyDetector"
+    assert type(registry.make_embedder("toy", device="cpu", batch_size=3)).__name__ == "ToyEmbedder"
+    # the product never imports the toy world
+    src = Path(__file__).resolve().parents[1] / "src" / "mudi"
+    offenders = [p for p in src.rglob("*.py") if "toy" not in p.relative_to(src).parts
+                 and ("import mudi.toy" in p.read_text() or "from mudi.toy" in p.read_text())]
+    assert offenders == []
+
+
+# ----------------------------------------------------------------------------- evaluate never imports report
+
+def test_evaluate_does_not_import_report_and_report_uses_no_pyplot(sset, tmp_path):
+    import subprocess
+
+    import re
+
+    src = Path(__file__).resolve().parents[1] / "src" / "mudi" / "evaluate"
+    assert not [p.name for p in src.glob("*.py") if re.search(r"^\s*(from|import) mudi\.report", p.read_text(), re.M)]
+    code = ("import sys; import mudi.evaluate; assert 'mudi.report' not in sys.modules; "
+            "from mudi.report.plots import plot_per_k; plot_per_k({'per_k': {'2': {'n_scored': 1}}}); "
+            "assert 'matplotlib.pyplot' not in sys.modules")  # no pyplot global state, no backend switch
+    subprocess.run([sys.executable, "-c", code], check=True, env={**__import__("os").environ,
+                                                                   "PYTHONPATH": str(src.parents[1])})
+    report_src = src.parent / "report"
+    assert not [p.name for p in report_src.glob("*.py")
+                if re.search(r"matplotlib\.use\(|matplotlib\.pyplot|import pyplot", p.read_text())]
+    from mudi.report.plots import plot_dnc_histogram
+
+    assert plot_dnc_histogram([0.1, 0.9, 0.0], 0.8, count_errors=[False, False, True])[:4] == b"\x89PNG"
+
+
+def test_report_thumbnails_from_paths_or_given_images(sset, tmp_path):
+    from mudi.report import render_run_report
+    from mudi.report.thumbnails import result_thumbnail
+
+    ev = evaluate_images([GOOD, ONE, tmp_path / "missing.png"], sset, ColourDetector(), MeanColourEmbedder(),
+                         prompts=PROMPT, names=["good", "one", "gone"])
+    phrases = dict(ev.settings["subjects"])
+    jpeg = result_thumbnail(ev.results[0], phrases, GOOD)
+    assert jpeg[:2] == b"\xff\xd8" and Image.open(__import__("io").BytesIO(jpeg)).size == (320, 320)
+    assert result_thumbnail(ev.results[0], phrases) is None  # in memory, no path: nothing to draw from
+    assert result_thumbnail(ev.results[2], phrases, GOOD) is None  # not scored
+    html = render_run_report(ev, images={"good": GOOD, "one": ONE})
+    assert html.count("data:image/jpeg;base64,") == 2 and "gone" in html

@@ -34,6 +34,8 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image
 
+from mudi.geometry import pixel_box
+
 Norm = Literal["fro", "spectral"]
 NORMS: tuple[str, ...] = ("fro", "spectral")
 
@@ -55,20 +57,9 @@ def pad_to_square(image: Image.Image, fill: tuple[int, int, int] = (255, 255, 25
     return canvas
 
 
-def clip_box(box: Sequence[float], size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Round a float box (x0, y0, x1, y1) outward to integer pixels inside an image of ``size``
-    (width, height); the result is at least one pixel wide and high."""
-    w, h = size
-    x0 = int(np.floor(min(max(float(box[0]), 0.0), w - 1)))
-    y0 = int(np.floor(min(max(float(box[1]), 0.0), h - 1)))
-    x1 = int(np.ceil(min(max(float(box[2]), 0.0), w)))
-    y1 = int(np.ceil(min(max(float(box[3]), 0.0), h)))
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
-
-
 def crop_box(image: Image.Image, box: Sequence[float]) -> Image.Image:
     """Crop ``box`` (pixels, clipped to the image) and pad it white to a square."""
-    return pad_to_square(image.convert("RGB").crop(clip_box(box, image.size)))
+    return pad_to_square(image.convert("RGB").crop(pixel_box(box, image.size)))
 
 
 # ----------------------------------------------------------------------------- matrices
@@ -218,6 +209,18 @@ class DncResult:
             "boxes": [[round(float(v), 2) for v in b] for b in self.boxes],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "DncResult":
+        """The inverse of :meth:`to_dict` (matrices and score as rounded there)."""
+        def a(x):
+            return None if x is None else np.asarray(x, dtype=np.float64)
+
+        k = int(d["n_subjects"])
+        raw = a(d.get("S_DC_raw"))
+        return cls(float(d["dnc"]), bool(d["count_ok"]), int(d["n_boxes"]), k, a(d.get("S_GT")),
+                   raw if raw is not None else np.zeros((0, k)), a(d.get("S_DC")), d.get("matched"),
+                   [tuple(float(v) for v in b) for b in d.get("boxes") or []], d.get("norm", "fro"))
+
 
 def detect_and_compare(
     s_dc_raw: np.ndarray,
@@ -273,7 +276,6 @@ __all__ = [
     "DncResult",
     "NORMS",
     "box_similarity",
-    "clip_box",
     "crop_box",
     "detect_and_compare",
     "detect_and_compare_embeddings",

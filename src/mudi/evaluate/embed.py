@@ -12,6 +12,8 @@ L2-normalised float32):
 
 :class:`ReferenceEmbeddings` embeds each subject's reference photos once and keeps them, so an
 evaluation of N images embeds the references K·n times in total instead of N·K·n times.
+
+Embedders are built by name with :func:`mudi.evaluate.registry.make_embedder`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,6 @@ from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.protocols import Embedder
-
-#: Names accepted by :func:`make_embedder` besides a model folder / hub id.
-EMBEDDER_NAMES = ("dinov2", "dreamsim", "toy")
-
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), max(1, size)):
@@ -139,26 +137,12 @@ class DreamSimEmbedder:
         return f"DreamSimEmbedder({self.name!r})"
 
 
-def make_embedder(spec: str | None, *, device: str = "cpu", batch_size: int = 16) -> Embedder:
-    """``"dinov2"`` (default DINOv2-base), ``"dreamsim"``, ``"toy"`` (the toy world's classical
-    embedder, :class:`mudi.toy.vision.ToyEmbedder`), or a DINOv2 model folder / hub id."""
-    if spec == "toy":
-        from mudi.toy.vision import ToyEmbedder
-
-        return ToyEmbedder()
-    if spec is None or spec == "dinov2":
-        return Dinov2Embedder(None, device=device, batch_size=batch_size)
-    if spec == "dreamsim":
-        return DreamSimEmbedder(device=device, batch_size=batch_size)
-    return Dinov2Embedder(spec, device=device, batch_size=batch_size)
-
-
 # ----------------------------------------------------------------------------- references
 
 def masked_reference(image: np.ndarray, mask: np.ndarray) -> Image.Image:
     """The subject alone: mask-bbox crop with the background painted white, padded square."""
     from mudi.evaluate.dnc import pad_to_square
-    from mudi.subjects import mask_bbox
+    from mudi.geometry import mask_bbox
 
     x0, y0, x1, y1 = mask_bbox(mask)
     arr = np.where(mask[..., None], image, 255).astype(np.uint8)[y0:y1, x0:x1]
@@ -240,10 +224,8 @@ class ReferenceEmbeddings:
 
 
 __all__ = [
-    "EMBEDDER_NAMES",
     "Dinov2Embedder",
     "DreamSimEmbedder",
     "ReferenceEmbeddings",
-    "make_embedder",
     "masked_reference",
 ]

@@ -6,22 +6,21 @@
   S_GT tables and its scores. Images and plots are embedded as base64, so the file can be
   mailed or archived alone.
 - :func:`render_comparison_report` — several runs side by side: one table, one plot
-  (:func:`plot_comparison`), pairwise win rates, links to each run's own report.
+  (:func:`mudi.report.plots.plot_comparison`), pairwise win rates, links to each run's own report.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mudi.evaluate.scoring import Comparison, Evaluation
+from mudi.evaluate.results import Comparison, Evaluation, ImageResult
+from mudi.report.plots import plot_comparison, plot_dnc_histogram, plot_per_k, success_rate_keys
+from mudi.report.thumbnails import result_thumbnail
 
 #: At most this many images are shown in a run report (all are in scores.csv / per_image.json).
 MAX_REPORT_IMAGES = 500
@@ -68,24 +67,6 @@ def _img_tag(data: bytes, mime: str, cls: str = "", alt: str = "") -> str:
     return f'<img class="{cls}" alt="{_esc(alt)}" src="data:{mime};base64,{b64}">'
 
 
-def _fig_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _matrix_html(mat, row_labels: Sequence[str], col_labels: Sequence[str], title: str) -> str:
     if mat is None:
         return ""
@@ -93,108 +74,6 @@ def _matrix_html(mat, row_labels: Sequence[str], col_labels: Sequence[str], titl
     for lab, row in zip(row_labels, mat):
         rows.append(f'<tr><th class="l">{_esc(lab)}</th>' + "".join(f"<td>{float(v):.2f}</td>" for v in row) + "</tr>")
     return '<table class="mat">' + "".join(rows) + "</table>"
-
-
-# ----------------------------------------------------------------------------- plots
-
-def plot_dnc_histogram(values: Sequence[float], threshold: float | None = None, title: str = "D&C",
-                       count_errors: Sequence[bool] | None = None) -> bytes:
-    """Histogram of per-image D&C with the success threshold; count errors (score 0) are
-    stacked in their own colour when ``count_errors`` flags them."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    vals = np.asarray(list(values), dtype=float)
-    lo = min(0.0, float(vals.min())) if vals.size else 0.0
-    bins = np.linspace(lo - 0.025, 1.025, max(2, int(round((1.05 - lo) / 0.05))) + 1)
-    if count_errors is not None and len(count_errors) == len(vals):
-        flags = np.asarray(count_errors, dtype=bool)
-        ax.hist([vals[~flags], vals[flags]], bins=bins, stacked=True, color=["#4a7ab7", "#d9534f"],
-                edgecolor="white", label=["right count", "count error (scored 0)"])
-    else:
-        ax.hist(vals, bins=bins, color="#4a7ab7", edgecolor="white")
-    if threshold is not None:
-        ax.axvline(threshold, color="#333", linestyle="--", label=f"success threshold {threshold:g}")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_xlabel("D&C per image")
-    ax.set_ylabel("images")
-    ax.set_title(title)
-    return _fig_png(fig)
-
-
-def plot_per_k(summary: dict) -> bytes | None:
-    """Success rate and count-error rate per number of subjects k (None if there is no k)."""
-    per_k = summary.get("per_k") or {}
-    if not per_k:
-        return None
-    plt = _plt()
-    ks = sorted(per_k, key=int)
-    x = np.arange(len(ks))
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    succ = [per_k[k].get("success_rate") or 0.0 for k in ks]
-    cerr = [per_k[k].get("count_error_rate") or 0.0 for k in ks]
-    dnc = [per_k[k].get("dnc_mean") or 0.0 for k in ks]
-    ax.bar(x - 0.27, succ, 0.27, label="success rate", color="#3a9d5d")
-    ax.bar(x, dnc, 0.27, label="mean D&C", color="#4a7ab7")
-    ax.bar(x + 0.27, cerr, 0.27, label="count errors", color="#d9534f")
-    ax.set_xticks(x, [f"k={k}\n(n={per_k[k]['n_scored']})" for k in ks])
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("per number of subjects")
-    return _fig_png(fig)
-
-
-def plot_comparison(comp: "Comparison") -> bytes:
-    """One figure comparing runs: mean D&C (± s.e.m.), success rate (per k when k varies),
-    count-error rate, CLIP score, and the per-image D&C distribution."""
-    plt = _plt()
-    labels = [r["label"] for r in comp.table]
-    x = np.arange(len(labels))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplot_mosaic([["dnc", "succ", "cerr"], ["clip", "dist", "dist"]], figsize=(13, 7.5))
-
-    def bars(ax, key, title, err_key=None, ylim=(0, 1)):
-        vals = [r.get(key) for r in comp.table]
-        h = [v if v is not None else 0.0 for v in vals]
-        err = [r.get(err_key) or 0.0 for r in comp.table] if err_key else None
-        ax.bar(x, h, yerr=err, color=[colors[i % len(colors)] for i in range(len(labels))], capsize=3)
-        for i, v in enumerate(vals):
-            ax.text(i, (v or 0.0), "n/a" if v is None else f"{v:.3f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(x, labels, rotation=20, ha="right")
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.set_title(title)
-
-    dlo = min([0.0] + [r.get("dnc_mean") or 0.0 for r in comp.table])
-    bars(axes["dnc"], "dnc_mean", "mean D&C (± s.e.m.)", "dnc_sem", ylim=(min(0.0, dlo - 0.1), 1))
-    ks = sorted({k[len("success_rate_k"):] for r in comp.table for k in r if k.startswith("success_rate_k")}, key=int)
-    ax = axes["succ"]
-    if len(ks) > 1:
-        w = 0.8 / (len(ks) + 1)
-        for j, k in enumerate(["all"] + ks):
-            key = "success_rate" if k == "all" else f"success_rate_k{k}"
-            ax.bar(x + (j - len(ks) / 2) * w, [r.get(key) or 0.0 for r in comp.table], w,
-                   label="all" if k == "all" else f"k={k}")
-        ax.legend(fontsize=8)
-        ax.set_xticks(x, labels, rotation=20, ha="right")
-        ax.set_ylim(0, 1)
-        thr = comp.table[0].get("success_threshold")
-        ax.set_title(f"success rate (D&C ≥ {thr:g})" if thr is not None else "success rate")
-    else:
-        thr = comp.table[0].get("success_threshold") if comp.table else None
-        bars(ax, "success_rate", f"success rate (D&C ≥ {thr:g})" if thr is not None else "success rate")
-    bars(axes["cerr"], "count_error_rate", "count-error rate")
-    clip_vals = [r.get("clip_score_mean") for r in comp.table]
-    top = max([v for v in clip_vals if v is not None] + [1.0])
-    bars(axes["clip"], "clip_score_mean", "CLIP score (identifiers removed)", ylim=(0, top * 1.2))
-    ax = axes["dist"]
-    data = [[v for v in run.dnc_by_name.values()] or [np.nan] for run in comp.runs]
-    ax.boxplot(data, showmeans=True)
-    ax.set_xticks(np.arange(1, len(labels) + 1), labels)
-    lo = min([0.0] + [min(d) for d in data if np.isfinite(d).all()])
-    ax.set_ylim(lo - 0.05, 1.05)
-    ax.set_title("per-image D&C")
-    fig.tight_layout()
-    return _fig_png(fig)
 
 
 # ----------------------------------------------------------------------------- html
@@ -249,8 +128,8 @@ def _settings_table(settings: dict) -> str:
     return f"<table>{rows}</table>"
 
 
-def comparison_table_html(comp: "Comparison") -> str:
-    ks = sorted({k[len("success_rate_k"):] for r in comp.table for k in r if k.startswith("success_rate_k")}, key=int)
+def comparison_table_html(comp: Comparison) -> str:
+    ks = success_rate_keys(comp.table)
     head = "<tr><th class='l'>run</th><th>images</th><th>mean D&amp;C</th><th>± s.e.m.</th><th>success</th>"
     if len(ks) > 1:
         head += "".join(f"<th>success k={k}</th>" for k in ks)
@@ -286,7 +165,7 @@ def comparison_table_html(comp: "Comparison") -> str:
     return table
 
 
-def _comparison_section(comp: "Comparison", links: dict[str, str] | None = None) -> str:
+def _comparison_section(comp: Comparison, links: dict[str, str] | None = None) -> str:
     link_html = ""
     if links:
         link_html = "<p>" + " · ".join(f'<a href="{_esc(href)}">{_esc(lab)}</a>' for lab, href in links.items()) + "</p>"
@@ -294,7 +173,7 @@ def _comparison_section(comp: "Comparison", links: dict[str, str] | None = None)
             + _img_tag(plot_comparison(comp), "image/png", "plot", "comparison plot"))
 
 
-def _card(res, ev: "Evaluation", subject_set_phrases: dict[str, str]) -> str:
+def _card(res: ImageResult, thumb: bytes | None, subject_set_phrases: dict[str, str]) -> str:
     d = res.dnc
     if res.error:
         cls, status = "card err", f"<span class='bad'>error: {_esc(res.error)}</span>"
@@ -305,7 +184,6 @@ def _card(res, ev: "Evaluation", subject_set_phrases: dict[str, str]) -> str:
             else "D&amp;C below threshold"
         cls, status = "card fail", f"<span class='bad'>{why}</span>"
     parts = [f'<div class="{cls}">']
-    thumb = ev.thumbnails.get(res.name)
     if thumb:
         parts.append(_img_tag(thumb, "image/jpeg", alt=res.name))
     parts.append(f"<b>{_esc(res.name)}</b> — {status}<br>")
@@ -332,32 +210,32 @@ def _page(title: str, body: str) -> str:
             f"<style>{_CSS}</style></head><body>{body}</body></html>\n")
 
 
-def render_run_report(ev: "Evaluation", *, comparison: "Comparison | None" = None,
-                      comparison_links: dict[str, str] | None = None,
-                      max_images: int = MAX_REPORT_IMAGES) -> str:
-    """The HTML report of one run (optionally with a comparison section on top)."""
-    s = ev.summary
-    phrases = dict(ev.settings.get("subjects") or {})
-    body = [f"<h1>mudi evaluate — {_esc(ev.label)}</h1>"]
-    thr = s.get("success_threshold")
-    body.append(
-        "<p class='muted'>Detect-and-Compare (MuDI): OWLv2-style detection of every subject's class, count rule "
-        "(wrong number of boxes → 0), crops embedded and compared to the reference photos, "
-        "D&amp;C = 1 − ‖S_GT − S_DC‖. "
-        f"An image is a success when the count is right and D&amp;C ≥ {_fmt(thr, 2)}.</p>")
-    if comparison is not None:
-        body.append(_comparison_section(comparison, comparison_links))
-    body.append("<h2>Summary</h2>" + _summary_table(s))
-    vals = ev.dnc_values
+def _intro(ev: Evaluation) -> str:
+    thr = ev.summary.get("success_threshold")
+    return (f"<h1>mudi evaluate — {_esc(ev.label)}</h1>"
+            "<p class='muted'>Detect-and-Compare (MuDI): OWLv2-style detection of every subject's class, count rule "
+            "(wrong number of boxes → 0), crops embedded and compared to the reference photos, "
+            "D&amp;C = 1 − ‖S_GT − S_DC‖. "
+            f"An image is a success when the count is right and D&amp;C ≥ {_fmt(thr, 2)}.</p>")
+
+
+def _plots(ev: Evaluation) -> str:
+    """The D&C histogram and the per-k bars."""
     plots = []
+    vals = ev.dnc_values
     if vals:
         flags = [not r.dnc.count_ok for r in ev.results if r.dnc is not None]
-        plots.append(_img_tag(plot_dnc_histogram(vals, thr, f"D&C — {ev.label}", flags), "image/png", "plot",
-                              "histogram"))
-    pk = plot_per_k(s)
+        png = plot_dnc_histogram(vals, ev.summary.get("success_threshold"), f"D&C — {ev.label}", flags)
+        plots.append(_img_tag(png, "image/png", "plot", "histogram"))
+    pk = plot_per_k(ev.summary)
     if pk:
         plots.append(_img_tag(pk, "image/png", "plot", "per k"))
-    body.append("<div>" + " ".join(plots) + "</div>")
+    return "<div>" + " ".join(plots) + "</div>"
+
+
+def _breakdowns(s: dict, phrases: dict[str, str]) -> str:
+    """Tables per k, per subject combination, per subject and per prompt (those that say something)."""
+    body = []
     if len(s.get("per_k") or {}) > 1:
         body.append("<h2>Per number of subjects</h2>" + _group_table({f"k={k}": g for k, g in s["per_k"].items()}, "k"))
     if len(s.get("per_subjects") or {}) > 1:
@@ -369,17 +247,39 @@ def render_run_report(ev: "Evaluation", *, comparison: "Comparison | None" = Non
                     "with or replaced by another.</p>" + _per_subject_table(s["per_subject"], phrases))
     if s.get("per_prompt"):
         body.append("<h2>Per prompt</h2>" + _group_table(s["per_prompt"], "prompt (identifiers removed)"))
-    body.append("<h2>Images</h2>")
-    shown = ev.results[:max_images]
+    return "".join(body)
+
+
+def _cards(ev: Evaluation, phrases: dict[str, str], max_images: int, images: dict[str, Image.Image]) -> str:
+    """One card per image (the first ``max_images``), with its annotated thumbnail."""
+    note = ""
     if len(ev.results) > max_images:
-        body.append(f"<p class='muted'>Showing the first {max_images} of {len(ev.results)} images; "
-                    "all are in scores.csv and per_image.json.</p>")
-    body.append("<div class='cards'>" + "".join(_card(r, ev, phrases) for r in shown) + "</div>")
+        note = (f"<p class='muted'>Showing the first {max_images} of {len(ev.results)} images; "
+                "all are in scores.csv and per_image.json.</p>")
+    cards = (_card(r, result_thumbnail(r, phrases, images.get(r.name)), phrases) for r in ev.results[:max_images])
+    return "<h2>Images</h2>" + note + "<div class='cards'>" + "".join(cards) + "</div>"
+
+
+def render_run_report(ev: Evaluation, *, comparison: Comparison | None = None,
+                      comparison_links: dict[str, str] | None = None,
+                      max_images: int = MAX_REPORT_IMAGES, images: dict[str, Image.Image] | None = None) -> str:
+    """The HTML report of one run (optionally with a comparison section on top).
+
+    Thumbnails are drawn from ``images`` (by image name) or else read from each result's path.
+    """
+    phrases = dict(ev.settings.get("subjects") or {})
+    body = [_intro(ev)]
+    if comparison is not None:
+        body.append(_comparison_section(comparison, comparison_links))
+    body.append("<h2>Summary</h2>" + _summary_table(ev.summary))
+    body.append(_plots(ev))
+    body.append(_breakdowns(ev.summary, phrases))
+    body.append(_cards(ev, phrases, max_images, images or {}))
     body.append("<h2>Settings</h2>" + _settings_table(ev.settings))
     return _page(f"mudi evaluate — {ev.label}", "".join(body))
 
 
-def render_comparison_report(comp: "Comparison", *, links: dict[str, str] | None = None,
+def render_comparison_report(comp: Comparison, *, links: dict[str, str] | None = None,
                              title: str = "mudi evaluate — comparison") -> str:
     """The HTML page comparing runs (table, plot, win rates, per-k tables, links to each run)."""
     body = [f"<h1>{_esc(title)}</h1>", _comparison_section(comp, links)]
@@ -395,21 +295,9 @@ def render_comparison_report(comp: "Comparison", *, links: dict[str, str] | None
     return _page(title, "".join(body))
 
 
-def relative_link(target: Path, start: Path) -> str:
-    """A relative href from folder ``start`` to ``target`` (absolute file URL if impossible)."""
-    try:
-        return Path(os.path.relpath(target, start)).as_posix()
-    except ValueError:
-        return Path(target).resolve().as_uri()
-
-
 __all__ = [
     "MAX_REPORT_IMAGES",
     "comparison_table_html",
-    "plot_comparison",
-    "plot_dnc_histogram",
-    "plot_per_k",
-    "relative_link",
     "render_comparison_report",
     "render_run_report",
 ]

@@ -9,6 +9,8 @@ Public API (used by ``mudi demo``):
 - :class:`ToyDetector`, :class:`ToyEmbedder` -- drop-in replacements for OWLv2 / DINOv2 on
   toy images (:mod:`mudi.protocols`).
 - :data:`DEMO_PROMPTS` -- prompts for the demo; :data:`SUBJECTS`, :data:`CLASSES`.
+- :func:`register` -- makes ``--detector toy`` / ``--embedder toy`` known to ``mudi evaluate``
+  (called through the ``mudi.plugins`` entry point, so the product never imports the toy world).
 """
 
 from __future__ import annotations
@@ -44,6 +46,24 @@ def base_model_path() -> Path:
     return path
 
 
+def toy_detector(model: str | None = None, **options) -> ToyDetector:
+    """Registry factory for ``--detector toy`` (device and batch options do not apply)."""
+    return ToyDetector()
+
+
+def toy_embedder(model: str | None = None, **options) -> ToyEmbedder:
+    """Registry factory for ``--embedder toy`` (device and batch options do not apply)."""
+    return ToyEmbedder()
+
+
+def register() -> None:
+    """Register the toy detector and embedder under the name ``toy`` (the ``mudi.plugins`` entry point)."""
+    from mudi.evaluate.registry import register_detector, register_embedder
+
+    register_detector("toy", toy_detector)
+    register_embedder("toy", toy_embedder)
+
+
 __all__ = [
     "CLASSES",
     "DEMO_PROMPTS",
@@ -55,4 +75,5 @@ __all__ = [
     "base_model_path",
     "class_word",
     "make_subject_set",
+    "register",
 ]

@@ -160,7 +160,7 @@ def generation_options(*, progress: bool = False) -> RunOptions:
 def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
     """D&C of a method's images with the toy detector and embedder (an Evaluation)."""
     from mudi import toy
-    from mudi.evaluate.scoring import evaluate_folder
+    from mudi.evaluate import evaluate_folder
 
     return evaluate_folder(gen_dir, subject_set, toy.ToyDetector(), toy.ToyEmbedder(), clip=None,
                            success_threshold=config.success_threshold, label=label,
@@ -269,21 +269,27 @@ def _generate(config: DemoConfig, options: RunOptions, method: Method, out: Path
 
 
 def _evaluate(config: DemoConfig, out: Path, sset, method: Method) -> None:
-    evaluate_method(config, out / "gen" / method.name, sset, method.name).write(out / "eval" / method.name,
-                                                                                 overwrite=True)
+    from mudi.report import write_run_report
+
+    ev = evaluate_method(config, out / "gen" / method.name, sset, method.name)
+    ev.save(out / "eval" / method.name, overwrite=True)
+    write_run_report(ev)
 
 
 def _load_evaluation(folder: Path, label: str):
-    from mudi.evaluate.scoring import RunData
+    from mudi.evaluate import Evaluation
 
-    return RunData.load(folder, label=label)
+    return Evaluation.load(folder, label=label)
 
 
 def _compare(runs, out: Path) -> None:
     """comparison.csv/json/png of every method, in OUT."""
-    from mudi.evaluate.scoring import compare_runs, write_comparison
+    from mudi.evaluate import compare_runs
+    from mudi.report import write_comparison_plot
 
-    write_comparison(compare_runs(runs), out)
+    comparison = compare_runs(runs)
+    comparison.save(out)
+    write_comparison_plot(comparison, out)
 
 
 def _summary(config: DemoConfig, base: Path, sset, methods, runs, timings: dict[str, float]) -> dict:

@@ -1,0 +1,121 @@
+"""``evaluate(config)``: one folder of generated images → scores on disk (the ``mudi evaluate`` stage).
+
+:class:`EvaluationJob` splits a run in two so several runs can share one model load and still
+be checked before anything is written: :meth:`~EvaluationJob.prepare` reads and checks
+everything that needs no model, :meth:`~EvaluationJob.run` scores and saves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mudi.errors import MudiError
+from mudi.evaluate.config import EvaluateConfig
+from mudi.evaluate.folder import EvalItem, collect_folder
+from mudi.evaluate.models import EvalModels
+from mudi.evaluate.results import Evaluation
+from mudi.evaluate.scoring import DetectAndCompare, evaluate_items
+from mudi.io import claim_output_dir, prepare_output_dir, write_text_atomic
+from mudi.settings import RunOptions
+
+
+class EvaluationJob:
+    """One evaluation run: ``prepare()`` (no model, nothing written), then ``run(models)``."""
+
+    def __init__(self, config: EvaluateConfig, options: RunOptions | None = None):
+        self.config = config
+        self.options = options or RunOptions()
+        self.subject_set = None
+        self.items: list[EvalItem] = []
+        self.queries: dict[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        """The run's name: ``config.label`` or the images folder's name."""
+        return self.config.label or Path(self.config.images).name
+
+    def prepare(self) -> "EvaluationJob":
+        """Check the config, refuse a non-empty ``out``, and read the images with their sidecars.
+
+        Raises:
+            MudiError: a bad option, a missing folder, or images that do not match the subject set.
+        """
+        from mudi.subjects import SubjectSet
+
+        config = self.config
+        config.check()
+        if not config.images:
+            raise MudiError("no images to evaluate: set images (--images DIR, a `mudi generate` folder).")
+        if not Path(config.images).is_dir():
+            raise MudiError(f"--images {config.images}: not a folder.")
+        if not config.subjects:
+            raise MudiError("--subjects DIR is required to evaluate images (the subject set they personalize).")
+        if config.out:
+            claim_output_dir(config.out, overwrite=self.options.overwrite, what="evaluation")
+        self.subject_set = SubjectSet.load(config.subjects)
+        self.items = collect_folder(config.images, self.subject_set, prompt=config.prompt or None,
+                                    subject_keys=config.subject_keys or None)
+        self.queries = config.query_map(self.subject_set)
+        return self
+
+    def run(self, models: EvalModels) -> Evaluation:
+        """Score the images with ``models`` and save the results into ``out`` (if set)."""
+        if self.subject_set is None:
+            self.prepare()
+        config = self.config
+        engine = DetectAndCompare(self.subject_set, models.detector, models.embedder, threshold=config.threshold,
+                                  norm=config.norm, queries=self.queries,
+                                  references=models.references(self.subject_set, config.reference_mode))
+        ev = evaluate_items(self.items, self.subject_set, models.detector, models.embedder, clip=models.clip,
+                            image_reward=models.image_reward, success_threshold=config.success_threshold,
+                            batch_size=config.batch_size, engine=engine, progress=self.options.progress,
+                            label=self.label, settings=dict(models.settings(), images=str(config.images)))
+        if config.out:
+            self.save(ev)
+        return ev
+
+    def save(self, ev: Evaluation) -> Path:
+        """Write the results and the resolved config (``config.toml``) into ``out``."""
+        out = ev.save(self.config.out, overwrite=True)  # prepare() applied the overwrite policy
+        write_text_atomic(out / "config.toml", self.config.to_toml(title="mudi evaluate: the settings of this run"))
+        return out
+
+
+def load_models(config: EvaluateConfig, options: RunOptions | None = None) -> EvalModels:
+    """The models of ``config`` on the device ``options`` asks for (quiet library logging)."""
+    from mudi.runtime import pick_device, quiet_libraries
+
+    options = options or RunOptions()
+    device = pick_device(options.device)
+    with quiet_libraries(progress_bars=options.progress):
+        return EvalModels.load(config, str(device))
+
+
+def evaluate(config: EvaluateConfig, options: RunOptions | None = None, *,
+             models: EvalModels | None = None) -> Evaluation:
+    """Evaluate a folder of generated images with Detect-and-Compare, CLIP score and success rate.
+
+    Args:
+        config: what to evaluate and how (:class:`~mudi.evaluate.config.EvaluateConfig`).
+        options: overwrite / device / progress (:class:`~mudi.settings.RunOptions`).
+        models: already loaded models to use instead of the ones ``config`` names.
+
+    Returns:
+        The :class:`~mudi.evaluate.results.Evaluation` (also saved into ``config.out`` when set;
+        render its HTML report with :func:`mudi.report.write_run_report`).
+
+    Raises:
+        MudiError: bad settings or inputs, found before any model is loaded or file written.
+    """
+    # 1. Check the inputs and read the images (no model, nothing written)
+    job = EvaluationJob(config, options).prepare()
+    # 2. Prepare the output folder
+    if config.out:
+        prepare_output_dir(config.out, overwrite=job.options.overwrite, what="evaluation")
+    # 3. Load the models
+    models = models or load_models(config, job.options)
+    # 4. Score and save
+    return job.run(models)
+
+
+__all__ = ["EvaluationJob", "evaluate", "load_models"]
