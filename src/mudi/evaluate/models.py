@@ -26,7 +26,7 @@ class EvalModels:
     device: str = "cpu"
     #: how each component was asked for (saved in scores.json)
     names: dict[str, str | None] = field(default_factory=dict)
-    _references: dict[tuple[str, str], ReferenceEmbeddings] = field(default_factory=dict, repr=False)
+    _references: dict[tuple[str, str], ReferenceEmbeddings] = field(default_factory=dict, repr=False, init=False)
 
     @classmethod
     def load(cls, config: EvaluateConfig, device: str = "cpu") -> "EvalModels":
