@@ -95,7 +95,7 @@ def child_mudi(model: str, subjects: str, out: str, steps: int, mix: str = "segm
     import peft  # noqa: F401
     from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
 
-    import mudi.compose.mix  # noqa: F401
+    import mudi.compose  # noqa: F401
     import mudi.models.lora  # noqa: F401
     import mudi.models.loading  # noqa: F401
     from mudi.train.config import TrainConfig

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mudi.cli import main
-from mudi.compose.mix import (
+from mudi.compose import (
     Composer,
     Crop,
     composite_caption,

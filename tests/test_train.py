@@ -293,7 +293,7 @@ def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subject
 
 def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):
     """The trainer's cached plain examples + Composer.composite reproduce Composer.example."""
-    from mudi.compose.mix import Composer
+    from mudi.compose import Composer
     from mudi.subjects import SubjectSet
     from mudi.train.recipe import ExampleSchedule
 

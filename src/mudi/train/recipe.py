@@ -10,7 +10,7 @@ The recipe reads top to bottom in :func:`train`:
    state and the step: a resumed run is bitwise identical to an uninterrupted one (CPU),
 5. export the LoRA (diffusers + kohya formats), the log, the loss curve and validation grids.
 
-The method lives in the data (:class:`mudi.compose.mix.Composer`); the loop is plain DreamBooth.
+The method lives in the data (:class:`mudi.compose.Composer`); the loop is plain DreamBooth.
 
 Output folder::
 
@@ -74,7 +74,7 @@ MAX_PRECOMPUTED_CAPTIONS = 1024
 def subject_captions(subject_set, k: int, mix: str) -> list[str]:
     """Every caption an instance example can have: photo captions and composite captions
     (current subject first, every ordered choice of the k − 1 others)."""
-    from mudi.compose.mix import composite_caption
+    from mudi.compose import composite_caption
 
     caps = [ph.caption for s in subject_set for ph in subject_set.photos(s.key)]
     if mix != "none":
@@ -87,7 +87,7 @@ def subject_captions(subject_set, k: int, mix: str) -> list[str]:
 
 
 def class_captions(class_photos: dict[str, list], class_names: dict[str, str], keys: list[str], k: int, mix: str) -> list[str]:
-    from mudi.compose.mix import composite_caption
+    from mudi.compose import composite_caption
 
     caps = [ph.caption for key in keys for ph in class_photos[key]]
     if mix != "none":
@@ -571,7 +571,7 @@ def prepare_run(config: TrainConfig):
     Raises MudiError for every user mistake: options, output folder, subject set, class set,
     base model folder, resolution.
     """
-    from mudi.compose.mix import parse_relative_sizes
+    from mudi.compose import parse_relative_sizes
     from mudi.models.lora import check_lora_targets
     from mudi.subjects import SubjectSet
 
@@ -633,7 +633,7 @@ def train(config: TrainConfig, *, pipeline=None, on_step: Callable[[int, dict], 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from mudi.compose.mix import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
+    from mudi.compose import Composer, default_margin, loss_weight_map, parse_relative_sizes, plain
     from mudi.models.lora import KOHYA_WEIGHT_NAME, add_unet_lora, check_lora_targets, save_diffusers_lora, save_kohya_lora
     from mudi.models.loading import load_pipeline
 
