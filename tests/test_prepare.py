@@ -15,15 +15,17 @@ from PIL import Image
 from mudi.cli import main
 from mudi.errors import MudiError
 from mudi.geometry import enlarge_box
-from mudi.prepare.pipeline import (
+from mudi.prepare import (
     DEFAULT_BOX_MARGIN,
     PhotoResult,
+    PrepareConfig,
     SubjectSpec,
-    import_set,
+    import_subjects,
     pick_single_box,
-    prepare_from_photos,
+    prepare,
     segment_photo,
 )
+from mudi.settings import RunOptions
 from mudi.protocols import Detection, Detector, Segmenter
 from mudi.subjects import SubjectSet, mask_bbox
 
@@ -329,14 +331,14 @@ def test_cli_import_existing_set(tmp_path, data_dir, capsys):
     assert not list(tmp_path.glob(".*staging*"))  # staging folder renamed away
 
 
-def test_import_set_api_refuses_nonempty_out(tmp_path, data_dir):
+def test_import_subjects_api_refuses_nonempty_out(tmp_path, data_dir):
     out = tmp_path / "set"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(MudiError, match="already has content"):
-        import_set(data_dir / "subjects" / "dog6_and_dog2", out)
+        import_subjects(data_dir / "subjects" / "dog6_and_dog2", out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    report = import_set(data_dir / "subjects" / "dog6_and_dog2", out, overwrite=True)
+    report = import_subjects(data_dir / "subjects" / "dog6_and_dog2", out, RunOptions(overwrite=True))
     assert (out / "keep.txt").read_text() == "mine"  # overwrite replaces files, deletes nothing
     assert len(report.results) == 10 and (out / "metadata.jsonl").exists()
 
@@ -437,10 +439,9 @@ def test_prepare_api_with_fake_models_reports_failures(photos):
     dets.n = 0
     seg = FakeSegmenter()
     out = root / "out"
-    report = prepare_from_photos(
-        [f"olis corgi={root / 'corgi'}", SubjectSpec("hta chow chow", root / "chow")], out,
-        detector=CountingDetector([]), segmenter=seg, progress=False,
-    )
+    config = PrepareConfig(subjects=[f"olis corgi={root / 'corgi'}", f"hta chow chow={root / 'chow'}"], out=str(out))
+    quiet = RunOptions(progress=False, device="cpu")
+    report = prepare(config, quiet, detector=CountingDetector([]), segmenter=seg)
     assert [r.path.name for r in report.failures] == ["a01.jpg", "b01.jpg"]
     assert all(r.reason == "no box above 0.2" for r in report.failures)
     assert seg.boxes == [pytest.approx((5.2, 5.2, 64.8, 74.8))] * 2  # 10 - 4.8, 60 + 4.8 on 96-px photos
@@ -455,8 +456,8 @@ def test_prepare_api_with_fake_models_reports_failures(photos):
     # --strict: the same failures are an error and nothing is written
     dets.n = 0
     with pytest.raises(MudiError, match="failed"):
-        prepare_from_photos([f"olis corgi={root / 'corgi'}", f"hta chow chow={root / 'chow'}"], root / "strict",
-                            detector=CountingDetector([]), segmenter=FakeSegmenter(), strict=True, progress=False)
+        prepare(config.updated({"out": str(root / "strict"), "strict": True}), quiet,
+                detector=CountingDetector([]), segmenter=FakeSegmenter())
     assert not (root / "strict").exists()
 
 
@@ -464,8 +465,9 @@ def test_subject_without_any_usable_photo_is_an_error(photos, capsys):
     root, _, _ = photos
     two = [Detection((1.0, 1.0, 30.0, 30.0), 0.9, 0), Detection((50.0, 50.0, 90.0, 90.0), 0.8, 0)]
     with pytest.raises(MudiError) as exc:
-        prepare_from_photos([f"olis corgi={root / 'corgi'}", f"hta chow chow={root / 'chow'}"], root / "out",
-                            detector=FakeDetector(two), segmenter=FakeSegmenter(), progress=False)
+        prepare(PrepareConfig(subjects=[f"olis corgi={root / 'corgi'}", f"hta chow chow={root / 'chow'}"],
+                              out=str(root / "out")),
+                RunOptions(progress=False), detector=FakeDetector(two), segmenter=FakeSegmenter())
     msg = str(exc.value)
     assert "'olis corgi'" in msg and "has no usable photo" in msg
     assert "a00.jpg" in msg and "2 boxes: ambiguous, supply a mask or a box" in msg
