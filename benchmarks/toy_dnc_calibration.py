@@ -78,10 +78,10 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(os.path.join(args.model or str(toy.base_model_path()), "vae")).eval()
     with tempfile.TemporaryDirectory() as tmp:
         sset_dir = os.path.join(tmp, "subjects")
-        from mudi.prepare.pipeline import import_set
+        from mudi.prepare import import_subjects
 
         toy.make_subject_set(os.path.join(tmp, "raw"), seed=0)
-        import_set(os.path.join(tmp, "raw"), sset_dir)
+        import_subjects(os.path.join(tmp, "raw"), sset_dir)
         sset = SubjectSet.load(sset_dir)
         prompt = toy.DEMO_PROMPTS[0]
         print(f"{'set':<12} {'n':>3} {'mean':>6} {'p10':>6} {'p50':>6} {'max':>6} {'count ok':>9}  "

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         info.check_resolution(args.resolution)
     device = _pick_device(args.device)
 
-    from mudi.prepare.pipeline import load_models
+    from mudi.prepare import load_models
 
     no_detector = str(args.detector).lower() == "none"
     detector, segmenter = load_models(

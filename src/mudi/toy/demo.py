@@ -7,7 +7,7 @@ with the OWLv2 / DINOv2 interfaces, so Detect-and-Compare runs unchanged.
 
 Stages (each in its own folder under OUT, each skipped on ``--resume`` once complete):
 
-1. ``subjects/``  -- the toy subject set, imported with :func:`mudi.prepare.pipeline.import_set`
+1. ``subjects/``  -- the toy subject set, imported with :func:`mudi.prepare.import_subjects`
    (contact sheet included);
 2. ``lora_none/``, ``lora_cutmix/``, ``lora_segmix/`` -- one LoRA per training mode
    (DreamBooth, Cut-Mix, Seg-Mix), same seed, steps and schedule, so they compare fairly;
@@ -230,10 +230,10 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
 def _make_subjects(out: Path, seed: int) -> None:
     """The toy photos (rendered) and the subject set imported from them (contact sheet included)."""
     from mudi import toy
-    from mudi.prepare.pipeline import import_set
+    from mudi.prepare import import_subjects
 
     toy.make_subject_set(out / "toy_photos", seed=seed, overwrite=True)
-    import_set(out / "toy_photos", out / "subjects", overwrite=True)
+    import_subjects(out / "toy_photos", out / "subjects", RunOptions(overwrite=True))
 
 
 def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: str) -> None:

@@ -130,7 +130,7 @@ def segment_class_image(image: Image.Image, cls: str, detector, segmenter, thres
         if not mask.any():
             return None, "the segmenter returned an empty mask"
         return mask, "ok"
-    from mudi.prepare.pipeline import segment_photo
+    from mudi.prepare import segment_photo
 
     return segment_photo(image, cls, detector, segmenter, threshold=threshold)
 
