@@ -1,6 +1,6 @@
 """SubjectSet: the one description of *who* we personalize.
 
-A subject set is a folder in the MuDI reference format::
+A subject set is a folder in the MuDI reference format (read by :mod:`mudi.metadata`)::
 
     metadata.jsonl   line 1: {"id": {"a": "olis corgi", "b": "hta chow chow"}}
                      then:   {"id": "a", "file_name": "a00.jpg", "mask_path": "mask_a00.png",
@@ -28,20 +28,19 @@ from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.geometry import mask_bbox
+from mudi.metadata import METADATA, read_metadata, split_phrase
 from mudi.io import (
     load_mask,
     load_rgb_alpha,
     mask_to_image,
-    prepare_output_dir,
+    claim_output_dir,
     save_image_atomic,
     write_bytes_atomic,
     write_text_atomic,
 )
 
-METADATA = "metadata.jsonl"
 #: Identifiers used by the reference implementation for up to five subjects.
 DEFAULT_IDENTIFIERS = ("olis", "hta", "ult", "amg", "lun", "sks", "zwx", "vrp", "qmk", "dlt")
-_IDENT_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 @dataclass
@@ -60,6 +59,7 @@ class SegmentedPhoto:
 
     @property
     def size(self) -> tuple[int, int]:
+        """(width, height) of the photo."""
         return self.image.shape[1], self.image.shape[0]
 
 
@@ -72,6 +72,7 @@ class Photo:
     caption: str
 
     def load(self) -> SegmentedPhoto:
+        """Read the photo and its mask (file, else alpha channel); MudiError naming the file."""
         img, alpha = load_rgb_alpha(self.image_path)
         if self.mask_path is not None:
             mask = load_mask(self.mask_path, img.size)
@@ -89,6 +90,8 @@ class Photo:
 
 @dataclass
 class Subject:
+    """One subject: its key ("a"), identifier token ("olis"), descriptive class ("corgi") and photos."""
+
     key: str
     identifier: str
     cls: str
@@ -98,19 +101,6 @@ class Subject:
     def phrase(self) -> str:
         """"identifier class", e.g. "olis corgi"."""
         return f"{self.identifier} {self.cls}"
-
-
-def split_phrase(phrase: str, where: str = "") -> tuple[str, str]:
-    """"olis corgi" → ("olis", "corgi"); the identifier is the first word."""
-    parts = phrase.strip().split(None, 1)
-    if len(parts) != 2:
-        raise MudiError(
-            f"{where}subject phrase {phrase!r} must be an identifier and a class, e.g. \"olis corgi\"."
-        )
-    ident, cls = parts
-    if not _IDENT_RE.match(ident):
-        raise MudiError(f"{where}identifier {ident!r} must be one word of letters, digits, '_' or '-'.")
-    return ident, " ".join(cls.split())
 
 
 class SubjectSet:
@@ -130,6 +120,7 @@ class SubjectSet:
 
     @property
     def keys(self) -> list[str]:
+        """Subject keys in order."""
         return [s.key for s in self.subjects]
 
     def subject(self, name: str) -> Subject:
@@ -147,6 +138,7 @@ class SubjectSet:
         return self._cache[key]
 
     def load_all(self) -> dict[str, list[SegmentedPhoto]]:
+        """Every subject's loaded photos, by key."""
         return {s.key: self.photos(s.key) for s in self.subjects}
 
     def subjects_in_prompt(self, prompt: str) -> list[Subject]:
@@ -196,69 +188,11 @@ class SubjectSet:
     @classmethod
     def load(cls, root: str | Path, *, validate: bool = True, load_images: bool = True) -> "SubjectSet":
         """Load a subject-set folder (metadata.jsonl format) and validate it."""
+        heads, records = read_metadata(root)
+        subjects = {key: Subject(key, ident, klass) for key, (ident, klass) in heads.items()}
+        for rec in records:
+            subjects[rec.key].photos.append(Photo(rec.image_path, rec.mask_path, rec.caption))
         root = Path(root)
-        if not root.exists():
-            raise MudiError(f"{root}: subject-set folder not found.")
-        if not root.is_dir():
-            raise MudiError(f"{root}: expected a subject-set folder, found a file.")
-        meta = root / METADATA
-        if not meta.exists():
-            raise MudiError(
-                f"{root}: no {METADATA}. A subject set is a folder with {METADATA}; create one with "
-                "`mudi prepare --subject \"olis corgi=photos/corgi\" --subject ... --out DIR`."
-            )
-        lines = [(i + 1, ln) for i, ln in enumerate(meta.read_text(encoding="utf-8").splitlines()) if ln.strip()]
-        if not lines:
-            raise MudiError(f"{meta}: the file is empty.")
-        records = []
-        for lineno, ln in lines:
-            try:
-                records.append((lineno, json.loads(ln)))
-            except json.JSONDecodeError as exc:
-                raise MudiError(f"{meta}:{lineno}: not valid JSON ({exc.msg}).") from None
-        lineno, head = records[0]
-        if not isinstance(head, dict) or not isinstance(head.get("id"), dict) or not head["id"]:
-            raise MudiError(
-                f"{meta}:{lineno}: the first line must map subject keys to phrases, e.g. "
-                '{"id": {"a": "olis corgi", "b": "hta chow chow"}}.'
-            )
-        subjects: dict[str, Subject] = {}
-        for key, phrase in head["id"].items():
-            if not isinstance(phrase, str):
-                raise MudiError(f"{meta}:{lineno}: phrase of subject {key!r} must be a string.")
-            ident, klass = split_phrase(phrase, f"{meta}:{lineno}: ")
-            subjects[str(key)] = Subject(str(key), ident, klass)
-        root_res = root.resolve()
-        seen_photos: dict[Path, int] = {}
-        for lineno, rec in records[1:]:
-            if not isinstance(rec, dict):
-                raise MudiError(f"{meta}:{lineno}: expected a JSON object.")
-            key = rec.get("id")
-            if not isinstance(key, str) or key not in subjects:
-                raise MudiError(
-                    f"{meta}:{lineno}: subject id {key!r} is not declared on line 1 "
-                    f"(declared: {', '.join(subjects)})."
-                )
-            fname = rec.get("file_name")
-            if not isinstance(fname, str) or not fname:
-                raise MudiError(f"{meta}:{lineno}: missing \"file_name\".")
-            img_path = _inside(root, root_res, fname, meta, lineno)
-            resolved = img_path.resolve()
-            if resolved in seen_photos:
-                raise MudiError(
-                    f"{meta}:{lineno}: photo {fname!r} is listed twice (also on line {seen_photos[resolved]}); "
-                    "list each photo once, under one subject."
-                )
-            seen_photos[resolved] = lineno
-            mask_path = None
-            if rec.get("mask_path"):
-                if not isinstance(rec["mask_path"], str):
-                    raise MudiError(f"{meta}:{lineno}: \"mask_path\" must be a string (a file name).")
-                mask_path = _inside(root, root_res, rec["mask_path"], meta, lineno)
-            caption = rec.get("text") or f"a photo of a {subjects[key].phrase}"
-            if not isinstance(caption, str):
-                raise MudiError(f"{meta}:{lineno}: \"text\" must be a string.")
-            subjects[key].photos.append(Photo(img_path, mask_path, caption))
         sset = cls(list(subjects.values()), root)
         if validate:
             sset.validate(load_images=load_images)
@@ -267,7 +201,7 @@ class SubjectSet:
     # ------------------------------------------------------------------- saving
     def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
         """Write the set as a folder (photos as stored, masks as PNG, metadata.jsonl)."""
-        out = prepare_output_dir(out, overwrite=overwrite, what="subject-set")
+        out = claim_output_dir(out, overwrite=overwrite, what="subject-set", option="", create=True)
         lines = [json.dumps({"id": {s.key: s.phrase for s in self.subjects}}, ensure_ascii=False)]
         for s in self.subjects:
             for i, (p, seg) in enumerate(zip(s.photos, self.photos(s.key))):
@@ -323,24 +257,6 @@ def _is_plain_rgb(path: Path) -> bool:
             return im.mode == "RGB" and orientation in (None, 1)
     except Exception:
         return False
-
-
-def _inside(root: Path, root_res: Path, rel: str, meta: Path, lineno: int) -> Path:
-    """Resolve a metadata path and refuse anything outside the set's folder."""
-    p = Path(rel)
-    if p.is_absolute():
-        raise MudiError(f"{meta}:{lineno}: path {rel!r} is absolute; paths must be relative to the set's folder.")
-    full = (root / p).resolve()
-    try:
-        full.relative_to(root_res)
-    except ValueError:
-        raise MudiError(
-            f"{meta}:{lineno}: path {rel!r} points outside the subject-set folder {root}; "
-            "keep photos and masks inside the folder."
-        ) from None
-    if not full.exists():
-        raise MudiError(f"{meta}:{lineno}: {rel!r} not found in {root}.")
-    return root / p
 
 
 def parse_subject_values(

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mudi.subjects import mask_bbox
+from mudi.geometry import mask_bbox
 
 
 def _font(size: int = 12) -> ImageFont.ImageFont:
