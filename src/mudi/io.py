@@ -144,6 +144,20 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """A user's JSON file (``what`` names it in messages: "boxes", "layout"); MudiError when it is
+    missing, a folder or not valid JSON."""
+    path = Path(path)
+    if not path.exists():
+        raise MudiError(f"{path}: {what} file not found.")
+    if not path.is_file():
+        raise MudiError(f"{path}: expected a JSON {what} file, found a folder.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MudiError(f"{path}: not valid JSON ({exc}).") from None
+
+
 # ---------------------------------------------------------------- atomic writes
 
 def _atomic_write(path: Path, write) -> Path:

@@ -10,7 +10,6 @@ name -> [x0, y0, x1, y1] in pixels of the upright photo, skips detection), else 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,7 +19,7 @@ from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.geometry import Box, clamp_box
-from mudi.io import IMAGE_SUFFIXES, list_images, load_mask, load_rgb_alpha
+from mudi.io import IMAGE_SUFFIXES, list_images, load_mask, load_rgb_alpha, read_json
 from mudi.subjects import split_phrase
 
 #: Subject keys in the order the subjects are given.
@@ -110,17 +109,6 @@ def _find_mask(photo: Path, masks_dir: Path | None) -> Path | None:
     return None
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.exists():
-        raise MudiError(f"{path}: {what} file not found.")
-    if not path.is_file():
-        raise MudiError(f"{path}: expected a JSON {what} file, found a folder.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MudiError(f"{path}: not valid JSON ({exc}).") from None
-
-
 def _match_keys(
     mapping: Mapping[str, Any], photos: Sequence[tuple[SubjectSpec, Path]], source: str
 ) -> dict[Path, Any]:
@@ -154,7 +142,7 @@ def _photo_mapping(spec: Any, what: str, values: str, listed) -> dict[Path, Any]
     if spec is None:
         return {}
     source = what if isinstance(spec, Mapping) else str(spec)
-    data = spec if isinstance(spec, Mapping) else _read_json(Path(spec), what)
+    data = spec if isinstance(spec, Mapping) else read_json(Path(spec), what)
     if not isinstance(data, Mapping):
         raise MudiError(f"{source}: expected a JSON object mapping photo file names to {values}.")
     return _match_keys(data, listed, source)
