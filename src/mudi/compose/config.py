@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mudi.compose.composer import MIX_KINDS, parse_relative_sizes
-from mudi.compose.segmix import DEFAULT_LOW
+from mudi.compose.segmix import DEFAULT_LOW, DEFAULT_SEGMIX_MARGIN, MARGIN_FULL_FROM
 from mudi.errors import MudiError
 from mudi.settings import Settings, setting
 
@@ -23,14 +23,15 @@ class ComposeConfig(Settings):
     seed: int = setting(0, "random seed")
     size: int = setting(1024, "canvas side S in pixels (1024 is the SDXL training size)")
     mix: str = setting("segmix", "composition kind", choices=MIX_KINDS)
-    p: float = setting(1.0, "probability that an example is a composite (training uses 0.3)")
+    p: float = setting(1.0, "probability that an example is a composite (1 shows only composites)")
     k: int = setting(2, "subjects per composite")
     relative_sizes: str = setting(
         "", "fixed relative sizes, e.g. a=1,b=0.6 (scale = m*C, 0 < C <= 1; unlisted subjects get 1)",
         metavar="NAME=C,...")
     low: float = setting(DEFAULT_LOW, "Seg-Mix scale range: low fraction of the largest scale m")
     segmix_margin: float = setting(
-        -1.0, "Seg-Mix margin in pixels; -1 = 32, or S/8 for canvases under 256 px", flag="--margin")
+        -1.0, f"Seg-Mix margin in pixels; -1 = {DEFAULT_SEGMIX_MARGIN} px, or S/8 for canvases under "
+        f"{MARGIN_FULL_FROM} px", flag="--margin")
     edge_range: int = setting(0, "Seg-Mix horizontal offset range in pixels; 0 = S/(2k), i.e. S/4 for two subjects")
 
     def check(self) -> None:
