@@ -613,6 +613,9 @@ def test_evaluate_checks_everything_before_writing(saved_set, tmp_path):
     with pytest.raises(MudiError, match="subjects"):
         evaluate(_config(saved_set, g, tmp_path / "E2").updated({"subjects": ""}), models=_fake_models())
     assert not (tmp_path / "E2").exists()
+    with pytest.raises(MudiError, match=r"--detector 'owl'.*Registered detectors: .*owlv2"):
+        evaluate(_config(saved_set, g, tmp_path / "E2", detector="owl"))  # a model name is checked before writing
+    assert not (tmp_path / "E2").exists()
 
 
 def test_config_fields_flags_and_run_file(tmp_path):

@@ -18,7 +18,7 @@ from mudi.evaluate.config import EvaluateConfig
 from mudi.evaluate.models import EvalModels
 from mudi.evaluate.pipeline import EvaluationJob, load_models
 from mudi.evaluate.results import SCORES_JSON, Comparison, Evaluation
-from mudi.io import claim_output_dir, prepare_output_dir
+from mudi.io import claim_output_dir
 from mudi.settings import RunOptions
 
 _LABEL_RE = re.compile(r"^([A-Za-z0-9_.+\-]+)=(.+)$")
@@ -199,7 +199,7 @@ def compare(runs: Sequence[Evaluation | RunSpec | str | Path], config: EvaluateC
         :func:`mudi.report.write_comparison_report`.
 
     Raises:
-        MudiError: a bad run or setting, found before any model is loaded or file written.
+        MudiError: a bad run, setting or model name, found before anything is written.
     """
     options = options or RunOptions()
     out = Path(out) if out else None
@@ -208,18 +208,16 @@ def compare(runs: Sequence[Evaluation | RunSpec | str | Path], config: EvaluateC
         claim_output_dir(out, overwrite=options.overwrite, what="evaluation")
     taken = {r.label for r in runs if isinstance(r, (Evaluation, RunSpec))}
     entries = [_entry(r, config, options, out, taken) for r in runs]
-    # 2. Prepare the output folder
-    if out is not None:
-        prepare_output_dir(out, overwrite=options.overwrite, what="evaluation")
-    # 3. Load the models once, if any folder needs them
+    # 2. Load the models once, if any folder needs them
     jobs = [e for e in entries if isinstance(e, EvaluationJob)]
     if jobs and models is None:
         models = load_models(jobs[0].config, options)
-    # 4. Evaluate the image folders
+    # 3. Evaluate the image folders (each saved into its own folder)
     evaluations = [e if isinstance(e, Evaluation) else e.run(models) for e in entries]
-    # 5. Table and win rates
+    # 4. Table and win rates
     comparison = compare_runs(evaluations)
     if out is not None:
+        out.mkdir(parents=True, exist_ok=True)  # claimed in step 1
         comparison.save(out)
     return comparison
 

@@ -15,7 +15,7 @@ from mudi.evaluate.folder import EvalItem, collect_folder
 from mudi.evaluate.models import EvalModels
 from mudi.evaluate.results import Evaluation
 from mudi.evaluate.scoring import DetectAndCompare, evaluate_items
-from mudi.io import claim_output_dir, prepare_output_dir, write_text_atomic
+from mudi.io import claim_output_dir, write_text_atomic
 from mudi.settings import RunOptions
 
 
@@ -105,16 +105,13 @@ def evaluate(config: EvaluateConfig, options: RunOptions | None = None, *,
         render its HTML report with :func:`mudi.report.write_run_report`).
 
     Raises:
-        MudiError: bad settings or inputs, found before any model is loaded or file written.
+        MudiError: bad settings, inputs or model names, found before anything is written.
     """
-    # 1. Check the inputs and read the images (no model, nothing written)
+    # 1. Check the inputs and read the images (no model loaded, nothing written)
     job = EvaluationJob(config, options).prepare()
-    # 2. Prepare the output folder
-    if config.out:
-        prepare_output_dir(config.out, overwrite=job.options.overwrite, what="evaluation")
-    # 3. Load the models
+    # 2. Load the models
     models = models or load_models(config, job.options)
-    # 4. Score and save
+    # 3. Score, then save (the output folder is created only now)
     return job.run(models)
 
 

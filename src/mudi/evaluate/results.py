@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mudi.errors import MudiError
 from mudi.evaluate.dnc import DncResult
-from mudi.io import prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.io import claim_output_dir, write_json_atomic, write_text_atomic
 from mudi.protocols import Detection
 
 CSV_COLUMNS = [
@@ -149,7 +149,7 @@ class Evaluation:
         Raises:
             MudiError: ``out`` already has content and ``overwrite`` is false.
         """
-        out = prepare_output_dir(out, overwrite=overwrite, what="evaluation")
+        out = claim_output_dir(out, overwrite=overwrite, what="evaluation", option="", create=True)
         write_text_atomic(out / SCORES_CSV, csv_text([r.to_row() for r in self.results], CSV_COLUMNS))
         write_json_atomic(out / PER_IMAGE_JSON, [r.to_dict() for r in self.results])
         write_json_atomic(out / SCORES_JSON, {"label": self.label, "summary": self.summary, "settings": self.settings})
