@@ -19,15 +19,14 @@ RELATIVE_SIZE_MEANING = "a fraction of the largest allowed scale; give the bigge
 ClassPhotos = Mapping[str, Sequence[SegmentedPhoto]]
 
 
-def parse_relative_sizes(text: str, sset: SubjectSet | None = None) -> dict[str, float]:
-    """Parse ``"a=1,b=0.6"`` into ``{"a": 1.0, "b": 0.6}``: each ratio c in (0, 1] is a fraction of
-    the largest allowed Seg-Mix scale (names are keys, identifiers or phrases; resolved to keys
-    with ``sset``). An empty text is an error: leave the option out instead."""
-    if not text or not text.strip():
-        raise MudiError("--relative-sizes is empty; give NAME=RATIO pairs, e.g. a=1,b=0.6.")
-    return parse_subject_values(
-        text, sset, low=0.0, high=1.0, option="--relative-sizes", meaning=RELATIVE_SIZE_MEANING,
-    )
+def parse_relative_sizes(spec: str | Mapping[str, float], sset: SubjectSet | None = None, *,
+                         option: str = "--relative-sizes") -> dict[str, float]:
+    """Parse ``"a=1,b=0.6"`` (or a mapping) into ``{"a": 1.0, "b": 0.6}``: each ratio c in (0, 1] is
+    a fraction of the largest allowed Seg-Mix scale (names are keys, identifiers or phrases;
+    resolved to keys with ``sset``). An empty spec is an error: leave the option out instead."""
+    if not spec or (isinstance(spec, str) and not spec.strip()):
+        raise MudiError(f"{option} is empty; give NAME=RATIO pairs, e.g. a=1,b=0.6.")
+    return parse_subject_values(spec, sset, low=0.0, high=1.0, option=option, meaning=RELATIVE_SIZE_MEANING)
 
 
 class Composer:
@@ -77,10 +76,7 @@ class Composer:
         self.relative: dict[str, float] | None = None
         if relative_sizes:
             self.relative = {s.key: 1.0 for s in subject_set}
-            self.relative.update(parse_subject_values(
-                relative_sizes, subject_set, low=0.0, high=1.0, option="relative sizes",
-                meaning=RELATIVE_SIZE_MEANING,
-            ))
+            self.relative.update(parse_relative_sizes(relative_sizes, subject_set, option="relative sizes"))
         self._crops: dict[tuple[str, int], Crop] = {}
 
     # ------------------------------------------------------------------ helpers
