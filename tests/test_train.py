@@ -13,11 +13,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mudi.cli import main
-from mudi.train.config import TrainConfig
 from mudi.errors import MudiError
-from mudi.train.recipe import list_checkpoints, train
+from mudi.settings import RunOptions
+from mudi.train import TrainConfig, train
+from mudi.train.checkpoints import list_checkpoints
 
-FAST = dict(resolution=64, validate_every=-1, progress=False, checkpoint_every=0)
+FAST = dict(resolution=64, validate_every=-1, checkpoint_every=0)
+RUN_KEYS = ("resume", "overwrite", "device", "progress")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,14 @@ def _cfg(tiny_models: Path, subjects: Path, out: Path, model: str = "sd", **kw) 
     values = dict(FAST, subjects=str(subjects), base=str(tiny_models / model), out=str(out), max_train_steps=2)
     values.update(kw)
     return TrainConfig(**values)
+
+
+def _train(tiny_models: Path, subjects: Path, out: Path, model: str = "sd", *, pipeline=None, on_step=None,
+           stop_after: int = 0, **kw):
+    """train() with the test's defaults; invocation options (resume, overwrite, device) split off."""
+    options = RunOptions(progress=False, **{k: kw.pop(k) for k in RUN_KEYS if k in kw})
+    return train(_cfg(tiny_models, subjects, out, model, **kw), options, pipeline=pipeline, on_step=on_step,
+                 stop_after=stop_after)
 
 
 def _log(out: Path) -> list[dict]:
@@ -75,7 +85,7 @@ def test_toml_round_trip_and_errors(tmp_path: Path):
 def test_train_each_model_and_mix(tiny_models, subjects, tmp_path, model, mix):
     out = tmp_path / "lora"
     # p = 1: every example is a composite (except for mix none = DreamBooth, all plain)
-    train(_cfg(tiny_models, subjects, out, model, mix=mix, p=1.0, max_train_steps=2))
+    _train(tiny_models, subjects, out, model, mix=mix, p=1.0, max_train_steps=2)
     for name in ("pytorch_lora_weights.safetensors", "lora_kohya.safetensors", "config.toml",
                  "train_log.jsonl", "loss.png", "summary.json"):
         assert (out / name).is_file(), name
@@ -105,7 +115,7 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects
     from mudi.models.loading import load_pipeline
 
     out = tmp_path / "lora"
-    train(_cfg(tiny_models, subjects, out, "sdxl", learning_rate=1e-2, max_train_steps=3))
+    _train(tiny_models, subjects, out, "sdxl", learning_rate=1e-2, max_train_steps=3)
 
     def sample(pipe):
         pipe.set_progress_bar_config(disable=True)
@@ -134,8 +144,8 @@ def test_lora_loads_into_fresh_pipeline_and_changes_output(tiny_models, subjects
 
 def test_validation_grid_written(tiny_models, subjects, tmp_path):
     out = tmp_path / "lora"
-    train(_cfg(tiny_models, subjects, out, "sdxl", validate_every=1, validation_inference_steps=1,
-               validation_images=1, max_train_steps=2, validation_prompts=["a photo of a {b} on a sofa"]))
+    _train(tiny_models, subjects, out, "sdxl", validate_every=1, validation_inference_steps=1,
+               validation_images=1, max_train_steps=2, validation_prompts=["a photo of a {b} on a sofa"])
     assert TrainConfig.from_toml(out / "config.toml").validation_prompts == ["a photo of a {b} on a sofa"]
     assert sorted(p.name for p in (out / "validation").iterdir()) == [
         "step_000000.png", "step_000001.png", "step_000002.png"]
@@ -149,9 +159,9 @@ def test_validation_grid_written(tiny_models, subjects, tmp_path):
 def test_resume_is_bitwise_identical(tiny_models, subjects, tmp_path):
     kw = dict(max_train_steps=4, checkpoint_every=1, learning_rate=1e-2, p=0.5, keep_checkpoints=1)
     full = tmp_path / "full"
-    train(_cfg(tiny_models, subjects, full, "sdxl", **kw))
+    _train(tiny_models, subjects, full, "sdxl", **kw)
     part = tmp_path / "part"
-    train(_cfg(tiny_models, subjects, part, "sdxl", stop_after=2, **kw))
+    _train(tiny_models, subjects, part, "sdxl", stop_after=2, **kw)
     assert not (part / "pytorch_lora_weights.safetensors").exists()
     assert [s for s, _ in list_checkpoints(part)] == [2]
     ckpt = list_checkpoints(part)[0][1]
@@ -159,7 +169,7 @@ def test_resume_is_bitwise_identical(tiny_models, subjects, tmp_path):
         "lora.safetensors", "optimizer.safetensors", "pytorch_lora_weights.safetensors", "state.json"]
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 2 and state["sampler"]["next_example"] == 4 and "python" in state["rng"]
-    train(_cfg(tiny_models, subjects, part, "sdxl", resume=True, **kw))
+    _train(tiny_models, subjects, part, "sdxl", resume=True, **kw)
     a, b = _lora(full), _lora(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _log(part)] == [1, 2, 3, 4]
@@ -170,7 +180,7 @@ def test_resume_after_kill_between_checkpoints(tiny_models, subjects, tmp_path):
     """A run dying at step 3 (last checkpoint at 2) resumes from 2 and ends identical."""
     kw = dict(max_train_steps=4, checkpoint_every=2, learning_rate=1e-2, p=0.5)
     full = tmp_path / "full"
-    train(_cfg(tiny_models, subjects, full, "sd", **kw))
+    _train(tiny_models, subjects, full, "sd", **kw)
 
     def die(step, row):
         if step == 3:
@@ -178,12 +188,12 @@ def test_resume_after_kill_between_checkpoints(tiny_models, subjects, tmp_path):
 
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tiny_models, subjects, part, "sd", **kw), on_step=die)
+        _train(tiny_models, subjects, part, "sd", **kw, on_step=die)
     assert [s for s, _ in list_checkpoints(part)] == [2]
     assert [r["step"] for r in _log(part)] == [1, 2, 3]
     # a half-written checkpoint folder from the kill must not confuse the resume
     (part / "checkpoints" / ".step_000004.tmp").mkdir()
-    train(_cfg(tiny_models, subjects, part, "sd", resume=True, **kw))
+    _train(tiny_models, subjects, part, "sd", resume=True, **kw)
     a, b = _lora(full), _lora(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _log(part)] == [1, 2, 3, 4]
@@ -191,11 +201,11 @@ def test_resume_after_kill_between_checkpoints(tiny_models, subjects, tmp_path):
 
 def test_resume_refuses_changed_method_options(tiny_models, subjects, tmp_path):
     out = tmp_path / "run"
-    train(_cfg(tiny_models, subjects, out, "sd", stop_after=1, checkpoint_every=1))
+    _train(tiny_models, subjects, out, "sd", stop_after=1, checkpoint_every=1)
     with pytest.raises(MudiError, match="p = 0.9"):
-        train(_cfg(tiny_models, subjects, out, "sd", resume=True, p=0.9))
+        _train(tiny_models, subjects, out, "sd", resume=True, p=0.9)
     # more steps is fine
-    train(_cfg(tiny_models, subjects, out, "sd", resume=True, max_train_steps=3))
+    _train(tiny_models, subjects, out, "sd", resume=True, max_train_steps=3)
     assert _log(out)[-1]["step"] == 3
     # the CLI needs only --out: everything else comes from OUT/config.toml
     assert main(["train", "--out", str(out), "--resume", "--steps", "4", "--no-progress"]) == 0
@@ -218,8 +228,8 @@ def test_text_encoders_never_called_during_steps(tiny_models, subjects, tmp_path
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.register_forward_hook(count)
     at_step: dict[int, int] = {}
-    train(_cfg(tiny_models, subjects, tmp_path / "o", "sdxl", p=0.5, max_train_steps=3, validate_every=1,
-               validation_inference_steps=1, validation_images=1),
+    _train(tiny_models, subjects, tmp_path / "o", "sdxl", p=0.5, max_train_steps=3, validate_every=1,
+               validation_inference_steps=1, validation_images=1,
           pipeline=pipe, on_step=lambda s, row: at_step.__setitem__(s, calls["n"]))
     assert calls["n"] > 0  # the captions were encoded once, before step 1
     assert at_step[1] == at_step[2] == at_step[3] == calls["n"]  # and never again (validation included)
@@ -295,7 +305,7 @@ def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):
     """The trainer's cached plain examples + Composer.composite reproduce Composer.example."""
     from mudi.compose import Composer
     from mudi.subjects import SubjectSet
-    from mudi.train.recipe import ExampleSchedule
+    from mudi.train.data import ExampleSchedule
 
     sset = SubjectSet.load(subjects)
     comp = Composer(sset, 64, mix="segmix", p=0.5, k=2)
@@ -327,20 +337,20 @@ def test_v_prediction_model(tiny_models, subjects, tmp_path):
     cfg["prediction_type"] = "v_prediction"
     sched.write_text(json.dumps(cfg))
     out = tmp_path / "o"
-    train(_cfg(tiny_models, subjects, out, base=str(model), max_train_steps=1))
+    _train(tiny_models, subjects, out, base=str(model), max_train_steps=1)
     assert json.loads((out / "summary.json").read_text())["prediction_type"] == "v_prediction"
 
 
 def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subjects, tmp_path):
     kw = dict(max_train_steps=2, p=0.5, learning_rate=1e-2)
-    train(_cfg(tiny_models, subjects, tmp_path / "a", "sd", **kw))
-    train(_cfg(tiny_models, subjects, tmp_path / "b", "sd", gradient_checkpointing=True, **kw))
+    _train(tiny_models, subjects, tmp_path / "a", "sd", **kw)
+    _train(tiny_models, subjects, tmp_path / "b", "sd", gradient_checkpointing=True, **kw)
     a, b = _lora(tmp_path / "a"), _lora(tmp_path / "b")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # recomputation, same result
-    train(_cfg(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw))
+    _train(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw)
     la, lc = _log(tmp_path / "a")[0]["loss"], _log(tmp_path / "c")[0]["loss"]
     assert lc < la  # alpha 0: only subject pixels count, the (white/empty) rest weighs 0
-    train(_cfg(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw))
+    _train(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw)
     assert TrainConfig.from_toml(tmp_path / "d" / "config.toml").mixed_precision == "bf16"
     assert all(v.dtype == torch.float32 for v in _lora(tmp_path / "d").values())  # LoRA kept in fp32
 
@@ -355,7 +365,7 @@ def test_sigkill_and_resume_gives_the_same_lora(tiny_models, subjects, tmp_path)
 
     kw = dict(max_train_steps=6, checkpoint_every=1, learning_rate=1e-2, p=0.5)
     full = tmp_path / "full"
-    train(_cfg(tiny_models, subjects, full, "sd", **kw))
+    _train(tiny_models, subjects, full, "sd", **kw)
 
     part = tmp_path / "part"
     cmd = [sys.executable, "-m", "mudi.cli", "train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"),
@@ -372,7 +382,7 @@ def test_sigkill_and_resume_gives_the_same_lora(tiny_models, subjects, tmp_path)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (part / "pytorch_lora_weights.safetensors").exists()
-    train(_cfg(tiny_models, subjects, part, "sd", resume=True, **kw))
+    _train(tiny_models, subjects, part, "sd", resume=True, **kw)
     a, b = _lora(full), _lora(part)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _log(part)] == list(range(1, 7))
@@ -401,9 +411,9 @@ def test_resume_with_overwrite_means_resume_or_start(tiny_models, subjects, tmp_
     out = tmp_path / "o"
     out.mkdir()
     (out / "stray.txt").write_text("x")
-    train(_cfg(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=1, checkpoint_every=1))
+    _train(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=1, checkpoint_every=1)
     assert [r["step"] for r in _log(out)] == [1]  # nothing to resume: started over
-    train(_cfg(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=2))
+    _train(tiny_models, subjects, out, "sd", resume=True, overwrite=True, max_train_steps=2)
     assert [r["step"] for r in _log(out)] == [1, 2]  # a run was there: continued, not restarted
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == 1
 
@@ -421,7 +431,7 @@ def test_three_subjects_k3(tiny_models, data_dir, tmp_path):
     four = SubjectSet.from_arrays(items).save(tmp_path / "four")
     out = tmp_path / "o"
     train(TrainConfig(**FAST, subjects=str(four), base=str(tiny_models / "sd"), out=str(out), max_train_steps=2,
-                      k=3, p=1.0))
+                      k=3, p=1.0), RunOptions(progress=False))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["text_encoder_calls_training"] == 0
     assert summary["captions_cached"] >= 8 + 4 * 3 * 2  # photo captions + every ordered composite caption
@@ -456,8 +466,8 @@ def test_text_encoders_freed_and_force_upcast_vae_kept_fp32(tiny_models, subject
         gc.collect()
         checks.append(([r() is None for r in seen["refs"]], seen["pipe"].vae.dtype))
 
-    train(_cfg(tiny_models, subjects, tmp_path / "o", "sdxl", mixed_precision="bf16", vae=str(tiny_models / "sdxl"),
-               max_train_steps=1), on_step=on_step)
+    _train(tiny_models, subjects, tmp_path / "o", "sdxl", mixed_precision="bf16", vae=str(tiny_models / "sdxl"),
+               max_train_steps=1, on_step=on_step)
     assert checks == [([True, True], torch.float32)]
 
 
@@ -477,8 +487,8 @@ def test_validation_decodes_outside_autocast(tiny_models, subjects, tmp_path):
 
     pipe.vae.decode = decode
     out = tmp_path / "o"
-    train(_cfg(tiny_models, subjects, out, "sdxl", mixed_precision="bf16", validate_every=0,
-               validation_inference_steps=1, validation_images=1, max_train_steps=1), pipeline=pipe)
+    _train(tiny_models, subjects, out, "sdxl", mixed_precision="bf16", validate_every=0,
+               validation_inference_steps=1, validation_images=1, max_train_steps=1, pipeline=pipe)
     assert calls and all(c == (False, torch.float32, torch.float32) for c in calls)
     assert (out / "validation" / "step_000001.png").is_file()
 
@@ -542,16 +552,16 @@ def test_kohya_copy_of_real_layouts_converts_back_and_marks_sd2(tmp_path):
 def test_hub_model_path_resolves_resolution_after_loading(tiny_models, subjects, tmp_path, monkeypatch):
     """A hub id is not inspected before loading (inspect_model returns None): the model's
     resolution, SDXL-ness and prediction type then come from the loaded pipeline."""
-    from mudi.train import recipe as train_recipe
+    from mudi.models import loading
 
-    monkeypatch.setattr(train_recipe, "inspect_model", lambda base: None)
+    monkeypatch.setattr(loading, "inspect_model", lambda base: None)
     out = tmp_path / "o"
-    train(_cfg(tiny_models, subjects, out, "sdxl", resolution=0, max_train_steps=1))
+    _train(tiny_models, subjects, out, "sdxl", resolution=0, max_train_steps=1)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["model"] == "sdxl" and summary["resolution"] == 64
     assert TrainConfig.from_toml(out / "config.toml").resolution == 64
     with pytest.raises(MudiError, match="does not fit"):
-        train(_cfg(tiny_models, subjects, tmp_path / "bad", "sdxl", resolution=72, max_train_steps=1))
+        _train(tiny_models, subjects, tmp_path / "bad", "sdxl", resolution=72, max_train_steps=1)
 
 
 def test_target_module_typo_fails_before_writing_then_resume_works(tiny_models, subjects, tmp_path, capsys):

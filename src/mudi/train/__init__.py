@@ -1,1 +1,10 @@
-"""placeholder"""
+"""Stage 3, train: DreamBooth-LoRA with Seg-Mix (METHOD.md §2–§3) on SD 1.x/2.x and SDXL.
+
+``train(config, options)`` runs :class:`~mudi.train.recipe.LoRATrainer`; :class:`TrainConfig`
+describes a run (every field with its default and help).
+"""
+
+from mudi.train.config import TrainConfig
+from mudi.train.recipe import TrainResult, train
+
+__all__ = ["TrainConfig", "TrainResult", "train"]

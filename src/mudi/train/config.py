@@ -1,22 +1,23 @@
-"""Training configuration: every METHOD.md §3 default in one dataclass, TOML in and out.
+"""Training configuration: every METHOD.md §3 default in one dataclass whose fields carry their help.
 
-A run is fully described by a :class:`TrainConfig`. It loads from a TOML file
-(``mudi train --config run.toml``), command-line flags override single fields, and the
-fully resolved config (model-dependent defaults filled in) is saved as ``OUT/config.toml``
-so every result says how it was made. :meth:`TrainConfig.check` validates every option
-without touching a model, so mistakes surface before any heavy work.
+A run is fully described by a :class:`TrainConfig`. It loads from the ``[train]`` table of a run
+file (or the top-level keys of a file without stage tables: ``mudi train --config run.toml``),
+command-line flags (made from the same fields by :func:`mudi.settings.add_arguments`) override
+single fields, and the fully resolved config (model-dependent defaults filled in) is saved as
+``OUT/config.toml`` so every result says how it was made. How a run is *invoked* (resume,
+overwrite, device, progress) is a :class:`mudi.settings.RunOptions`, never saved.
+:meth:`TrainConfig.check` validates every option without touching a model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from mudi.errors import MudiError
+from mudi.settings import Settings, read_section, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -32,36 +33,18 @@ NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
 #: Fields that may differ between the saved config of a run and a ``--resume`` of it: they do
 #: not change what the optimizer sees up to a given step.
 RESUME_SAFE_FIELDS = frozenset(
-    {
-        "max_train_steps",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "validate_every",
-        "validation_inference_steps",
-        "log_every",
-        "stop_after",
-        "device",
-        "overwrite",
-        "resume",
-        "progress",
-        "out",
-    }
+    {"max_train_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_inference_steps",
+     "log_every", "out"}
 )
 
 
-def read_train_table(path: Path) -> dict[str, Any]:
+def read_train_table(path: str | Path) -> dict[str, Any]:
     """The training settings in a TOML file: its ``[train]`` table, or its top-level keys."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise MudiError(f"{path}: not valid TOML ({exc}).") from None
-    if set(data) == {"train"} and isinstance(data["train"], dict):
-        data = data["train"]
-    return data
+    return read_section(path, TrainConfig.SECTION)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything that defines a ``mudi train`` run (METHOD.md §2–§3 defaults).
 
     Paths are stored as strings so the config round-trips through TOML unchanged.
@@ -69,239 +52,117 @@ class TrainConfig:
     device at the start of a run (1024 for SDXL, 512 for SD 1.x/2.x; fp16 on CUDA, none on CPU).
     """
 
+    SECTION: ClassVar[str] = "train"
+
     # data and model
-    subjects: str = ""
-    base: str = ""
-    out: str = ""
-    vae: str = ""  # optional VAE override, e.g. madebyollin/sdxl-vae-fp16-fix ("" = the base's)
-    resolution: int = 0  # 0 = model default (1024 SDXL, 512 SD)
+    subjects: str = setting("", "subject-set folder (from `mudi prepare`)", metavar="DIR")
+    base: str = setting("", "base SD/SDXL pipeline: local folder or hub id", metavar="MODEL")
+    out: str = setting("", "output folder (new or empty; see --resume/--overwrite)", metavar="OUT")
+    vae: str = setting("", "VAE override (default: the base model's own, kept in fp32 when its config says "
+                           "force_upcast); METHOD.md trains SDXL in fp16 with madebyollin/sdxl-vae-fp16-fix",
+                       metavar="MODEL")
+    resolution: int = setting(0, "training resolution (0 = the model's: 1024 SDXL, 512 SD)")
     # Seg-Mix (METHOD §2)
-    mix: str = "segmix"
-    p: float = 0.3
-    k: int = 2
-    loss_alpha: float = 1.0  # mask loss weighting w = M(1-α)+α; 1 = off
-    segmix_margin: float = -1.0  # Seg-Mix margin in px; -1 = compose's default (32 px, S/8 below 256 px)
-    relative_sizes: str = ""  # "a=1,b=0.6": fixed relative Seg-Mix scales ("" = random scales)
+    mix: str = setting("segmix", "composition: segmix (MuDI), cutmix or none (DreamBooth)", choices=MIX_MODES)
+    p: float = setting(0.3, "probability that an example is a composite")
+    k: int = setting(2, "subjects per composite")
+    loss_alpha: float = setting(1.0, "mask loss weighting w = M(1-alpha)+alpha (1 = off)")
+    segmix_margin: float = setting(-1.0, "Seg-Mix margin in px (-1 = automatic: 32 px, S/8 below 256 px)")
+    relative_sizes: str = setting("", "fixed relative Seg-Mix sizes, e.g. a=1,b=0.6 (empty = random sizes)",
+                                  metavar="NAME=C,...")
     # prior preservation (METHOD §3)
-    prior_dir: str = ""  # class set from `mudi priors` ("" = no prior preservation)
-    prior_weight: float = 1.0
+    prior_dir: str = setting("", "class set from `mudi priors` (empty = no prior preservation)", metavar="DIR")
+    prior_weight: float = setting(1.0, "prior-preservation loss weight")
     # LoRA
-    rank: int = 32
-    alpha: float = 32.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-    lora_dropout: float = 0.0
+    rank: int = setting(32, "LoRA rank")
+    alpha: float = setting(32.0, "LoRA alpha")
+    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"],
+                                        "UNet modules that get a LoRA (repeatable)", metavar="NAME")
+    lora_dropout: float = setting(0.0, "LoRA dropout")
     # optimisation
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    use_8bit_adam: bool = False
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 2
-    max_train_steps: int = 2010
-    seed: int = 42
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
+    learning_rate: float = setting(1e-4, "AdamW learning rate", flag="--lr")
+    lr_scheduler: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = setting(0, "warm-up steps of the schedule")
+    adam_beta1: float = setting(0.9, "AdamW beta1")
+    adam_beta2: float = setting(0.999, "AdamW beta2")
+    adam_epsilon: float = setting(1e-8, "AdamW epsilon")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm")
+    use_8bit_adam: bool = setting(False, "bitsandbytes AdamW8bit (needs bitsandbytes)")
+    train_batch_size: int = setting(1, "examples per micro-batch", flag="--batch-size")
+    gradient_accumulation_steps: int = setting(2, "micro-batches per optimizer step", flag="--gradient-accumulation")
+    max_train_steps: int = setting(2010, "optimizer steps", flag="--steps")
+    seed: int = setting(42, "seed of everything (examples, noise, LoRA initialisation)")
+    mixed_precision: str = setting("auto", "auto = fp16 on CUDA, no elsewhere", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = setting(False, "recompute UNet activations in the backward pass (less memory)")
     # bookkeeping
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    validate_every: int = 500  # 0 = only at the end; -1 = never
-    validation_prompts: list[str] = field(default_factory=list)  # [] = built from the subjects
-    validation_negative_prompt: str = NEGATIVE_PROMPT
-    validation_inference_steps: int = 25
-    validation_guidance_scale: float = 7.5
-    validation_images: int = 2  # images per prompt
-    log_every: int = 1
-    stop_after: int = 0  # stop (as if killed) after this optimizer step; 0 = run to the end
-    device: str = "auto"
-    progress: bool = True
-    resume: bool = False  # continue OUT from its newest checkpoint (wins over overwrite when OUT holds a run)
-    overwrite: bool = False  # start over in a non-empty OUT (with resume: only when OUT holds no run)
-
-    # ------------------------------------------------------------------ TOML
-    @classmethod
-    def from_toml(cls, path: str | Path) -> "TrainConfig":
-        """Read a config file; unknown keys and wrong types are reported with the file name."""
-        path = Path(path)
-        if not path.is_file():
-            raise MudiError(f"{path}: config file not found.")
-        return cls().updated(read_train_table(path), where=str(path))
-
-    def updated(self, values: dict[str, Any], *, where: str = "") -> "TrainConfig":
-        """A copy with ``values`` applied (type-checked; ``None`` values are ignored)."""
-        known = {f.name: f for f in fields(self)}
-        out = dataclasses.replace(self)
-        prefix = f"{where}: " if where else ""
-        for key, value in values.items():
-            key = key.replace("-", "_")
-            if value is None:
-                continue
-            if key not in known:
-                close = [k for k in known if k.split("_")[0] == key.split("_")[0]]
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise MudiError(f"{prefix}unknown option {key!r}.{hint}")
-            setattr(out, key, _coerce(key, value, getattr(self, key), prefix))
-        return out
-
-    def to_toml(self) -> str:
-        """The config as TOML text (every field, in declaration order)."""
-        lines = ["# mudi train: fully resolved run configuration", ""]
-        for f in fields(self):
-            lines.append(f"{f.name} = {_toml_value(getattr(self, f.name))}")
-        return "\n".join(lines) + "\n"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    checkpoint_every: int = setting(500, "checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = setting(2, "checkpoints kept")
+    validate_every: int = setting(500, "validation grid every N steps (0 = only at the end; -1 = never)")
+    validation_prompts: list[str] = setting(
+        [], "validation prompt (repeatable); {a}, {b}, ... are replaced by the subjects' phrases "
+            "(empty: 'a photo of a {a} and a {b}' and each subject alone)", flag="--validation-prompt", metavar="PROMPT")
+    validation_negative_prompt: str = setting(NEGATIVE_PROMPT, "negative prompt of the validation images")
+    validation_inference_steps: int = setting(25, "sampling steps of validation images", flag="--validation-steps")
+    validation_guidance_scale: float = setting(7.5, "guidance scale of validation images")
+    validation_images: int = setting(2, "validation images per prompt")
+    log_every: int = setting(1, "write a train_log.jsonl row every N steps")
 
     # ------------------------------------------------------------- validation
     def check(self) -> None:
         """Validate every option that does not need the model; raise MudiError on the first problem."""
+        self._check_required()
+        for name, ok, want in self._rules():
+            if not ok:
+                value = getattr(self, name.split(" ")[0])
+                raise MudiError(f"option {name} = {value!r} is out of range: {want}.")
 
-        def bad(name: str, value: Any, want: str) -> MudiError:
-            return MudiError(f"option {name} = {value!r} is out of range: {want}.")
-
+    def _check_required(self) -> None:
         if not self.subjects:
             raise MudiError("no subject set given: pass --subjects DIR (a folder made by `mudi prepare`).")
         if not self.base:
             raise MudiError("no base model given: pass --base MODEL (a diffusers SD/SDXL folder or hub id).")
         if not self.out:
             raise MudiError("no output folder given: pass --out DIR.")
-        if self.mix not in MIX_MODES:
-            raise bad("mix", self.mix, f"choose one of {', '.join(MIX_MODES)}")
-        if not (0.0 <= self.p <= 1.0) or math.isnan(self.p):
-            raise bad("p", self.p, "the Seg-Mix probability must be in [0, 1]")
-        if self.k < 2:
-            raise bad("k", self.k, "a composite holds at least 2 subjects")
-        if not (0.0 <= self.loss_alpha <= 1.0):
-            raise bad("loss_alpha", self.loss_alpha, "must be in [0, 1] (1 = no mask weighting)")
-        if self.segmix_margin < -1 or (self.segmix_margin < 0 and self.segmix_margin != -1):
-            raise bad("segmix_margin", self.segmix_margin, "must be >= 0 (or -1 = automatic)")
-        if self.prior_weight < 0 or math.isnan(self.prior_weight):
-            raise bad("prior_weight", self.prior_weight, "must be >= 0")
-        if self.rank < 1:
-            raise bad("rank", self.rank, "the LoRA rank must be >= 1")
-        if not self.alpha > 0:
-            raise bad("alpha", self.alpha, "the LoRA alpha must be > 0")
-        if not self.target_modules:
-            raise bad("target_modules", self.target_modules, "name at least one module (e.g. to_q)")
-        if not (0.0 <= self.lora_dropout < 1.0):
-            raise bad("lora_dropout", self.lora_dropout, "must be in [0, 1)")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise bad("learning_rate", self.learning_rate, "must be > 0")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise bad("lr_scheduler", self.lr_scheduler, f"choose one of {', '.join(LR_SCHEDULERS)}")
-        if self.lr_warmup_steps < 0:
-            raise bad("lr_warmup_steps", self.lr_warmup_steps, "must be >= 0")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
-            raise bad("adam_beta1/adam_beta2", (self.adam_beta1, self.adam_beta2), "must be in [0, 1)")
-        if not self.adam_epsilon > 0:
-            raise bad("adam_epsilon", self.adam_epsilon, "must be > 0")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", self.weight_decay, "must be >= 0")
-        if not self.max_grad_norm > 0:
-            raise bad("max_grad_norm", self.max_grad_norm, "must be > 0")
-        if self.train_batch_size < 1:
-            raise bad("train_batch_size", self.train_batch_size, "must be >= 1")
-        if self.gradient_accumulation_steps < 1:
-            raise bad("gradient_accumulation_steps", self.gradient_accumulation_steps, "must be >= 1")
-        if self.max_train_steps < 1:
-            raise bad("max_train_steps (--steps)", self.max_train_steps, "must be >= 1")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise bad("mixed_precision", self.mixed_precision, f"choose one of {', '.join(MIXED_PRECISION)}")
         if self.resolution < 0 or (self.resolution and self.resolution < 64):
-            raise bad("resolution", self.resolution, "must be >= 64 (0 = the model's default)")
-        if self.checkpoint_every < 0:
-            raise bad("checkpoint_every", self.checkpoint_every, "must be >= 0 (0 = only at the end)")
-        if self.keep_checkpoints < 1:
-            raise bad("keep_checkpoints", self.keep_checkpoints, "must be >= 1")
-        if self.validate_every < -1:
-            raise bad("validate_every", self.validate_every, "must be >= -1 (-1 = never, 0 = at the end)")
-        if self.validation_inference_steps < 1:
-            raise bad("validation_inference_steps", self.validation_inference_steps, "must be >= 1")
-        if self.validation_images < 1:
-            raise bad("validation_images", self.validation_images, "must be >= 1")
-        if self.log_every < 1:
-            raise bad("log_every", self.log_every, "must be >= 1")
-        if self.stop_after < 0:
-            raise bad("stop_after", self.stop_after, "must be >= 0")
-        if self.seed < 0 or self.seed >= 2**63:
-            raise bad("seed", self.seed, "must be in [0, 2**63)")
+            raise MudiError(f"option resolution = {self.resolution} is out of range: must be >= 64 "
+                            "(0 = the model's default).")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise MudiError(f"option adam_beta1/adam_beta2 = {(self.adam_beta1, self.adam_beta2)} is out of range: "
+                            "must be in [0, 1).")
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        """(option, holds, what it must be) for every range rule."""
+        return [
+            ("mix", self.mix in MIX_MODES, f"choose one of {', '.join(MIX_MODES)}"),
+            ("p", 0.0 <= self.p <= 1.0, "the Seg-Mix probability must be in [0, 1]"),
+            ("k", self.k >= 2, "a composite holds at least 2 subjects"),
+            ("loss_alpha", 0.0 <= self.loss_alpha <= 1.0, "must be in [0, 1] (1 = no mask weighting)"),
+            ("segmix_margin", self.segmix_margin >= 0 or self.segmix_margin == -1, "must be >= 0 (or -1 = automatic)"),
+            ("prior_weight", self.prior_weight >= 0, "must be >= 0"),
+            ("rank", self.rank >= 1, "the LoRA rank must be >= 1"),
+            ("alpha", self.alpha > 0, "the LoRA alpha must be > 0"),
+            ("target_modules", bool(self.target_modules), "name at least one module (e.g. to_q)"),
+            ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+            ("learning_rate", self.learning_rate > 0 and math.isfinite(self.learning_rate), "must be > 0"),
+            ("lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"choose one of {', '.join(LR_SCHEDULERS)}"),
+            ("lr_warmup_steps", self.lr_warmup_steps >= 0, "must be >= 0"),
+            ("adam_epsilon", self.adam_epsilon > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
+            ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1"),
+            ("max_train_steps (--steps)", self.max_train_steps >= 1, "must be >= 1"),
+            ("mixed_precision", self.mixed_precision in MIXED_PRECISION, f"choose one of {', '.join(MIXED_PRECISION)}"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
+            ("validate_every", self.validate_every >= -1, "must be >= -1 (-1 = never, 0 = at the end)"),
+            ("validation_inference_steps", self.validation_inference_steps >= 1, "must be >= 1"),
+            ("validation_images", self.validation_images >= 1, "must be >= 1"),
+            ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("seed", 0 <= self.seed < 2**63, "must be in [0, 2**63)"),
+        ]
 
 
-def _coerce(key: str, value: Any, default: Any, prefix: str) -> Any:
-    """Convert ``value`` to the type of the field's default, or raise MudiError."""
-    want = type(default)
-    try:
-        if want is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise TypeError
-        if want is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if want is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if want is list:
-            if isinstance(value, str):
-                return [value]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return list(value)
-        if want is str:
-            if isinstance(value, Path):
-                return str(value)
-            if not isinstance(value, str):
-                raise TypeError
-            return value
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
-    raise MudiError(f"{prefix}option {key!r} must be a {want.__name__}, got {value!r}.")
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return {True: "inf", False: "-inf"}[value > 0] if math.isinf(value) else "nan"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _toml_str(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-__all__ = ["LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "TrainConfig"]
+__all__ = ["LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "RESUME_SAFE_FIELDS",
+           "TrainConfig", "read_train_table"]

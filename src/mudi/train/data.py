@@ -1,0 +1,183 @@
+"""Training data: which example comes when, the finite caption set, and the micro-batch builder.
+
+Example number ``e`` (global over steps, micro-batches and processes) is drawn by
+:class:`ExampleSchedule` from ``(seed, e)`` alone -- which photo, the Seg-Mix draws, the VAE
+sample noise, the diffusion noise and the timestep -- so there is no sampler state to restore
+and a resumed run sees exactly the examples of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+# ============================================================================ captions
+
+
+def _with_composites(caps: list[str], keys: list[str], phrase, k: int, mix: str) -> list[str]:
+    """``caps`` plus every composite caption (each subject first, every ordered choice of k − 1 others)."""
+    from mudi.compose import composite_caption
+
+    if mix != "none":
+        for key in keys:
+            others = [o for o in keys if o != key]
+            for combo in itertools.permutations(others, k - 1):
+                caps.append(composite_caption([phrase(x) for x in (key, *combo)]))
+    return list(dict.fromkeys(caps))
+
+
+def subject_captions(subject_set, k: int, mix: str) -> list[str]:
+    """Every caption an instance example can have: photo captions and composite captions
+    (current subject first, every ordered choice of the k − 1 others)."""
+    caps = [ph.caption for s in subject_set for ph in subject_set.photos(s.key)]
+    return _with_composites(caps, subject_set.keys, lambda x: subject_set.subject(x).phrase, k, mix)
+
+
+def class_captions(class_photos: dict[str, list], class_names: dict[str, str], keys: list[str], k: int, mix: str) -> list[str]:
+    """Every caption a prior-preservation (class) example can have."""
+    caps = [ph.caption for key in keys for ph in class_photos[key]]
+    return _with_composites(caps, keys, lambda x: class_names[x], k, mix)
+
+
+def default_validation_prompts(subject_set, k: int) -> list[str]:
+    """"a photo of a {A} and a {B}" for the first k subjects, then each subject alone."""
+    phrases = [s.phrase for s in subject_set]
+    first = phrases[: max(2, min(k, len(phrases)))]
+    body = ", ".join(f"a {p}" for p in first[:-1]) + f" and a {first[-1]}"
+    return [f"a photo of {body}"] + [f"a photo of a {p}" for p in phrases]
+
+
+def fill_subjects(prompt: str, subject_set) -> str:
+    """Replace ``{key}`` (e.g. ``{a}``) by that subject's phrase ("olis corgi")."""
+    for s in subject_set:
+        prompt = prompt.replace("{" + s.key + "}", s.phrase)
+    return prompt
+
+
+# ============================================================================ schedule
+
+
+class ExampleSchedule:
+    """Which photo is example number ``e`` and which random streams it uses.
+
+    Photos are visited in a fresh permutation every epoch (epoch = e // number of photos).
+    Everything is a function of ``(seed, e)``: no hidden sampler state, so resuming at any
+    step reproduces the uninterrupted run exactly.
+    """
+
+    def __init__(self, subject_set, seed: int):
+        self.items = [(s.key, i) for s in subject_set for i in range(len(subject_set.photos(s.key)))]
+        self.seed = int(seed)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def item(self, e: int) -> tuple[str, int]:
+        """(subject key, photo index) of example ``e``."""
+        n = len(self.items)
+        epoch, pos = divmod(int(e), n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, 1, epoch]).permutation(n))
+        return self.items[int(self._perm[1][pos])]
+
+    def numpy_rng(self, e: int) -> np.random.Generator:
+        """The Seg-Mix random stream of example ``e``."""
+        return np.random.default_rng([self.seed, 2, int(e)])
+
+    def torch_generator(self, e: int) -> torch.Generator:
+        """The noise stream of example ``e`` (VAE sample, diffusion noise, timestep)."""
+        seed = int(np.random.default_rng([self.seed, 3, int(e)]).integers(0, 2**62))
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def state(self, next_example: int) -> dict[str, Any]:
+        """What a checkpoint records about the schedule (informational: it has no state)."""
+        return {"kind": "seeded-counter", "seed": self.seed, "next_example": int(next_example), "photos": len(self.items)}
+
+
+# ============================================================================ micro-batches
+
+
+@dataclass
+class MicroBatch:
+    """The examples of one micro-batch: latents (instance and class), their captions and noise."""
+
+    roles: list[str] = field(default_factory=list)  # "instance" or "class" per row
+    latents: list[torch.Tensor] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)  # plain / segmix / cutmix
+    weights: list[torch.Tensor] = field(default_factory=list)  # mask loss weights of instance rows (alpha < 1)
+    noise: list[torch.Tensor] = field(default_factory=list)
+    timesteps: list[torch.Tensor] = field(default_factory=list)
+
+
+class MicroBatchBuilder:
+    """Builds micro-batch number ``g`` (global over processes) from the schedule.
+
+    Instance examples are :meth:`Composer.example` with the plain ones taken from a cache (their
+    resize/crop and VAE encoding done once); with prior preservation each instance example gets a
+    class example mixed like it. Random draws per example, in order: the Seg-Mix decision and
+    draws (numpy stream), then per row the VAE sample noise, the diffusion noise, the timestep.
+    """
+
+    def __init__(self, *, composer, schedule: ExampleSchedule, latents, plain_examples: dict, batch_size: int,
+                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int,
+                 class_photos: dict | None = None, class_names: dict | None = None):
+        self.composer, self.schedule, self.latents = composer, schedule, latents
+        self.plain_examples = plain_examples
+        self.batch_size, self.p, self.mix, self.loss_alpha = batch_size, p, mix, loss_alpha
+        self.num_train_timesteps = num_train_timesteps
+        self.class_photos, self.class_names = class_photos, class_names
+
+    def instance_example(self, key: str, idx: int, rng: np.random.Generator):
+        """Composer.example, with the plain examples taken from the cache.
+
+        Same random draws as Composer.example: one ``rng.random()`` decides (always drawn),
+        then Composer.composite draws the rest for a composite.
+        """
+        if rng.random() < self.p and self.mix != "none":
+            return self.composer.composite(key, idx, rng)
+        return self.plain_examples[(key, idx)]
+
+    def build(self, g: int) -> MicroBatch:
+        """Micro-batch number ``g``."""
+        batch = MicroBatch()
+        for b in range(self.batch_size):
+            e = g * self.batch_size + b
+            key, idx = self.schedule.item(e)
+            rng, gen = self.schedule.numpy_rng(e), self.schedule.torch_generator(e)
+            ex = self.instance_example(key, idx, rng)
+            pairs = [("instance", ex)]
+            if self.class_photos is not None:
+                pairs.append(("class", self.composer.mix_like(self.class_photos, ex, rng, class_names=self.class_names)))
+            for role, x in pairs:
+                self._add_row(batch, role, x, gen)
+        return batch
+
+    def _add_row(self, batch: MicroBatch, role: str, x, gen: torch.Generator) -> None:
+        from mudi.compose import loss_weight_map
+
+        z = self.latents.sample(self._distribution(role, x), gen)
+        batch.roles.append(role)
+        batch.latents.append(z)
+        batch.captions.append(x.caption)
+        batch.kinds.append(x.kind)
+        if role == "instance" and self.loss_alpha < 1.0:
+            w = loss_weight_map(x.mask, self.loss_alpha, tuple(z.shape[-2:]))
+            batch.weights.append(torch.from_numpy(w)[None, None])
+        batch.noise.append(torch.randn(z.shape, generator=gen, dtype=torch.float32))
+        batch.timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=gen))
+
+    def _distribution(self, role: str, x):
+        """The VAE latent distribution of an example: cached for plain photos, encoded for composites."""
+        if x.kind != "plain":
+            return self.latents.distribution(x.image)
+        pl = x.placements[0]
+        owner = pl.key if role == "instance" else self.class_names[pl.key]
+        return self.latents.cached((role, owner, pl.photo), x.image)
+
+
+__all__ = ["ExampleSchedule", "MicroBatch", "MicroBatchBuilder", "class_captions", "default_validation_prompts",
+           "fill_subjects", "subject_captions"]

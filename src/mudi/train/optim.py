@@ -1,0 +1,49 @@
+"""Optimizer and learning-rate schedule of a training run (AdamW, METHOD.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mudi.errors import MudiError
+from mudi.train.config import TrainConfig
+
+
+def make_optimizer(params, cfg: TrainConfig):
+    """AdamW over the LoRA parameters (bitsandbytes AdamW8bit with ``use_8bit_adam``)."""
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
+                  eps=cfg.adam_epsilon)
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb  # type: ignore
+        except ImportError:
+            raise MudiError("--use-8bit-adam needs bitsandbytes: pip install 'mudi[bnb]' (or bitsandbytes).") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, foreach=False, **kwargs)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based)."""
+    warm = cfg.lr_warmup_steps
+    if cfg.lr_scheduler == "constant":
+        return 1.0
+    if step < warm:
+        return (step + 1) / warm
+    if cfg.lr_scheduler == "constant_with_warmup":
+        return 1.0
+    frac = (step - warm) / max(1, cfg.max_train_steps - warm)
+    if cfg.lr_scheduler == "linear":
+        return max(0.0, 1.0 - frac)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))  # cosine
+
+
+def set_learning_rate(optimizer, step: int, cfg: TrainConfig) -> float:
+    """Set the learning rate of optimizer step ``step``; return it."""
+    lr = cfg.learning_rate * lr_factor(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+__all__ = ["lr_factor", "make_optimizer", "set_learning_rate"]

@@ -1,0 +1,54 @@
+"""The end products of a training run: the exported LoRA files and ``summary.json``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mudi.io import write_json_atomic
+from mudi.train.config import TrainConfig
+
+SUMMARY_NAME = "summary.json"
+
+
+def export_lora(unet, pipe, family, cfg: TrainConfig, out: Path) -> dict[str, Path]:
+    """Write the LoRA in diffusers format and as a kohya/ComfyUI copy; return their paths."""
+    from mudi.models.lora import KOHYA_WEIGHT_NAME, save_diffusers_lora, save_kohya_lora
+
+    lora = save_diffusers_lora(type(pipe), unet, out)
+    kohya = save_kohya_lora(unet, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family)
+    return {"lora": lora, "kohya": kohya}
+
+
+def write_summary(trainer, finished: bool) -> dict[str, Any]:
+    """``OUT/summary.json``: progress, set-up, cache counters (text-encoder calls, VAE encodes) and timing."""
+    c, cfg = trainer.counters, trainer.cfg
+    times = c.step_times[1:] or c.step_times
+    summary = {
+        "finished": finished,
+        "step": max(c.step, c.start_step),
+        "max_train_steps": cfg.max_train_steps,
+        "resumed_from": c.start_step,
+        "model": trainer.family.name,
+        "resolution": cfg.resolution,
+        "mixed_precision": trainer.precision.mode,
+        "device": str(trainer.accelerator.device),
+        "processes": trainer.accelerator.num_processes,
+        "prediction_type": trainer.noise_scheduler.config.prediction_type,
+        "captions_cached": c.captions_cached,
+        "latents_cached": c.latents_cached,
+        "text_encoder_calls_setup": c.text_encoder_calls_setup,
+        "text_encoder_calls_training": c.text_encoder_calls_training,
+        "text_encoder_calls_per_step": c.text_encoder_calls_training / max(1, len(c.step_times)),
+        "vae_encodes_training": c.vae_encodes_training,
+        "mean_step_time_s": float(np.mean(times)) if times else None,
+        "wall_time_s": round(time.time() - trainer.t_start, 3),
+    }
+    write_json_atomic(trainer.out / SUMMARY_NAME, summary)
+    return summary
+
+
+__all__ = ["SUMMARY_NAME", "export_lora", "write_summary"]

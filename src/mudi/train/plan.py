@@ -1,0 +1,107 @@
+"""Step 1 of a training run: validate everything that needs no weights, before anything is written.
+
+:func:`prepare_run` turns a config and the invocation options into a :class:`RunPlan`: the
+resume decision, the merged config of a resumed run, the output-folder policy, the subject set,
+the class set, the base model's folder (family, resolution) and the LoRA target modules. Every
+user mistake is a :class:`~mudi.errors.MudiError` raised here, while the output folder is untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from mudi.errors import MudiError
+from mudi.models.families import ModelInfo
+from mudi.settings import RunOptions
+from mudi.train.checkpoints import CONFIG_NAME, resolve_resume
+from mudi.train.config import TrainConfig
+
+
+@dataclass
+class RunPlan:
+    """A validated run: its config (resolution filled in when known) and what was loaded to check it."""
+
+    config: TrainConfig
+    options: RunOptions  # ``resume`` is what will happen (resume with overwrite: only when OUT holds a run)
+    subject_set: object
+    class_photos: dict | None = None
+    class_names: dict | None = None
+    model: ModelInfo | None = None  # None for a hub id: read after loading
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def _resume_decision(cfg: TrainConfig, options: RunOptions) -> RunOptions:
+    out = Path(cfg.out)
+    if options.resume and options.overwrite and not (out / CONFIG_NAME).is_file():
+        return dataclasses.replace(options, resume=False)  # "resume if there is a run, else start over"
+    if options.resume:
+        if not cfg.out:
+            raise MudiError("--resume needs --out: the folder of the run to continue.")
+        if not out.exists():
+            raise MudiError(f"{out}: nothing to resume (folder not found). Drop --resume to start a new run.")
+    return options
+
+
+def _check_output_folder(out: Path, options: RunOptions) -> None:
+    from mudi.io import claim_output_dir
+
+    claim_output_dir(out, overwrite=options.overwrite, resume=options.resume, what="training output")
+
+
+def _load_data(cfg: TrainConfig):
+    """The subject set (checked against k and the relative sizes) and the class set, if any."""
+    from mudi.subjects import SubjectSet
+
+    sset = SubjectSet.load(cfg.subjects)
+    if cfg.mix != "none" and cfg.k > len(sset):
+        raise MudiError(f"--k {cfg.k} subjects per composite, but {cfg.subjects} has only {len(sset)} subjects.")
+    if cfg.relative_sizes:
+        from mudi.compose import parse_relative_sizes
+
+        for name in parse_relative_sizes(cfg.relative_sizes):
+            sset.subject(name)
+    if not cfg.prior_dir:
+        return sset, None, None
+    from mudi.train.priors import ClassSet
+
+    cset = ClassSet.load(cfg.prior_dir)
+    return sset, cset.for_subjects(sset), cset.class_names(sset)
+
+
+def _check_model(cfg: TrainConfig) -> tuple[TrainConfig, ModelInfo | None]:
+    """Inspect a local base model: resolution and LoRA targets (on a weightless UNet)."""
+    from mudi.models.loading import inspect_model, resolve_model
+    from mudi.models.lora import check_lora_targets
+
+    info = inspect_model(cfg.base)
+    if cfg.vae and not (Path(cfg.vae) / "vae").is_dir():  # a VAE folder/hub id (or a pipeline's vae/)
+        resolve_model(cfg.vae, "vae")
+    if info is not None:
+        if cfg.resolution == 0:
+            cfg = cfg.updated({"resolution": info.default_resolution})
+        info.check_resolution(cfg.resolution)
+        check_lora_targets(info.family.meta_denoiser(info.folder), cfg.target_modules, where=cfg.base)
+    return cfg, info
+
+
+def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPlan:
+    """Validate a run without loading weights and without writing anything.
+
+    Raises MudiError for every user mistake: options, output folder, subject set, class set,
+    base model folder, resolution, LoRA target modules.
+    """
+    options = _resume_decision(config, options or RunOptions())
+    cfg = resolve_resume(config) if options.resume else config
+    cfg.check()
+    _check_output_folder(Path(cfg.out), options)
+    sset, class_photos, class_names = _load_data(cfg)
+    cfg, info = _check_model(cfg)
+    return RunPlan(cfg, options, sset, class_photos, class_names, info)
+
+
+__all__ = ["RunPlan", "prepare_run"]

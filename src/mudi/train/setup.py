@@ -1,0 +1,212 @@
+"""The set-up steps of :class:`~mudi.train.recipe.LoRATrainer`, one function each, in run order."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from mudi.settings import RunOptions
+from mudi.train.caches import LatentEncoder, TextCache
+from mudi.train.checkpoints import CKPT_DIR, CONFIG_NAME, Checkpointer, abs_if_local, training_rngs
+from mudi.train.config import TrainConfig
+from mudi.train.data import (ExampleSchedule, MicroBatchBuilder, class_captions, default_validation_prompts,
+                             fill_subjects, subject_captions)
+from mudi.train.metrics import LOG_NAME, MetricLogger
+from mudi.train.optim import make_optimizer as optimizer
+from mudi.train.precision import Precision, make_accelerator, resolve_mixed_precision
+from mudi.train.validation import ValidationSettings, Validator
+
+
+@contextlib.contextmanager
+def restored_pipeline_settings(pipe) -> Iterator[None]:
+    """A caller's pipeline gets its progress-bar settings back when training ends."""
+    saved = getattr(pipe, "_progress_bar_config", None) if pipe is not None else None
+    try:
+        yield
+    finally:
+        if pipe is not None:
+            if saved is None:
+                pipe.__dict__.pop("_progress_bar_config", None)
+            else:
+                pipe._progress_bar_config = saved
+
+
+def runtime(cfg: TrainConfig, options: RunOptions):
+    """1.1 The accelerator (device, processes) and the mixed precision of the run."""
+    from mudi.runtime import pick_device
+
+    device = pick_device(options.device)
+    mode = resolve_mixed_precision(cfg.mixed_precision, device)
+    accelerator = make_accelerator(device)
+    return accelerator, Precision(mode, accelerator.device)
+
+
+def model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
+    """1.2 The pipeline (frozen weights in the training dtype), its family, the resolution; the
+    LoRA targets checked on the loaded UNet too (a hub model was not inspected before)."""
+    from mudi.models.families import family_of
+    from mudi.models.loading import load_pipeline
+    from mudi.models.lora import check_lora_targets
+    from mudi.runtime import quiet_libraries
+
+    if pipeline is None:
+        with quiet_libraries():  # frozen weights in the training dtype from the start (no fp32 copy in RAM)
+            pipeline = load_pipeline(cfg.base, dtype=precision.dtype, device="cpu", vae=cfg.vae or None)
+    family = family_of(pipeline)
+    if plan.model is None:  # hub model: check the resolution now that the configs are loaded
+        info = family.info_of(pipeline, cfg.base)
+        if cfg.resolution == 0:
+            cfg = cfg.updated({"resolution": info.default_resolution})
+        info.check_resolution(cfg.resolution)
+    check_lora_targets(pipeline.unet, cfg.target_modules, where=cfg.base)
+    return pipeline, family, cfg
+
+
+def output_folder(cfg: TrainConfig, options: RunOptions, accelerator, precision: Precision) -> TrainConfig:
+    """1.3 The resolved config, written to OUT/config.toml before any training (a killed run can
+    always be resumed). Returns it: the rest of the run uses the resolved values."""
+    from mudi.compose import default_margin
+    from mudi.io import claim_output_dir, write_text_atomic
+
+    margin = cfg.segmix_margin if cfg.segmix_margin >= 0 else float(default_margin(cfg.resolution))
+    resolved = cfg.updated({
+        "subjects": abs_if_local(cfg.subjects), "base": abs_if_local(cfg.base),
+        "prior_dir": abs_if_local(cfg.prior_dir), "vae": abs_if_local(cfg.vae),
+        "mixed_precision": precision.mode, "segmix_margin": margin,
+    })
+    out = Path(cfg.out)
+    accelerator.wait_for_everyone()  # every process has validated OUT before the main one writes to it
+    if accelerator.is_main_process:
+        if not options.resume:
+            claim_output_dir(out, overwrite=options.overwrite, resume=False, what="training output", create=True)
+            if options.overwrite:  # a fresh start must not resume from the previous run's state
+                shutil.rmtree(out / CKPT_DIR, ignore_errors=True)
+                (out / LOG_NAME).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / CONFIG_NAME, resolved.to_toml(title="mudi train: fully resolved run configuration"))
+    accelerator.wait_for_everyone()
+    return resolved
+
+
+def noise_scheduler(pipe):
+    """The DDPM training scheduler of the base model's noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def _move(module, device: torch.device, dtype: torch.dtype):
+    """Move a module; cast only when the dtype really changes (avoids diffusers' upcast warnings)."""
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    return module
+
+
+def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
+    """Freeze VAE and text encoders and move everything to the device.
+
+    A VAE whose config asks for it (the SDXL base VAE: NaNs in fp16) runs in fp32, whoever chose
+    it; the fp16-fix VAE (``force_upcast`` false) runs in the training dtype.
+    """
+    from mudi.models.families import family_of
+
+    encoders = family_of(pipe).text_encoders(pipe)
+    pipe.vae.requires_grad_(False)
+    for enc in encoders:
+        enc.requires_grad_(False).eval()
+    vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else dtype
+    _move(pipe.vae, device, vae_dtype).eval()
+    _move(pipe.unet, device, dtype)
+    for enc in encoders:
+        _move(enc, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+
+
+def lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """1.4 The LoRA adapter (fp32 weights; drawn from the run's seeded RNG scope), the UNet in train mode."""
+    from mudi.models.lora import add_unet_lora
+
+    params = add_unet_lora(unet, rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules,
+                           dropout=cfg.lora_dropout)
+    for p in params:
+        p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    return params
+
+
+def caches(trainer):
+    """1.5 Text embeddings of every caption (then the text encoders go) and the plain photos' latents."""
+    cfg, plan, c = trainer.cfg, trainer.plan, trainer.counters
+    sset = plan.subject_set
+    text = TextCache(trainer.pipe, trainer.family, trainer.accelerator.device, trainer.precision.dtype)
+    captions = subject_captions(sset, cfg.k, cfg.mix)
+    if plan.class_photos is not None:
+        captions += class_captions(plan.class_photos, plan.class_names, sset.keys, cfg.k, cfg.mix)
+    if text.fill(captions, validation_prompts(trainer), cfg.validation_negative_prompt):
+        text.release_encoders(owned=trainer.given_pipeline is None)
+    c.text_encoder_calls_setup, c.captions_cached = text.calls, len(text.cond)
+    latents = LatentEncoder(trainer.pipe.vae, trainer.family, trainer.accelerator.device)
+    plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names)
+    c.latents_cached, c.encodes_after_cache = len(latents.cache), latents.encodes
+    return text, latents, plain_examples
+
+
+def validation_prompts(trainer) -> list[str]:
+    """The configured validation prompts with ``{key}`` filled in, or the default ones."""
+    sset, cfg = trainer.plan.subject_set, trainer.cfg
+    return [fill_subjects(v, sset) for v in cfg.validation_prompts] or default_validation_prompts(sset, cfg.k)
+
+
+def data(trainer):
+    """1.7 The example schedule and the micro-batch builder (Seg-Mix composer, cached plain examples)."""
+    from mudi.compose import Composer, parse_relative_sizes
+
+    cfg, plan = trainer.cfg, trainer.plan
+    relative = parse_relative_sizes(cfg.relative_sizes) if cfg.relative_sizes else None
+    composer = Composer(plan.subject_set, cfg.resolution, mix=cfg.mix, p=cfg.p, k=cfg.k, margin=cfg.segmix_margin,
+                        relative_sizes=relative)
+    schedule = ExampleSchedule(plan.subject_set, cfg.seed)
+    use_prior = plan.class_photos is not None and cfg.prior_weight > 0
+    batches = MicroBatchBuilder(
+        composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
+        batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
+        num_train_timesteps=int(trainer.noise_scheduler.config.num_train_timesteps),
+        class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)
+    return batches, schedule, use_prior
+
+
+def checkpointer(trainer) -> Checkpointer:
+    """1.8 Checkpoints: LoRA, optimizer (+ scaler) and this step's LoRA in diffusers format."""
+    from mudi.models.lora import save_diffusers_lora
+
+    acc, pipe_cls = trainer.accelerator, type(trainer.pipe)
+    return Checkpointer(trainer.out, keep=trainer.cfg.keep_checkpoints, unet=trainer.unet,
+                        optimizer=trainer.optimizer, scaler=trainer.precision.scaler,
+                        export=lambda d: save_diffusers_lora(pipe_cls, acc.unwrap_model(trainer.unet), d),
+                        extra={"config": trainer.cfg.to_dict()})
+
+
+def logger(trainer) -> MetricLogger:
+    """The metric logger (main process), its log cut back to the resumed step."""
+    return MetricLogger(trainer.out, start_step=trainer.counters.start_step, log_every=trainer.cfg.log_every,
+                        end_step=trainer.end_step, active=trainer.accelerator.is_main_process)
+
+
+def validator(trainer) -> Validator:
+    """The validation-grid writer (cached prompt embeddings, the run's autocast)."""
+    cfg = trainer.cfg
+    settings = ValidationSettings(validation_prompts(trainer), cfg.validation_images, cfg.validation_inference_steps,
+                                  cfg.validation_guidance_scale, cfg.resolution, cfg.seed)
+    return Validator(trainer.pipe, trainer.family, trainer.text, settings, trainer.out, trainer.precision.autocast)
+
+
+__all__ = ["caches", "checkpointer", "data", "lora", "logger", "model", "noise_scheduler", "optimizer",
+           "output_folder", "place_frozen_parts", "restored_pipeline_settings", "runtime", "training_rngs",
+           "validation_prompts", "validator"]
