@@ -90,7 +90,9 @@ def test_online_resolution_paths(monkeypatch):
     import huggingface_hub
     from diffusers import DiffusionPipeline
 
-    monkeypatch.setattr(models, "hub_offline", lambda: False)
+    from mudi.models import hub
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, name, **kw: object())
     assert models.resolve_model("someone/public-model", "pipeline") == "someone/public-model"
 

@@ -2,11 +2,13 @@
 
 Every model mudi uses is reached through this module:
 
-- :func:`resolve_model` maps a name to something ``from_pretrained`` can open without
-  surprises: an existing local folder (validated), a snapshot in the local Hugging Face
-  cache, or -- only when the hub is reachable -- the hub id itself. Offline, an uncached hub
-  id fails at once with :class:`~mudi.errors.ModelNotAvailableError` telling the user what to
-  pass instead; nothing ever hangs retrying the network.
+- :func:`~mudi.models.hub.resolve_model` (in :mod:`mudi.models.hub`) maps a name to something
+  ``from_pretrained`` can open without surprises: an existing local folder (validated), a
+  snapshot in the local Hugging Face cache, or -- only when the hub is reachable -- the hub id
+  itself. Offline, an uncached hub id fails at once with
+  :class:`~mudi.errors.ModelNotAvailableError`; nothing ever hangs retrying the network.
+- :func:`inspect_model` reads what training needs from a local pipeline folder (no weights);
+  the model family (:mod:`mudi.models.families`) decides the pipeline class.
 - ``load_*`` functions load a Stable Diffusion (XL) pipeline, OWLv2, SAM, DINOv2 and CLIP,
   always with safetensors weights and never with ``trust_remote_code``.
 
@@ -28,8 +30,9 @@ from typing import Any
 
 import torch
 
-from mudi.errors import ModelNotAvailableError, MudiError
+from mudi.errors import MudiError
 from mudi.models.families import ModelInfo, family_for_index, read_config
+from mudi.models.hub import REQUIRED_FILE, hub_offline, resolve_model
 
 DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -38,152 +41,10 @@ DEFAULT_SEGMENTER = "facebook/sam-vit-huge"
 DEFAULT_DINO = "facebook/dinov2-base"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
-#: File that must exist at the top of a model folder, per kind of model.
-REQUIRED_FILE: dict[str, str] = {
-    "pipeline": "model_index.json",
-    "vae": "config.json",
-    "owlv2": "config.json",
-    "sam": "config.json",
-    "dinov2": "config.json",
-    "clip": "config.json",
-    "transformers": "config.json",
-}
-
 #: A real CLIP tokenizer has 49408 tokens; anything this small is a broken/placeholder one.
 MIN_TOKENIZER_VOCAB = 1000
 #: transformers sets model_max_length to this huge value when the tokenizer config lacks it.
 _UNSET_MAX_LENGTH = 10**9
-
-_HUB_TIMEOUT_S = 10.0
-
-
-# ---------------------------------------------------------------------------------------------
-# resolution
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` and friends)."""
-    truthy = {"1", "true", "yes", "on"}
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DIFFUSERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in truthy:
-            return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:  # pragma: no cover - huggingface_hub always present with diffusers
-        return False
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        name.startswith(("/", "./", "../", "~", "."))
-        or "\\" in name
-        or name.count("/") > 1
-        or name.endswith("/")
-    )
-
-
-def _not_available(name: str, kind: str, why: str) -> ModelNotAvailableError:
-    return ModelNotAvailableError(
-        f"Model '{name}' ({kind}) is not available {why}. "
-        f"Pass a local model folder instead (a directory saved with save_pretrained, e.g. a "
-        f"downloaded copy of '{name}'), download it once into the Hugging Face cache while "
-        f"online, or for a smoke test build tiny random models with "
-        f"`mudi tiny-models --out DIR` and pass DIR/<part>."
-    )
-
-
-def _validate_folder(folder: Path, kind: str, name: str) -> None:
-    required = REQUIRED_FILE[kind]
-    if not (folder / required).is_file():
-        hint = ""
-        if kind != "pipeline" and (folder / "model_index.json").is_file():
-            hint = " It looks like a diffusers pipeline folder, not a single model."
-        elif kind == "pipeline" and (folder / "config.json").is_file():
-            hint = " It looks like a single model folder, not a full diffusers pipeline."
-        raise MudiError(
-            f"{name}: '{folder}' is not a {kind} model folder: {required} is missing.{hint} "
-            f"Pass a folder saved with save_pretrained (it must contain {required})."
-        )
-
-
-def resolve_model(name: str | os.PathLike[str], kind: str) -> str:
-    """Resolve a model name to a local folder or a reachable hub id.
-
-    Args:
-        name: a local folder, or a Hugging Face hub id such as ``"facebook/sam-vit-huge"``.
-        kind: one of :data:`REQUIRED_FILE` (``"pipeline"``, ``"vae"``, ``"owlv2"``, ``"sam"``,
-            ``"dinov2"``, ``"clip"``, ``"transformers"``); decides which file must be present.
-
-    Returns:
-        A local folder path (a given folder, or the cached hub snapshot), or the hub id itself
-        when the hub is online and reachable (``from_pretrained`` then downloads it).
-
-    Raises:
-        MudiError: a local folder that does not look like this kind of model, or a path that
-            does not exist.
-        ModelNotAvailableError: a hub id that is neither cached nor downloadable (offline or
-            hub unreachable). Raised immediately, without retries.
-    """
-    if kind not in REQUIRED_FILE:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(REQUIRED_FILE)}")
-    name = os.fspath(name)
-    if not name.strip():
-        raise MudiError(f"Empty model name given for the {kind} model.")
-    local = Path(name).expanduser()
-    if local.is_dir():
-        _validate_folder(local, kind, name)
-        return str(local)
-    if local.exists():
-        raise MudiError(f"Model path '{name}' is a file; pass the model folder that contains it.")
-    if _looks_like_path(name):
-        raise MudiError(f"Model folder '{name}' does not exist. Check the path.")
-
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    if not hub_offline():
-        from huggingface_hub import HfApi
-
-        try:
-            HfApi().model_info(name, timeout=_HUB_TIMEOUT_S)
-            return name
-        except GatedRepoError as exc:
-            raise MudiError(
-                f"Model '{name}' is gated on the Hugging Face hub: accept its licence on the hub "
-                f"and log in (`hf auth login`), or pass a local folder. ({exc.__class__.__name__})"
-            ) from None
-        except RepositoryNotFoundError:
-            raise MudiError(
-                f"Model '{name}' does not exist on the Hugging Face hub (or is private). "
-                f"Check the id, or pass a local model folder."
-            ) from None
-        except HFValidationError:
-            raise MudiError(
-                f"'{name}' is neither an existing folder nor a valid hub id (owner/name)."
-            ) from None
-        except Exception:  # network down, DNS, timeout: fall back to the cache below
-            why = "locally and the Hugging Face hub is unreachable"
-    else:
-        why = "offline (HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache"
-
-    try:
-        snapshot = Path(snapshot_download(name, local_files_only=True))
-    except HFValidationError:
-        raise MudiError(
-            f"'{name}' is neither an existing folder nor a valid hub id (owner/name)."
-        ) from None
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        raise _not_available(name, kind, why) from None
-    if not (snapshot / REQUIRED_FILE[kind]).is_file():
-        raise _not_available(name, kind, why + f" (the cached copy lacks {REQUIRED_FILE[kind]})")
-    return str(snapshot)
 
 
 def _is_local(path: str) -> bool:
