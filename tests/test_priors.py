@@ -110,11 +110,13 @@ def test_class_set_errors(tmp_path: Path, class_set: Path):
 
 
 def test_train_with_prior_preservation(tiny_models, subjects, class_set, tmp_path):
-    from mudi.train.recipe import train
+    from mudi.settings import RunOptions
+    from mudi.train import train
 
     out = tmp_path / "lora"
     train(TrainConfig(subjects=str(subjects), base=str(tiny_models / "sd"), out=str(out), prior_dir=str(class_set),
-                      resolution=64, max_train_steps=2, p=0.5, validate_every=-1, progress=False, checkpoint_every=0))
+                      resolution=64, max_train_steps=2, p=0.5, validate_every=-1, checkpoint_every=0),
+          RunOptions(progress=False))
     rows = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     for r in rows:
         assert np.isfinite(r["loss_prior"]) and r["loss"] == pytest.approx(r["loss_instance"] + r["loss_prior"])

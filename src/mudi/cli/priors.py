@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
         raise MudiError(f"{out}: the output folder already has content. Choose another --out or pass --overwrite.")
     sset = SubjectSet.load(args.subjects)
     from mudi.models.loading import inspect_model
-    from mudi.train.recipe import _pick_device
+    from mudi.runtime import pick_device
 
     info = inspect_model(args.base)
     if info is not None and args.resolution:
         info.check_resolution(args.resolution)
-    device = _pick_device(args.device)
+    device = pick_device(args.device)
 
     from mudi.prepare import load_models
 

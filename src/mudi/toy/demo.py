@@ -238,8 +238,7 @@ def _make_subjects(out: Path, seed: int) -> None:
 
 def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: str) -> None:
     """One LoRA per training mix, same seed, steps and schedule, so they compare fairly."""
-    from mudi.train.config import TrainConfig
-    from mudi.train.recipe import train
+    from mudi.train import TrainConfig, train
 
     lora_dir = out / f"lora_{mix}"
     train(TrainConfig(
@@ -247,9 +246,9 @@ def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: 
         mix=mix, p=config.p, rank=config.rank, alpha=float(config.rank),
         learning_rate=config.learning_rate, max_train_steps=config.train_steps,
         gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
-        checkpoint_every=max(50, config.train_steps // 2), validate_every=-1, device="cpu",
-        progress=options.progress, overwrite=True, resume=options.resume and (lora_dir / "checkpoints").exists(),
-    ))
+        checkpoint_every=max(50, config.train_steps // 2), validate_every=-1,
+    ), RunOptions(device="cpu", progress=options.progress, overwrite=True,
+                  resume=options.resume and (lora_dir / "checkpoints").exists()))
 
 
 def _toy_pipeline(base: Path):
