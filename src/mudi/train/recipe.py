@@ -41,12 +41,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mudi.settings import RunOptions
-from mudi.train import outputs, setup
+from mudi.train.checkpoints import training_rngs
 from mudi.train.config import TrainConfig
+from mudi.train.optim import make_optimizer
+from mudi.train.outputs import SUMMARY_NAME, export_lora, write_summary
 from mudi.train.plan import RunPlan, prepare_run
+from mudi.train.setup import (make_noise_scheduler, place_frozen_parts, restored_pipeline_settings, setup_caches,
+                              setup_checkpointer, setup_data, setup_logger, setup_lora, setup_model,
+                              setup_output_folder, setup_runtime, setup_validator)
 from mudi.train.step import StepResult, TrainStep
 
-from mudi.train.outputs import SUMMARY_NAME
 
 
 @dataclass
@@ -95,26 +99,26 @@ class LoRATrainer:
     # ================================================================== 1. setup
     def setup(self) -> None:
         """Build every component, in this order (the order fixes the random streams)."""
-        self._scope.enter_context(setup.restored_pipeline_settings(self.given_pipeline))
-        self.accelerator, self.precision = setup.runtime(self.cfg, self.options)  # 1.1 device, precision
-        self.pipe, self.family, cfg = setup.model(self.plan, self.cfg, self.precision, self.given_pipeline)  # 1.2
-        self.cfg = setup.output_folder(cfg, self.options, self.accelerator, self.precision)  # 1.3 resolved config
-        self.noise_scheduler = setup.noise_scheduler(self.pipe)
-        setup.place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype)
-        self._scope.enter_context(setup.training_rngs(self.cfg.seed))  # 1.4 LoRA init under the run's seed
-        self.params = setup.lora(self.pipe.unet, self.cfg)
-        self.optimizer = setup.optimizer(self.params, self.cfg)
-        self.text, self.latents, self.plain_examples = setup.caches(self)  # 1.5 captions and plain latents
+        self._scope.enter_context(restored_pipeline_settings(self.given_pipeline))
+        self.accelerator, self.precision = setup_runtime(self.cfg, self.options)  # 1.1 device, precision
+        self.pipe, self.family, cfg = setup_model(self.plan, self.cfg, self.precision, self.given_pipeline)  # 1.2
+        self.cfg = setup_output_folder(cfg, self.options, self.accelerator, self.precision)  # 1.3 resolved config
+        self.noise_scheduler = make_noise_scheduler(self.pipe)
+        place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype)
+        self._scope.enter_context(training_rngs(self.cfg.seed))  # 1.4 LoRA init under the run's seed
+        self.params = setup_lora(self.pipe.unet, self.cfg)
+        self.optimizer = make_optimizer(self.params, self.cfg)
+        self.text, self.latents, self.plain_examples = setup_caches(self)  # 1.5 captions and plain latents
         self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, self.optimizer)  # 1.6 DDP, placement
-        self.batches, self.schedule, use_prior = setup.data(self)  # 1.7 examples
+        self.batches, self.schedule, use_prior = setup_data(self)  # 1.7 examples
         self.step_fn = TrainStep(unet=self.unet, optimizer=self.optimizer, params=self.params, batches=self.batches,
                                  family=self.family, noise_scheduler=self.noise_scheduler, text_cache=self.text,
                                  precision=self.precision, accelerator=self.accelerator, cfg=self.cfg,
                                  use_prior=use_prior)
-        self.checkpointer = setup.checkpointer(self)  # 1.8 resume
+        self.checkpointer = setup_checkpointer(self)  # 1.8 resume
         self.counters.start_step = self.checkpointer.restore_latest() if self.options.resume else 0
-        self.logger = setup.logger(self)
-        self.validator = setup.validator(self)
+        self.logger = setup_logger(self)
+        self.validator = setup_validator(self)
 
     # ================================================================== 2. train loop
     def train(self) -> None:
@@ -191,12 +195,12 @@ class LoRATrainer:
         summary: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             if finished:
-                paths = outputs.export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family,
+                paths = export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family,
                                             self.cfg, self.out)
                 if self.cfg.validate_every >= 0:
                     self.validate(self.cfg.max_train_steps)
             self.logger.plot()
-            summary = outputs.write_summary(self, finished)
+            summary = write_summary(self, finished)
         self.logger.close()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()

@@ -11,12 +11,11 @@ import torch
 
 from mudi.settings import RunOptions
 from mudi.train.caches import LatentEncoder, TextCache
-from mudi.train.checkpoints import CKPT_DIR, CONFIG_NAME, Checkpointer, abs_if_local, training_rngs
+from mudi.train.checkpoints import CKPT_DIR, CONFIG_NAME, Checkpointer, abs_if_local
 from mudi.train.config import TrainConfig
 from mudi.train.data import (ExampleSchedule, MicroBatchBuilder, class_captions, default_validation_prompts,
                              fill_subjects, subject_captions)
 from mudi.train.metrics import LOG_NAME, MetricLogger
-from mudi.train.optim import make_optimizer as optimizer
 from mudi.train.precision import Precision, make_accelerator, resolve_mixed_precision
 from mudi.train.validation import ValidationSettings, Validator
 
@@ -35,7 +34,7 @@ def restored_pipeline_settings(pipe) -> Iterator[None]:
                 pipe._progress_bar_config = saved
 
 
-def runtime(cfg: TrainConfig, options: RunOptions):
+def setup_runtime(cfg: TrainConfig, options: RunOptions):
     """1.1 The accelerator (device, processes) and the mixed precision of the run."""
     from mudi.runtime import pick_device
 
@@ -45,7 +44,7 @@ def runtime(cfg: TrainConfig, options: RunOptions):
     return accelerator, Precision(mode, accelerator.device)
 
 
-def model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
+def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
     """1.2 The pipeline (frozen weights in the training dtype), its family, the resolution; the
     LoRA targets checked on the loaded UNet too (a hub model was not inspected before)."""
     from mudi.models.families import family_of
@@ -66,7 +65,7 @@ def model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
     return pipeline, family, cfg
 
 
-def output_folder(cfg: TrainConfig, options: RunOptions, accelerator, precision: Precision) -> TrainConfig:
+def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, precision: Precision) -> TrainConfig:
     """1.3 The resolved config, written to OUT/config.toml before any training (a killed run can
     always be resumed). Returns it: the rest of the run uses the resolved values."""
     from mudi.compose import default_margin
@@ -92,7 +91,7 @@ def output_folder(cfg: TrainConfig, options: RunOptions, accelerator, precision:
     return resolved
 
 
-def noise_scheduler(pipe):
+def make_noise_scheduler(pipe):
     """The DDPM training scheduler of the base model's noise schedule."""
     from diffusers import DDPMScheduler
 
@@ -127,7 +126,7 @@ def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
     pipe.set_progress_bar_config(disable=True)
 
 
-def lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+def setup_lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """1.4 The LoRA adapter (fp32 weights; drawn from the run's seeded RNG scope), the UNet in train mode."""
     from mudi.models.lora import add_unet_lora
 
@@ -141,7 +140,7 @@ def lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     return params
 
 
-def caches(trainer):
+def setup_caches(trainer):
     """1.5 Text embeddings of every caption (then the text encoders go) and the plain photos' latents."""
     cfg, plan, c = trainer.cfg, trainer.plan, trainer.counters
     sset = plan.subject_set
@@ -164,7 +163,7 @@ def validation_prompts(trainer) -> list[str]:
     return [fill_subjects(v, sset) for v in cfg.validation_prompts] or default_validation_prompts(sset, cfg.k)
 
 
-def data(trainer):
+def setup_data(trainer):
     """1.7 The example schedule and the micro-batch builder (Seg-Mix composer, cached plain examples)."""
     from mudi.compose import Composer, parse_relative_sizes
 
@@ -182,7 +181,7 @@ def data(trainer):
     return batches, schedule, use_prior
 
 
-def checkpointer(trainer) -> Checkpointer:
+def setup_checkpointer(trainer) -> Checkpointer:
     """1.8 Checkpoints: LoRA, optimizer (+ scaler) and this step's LoRA in diffusers format."""
     from mudi.models.lora import save_diffusers_lora
 
@@ -193,13 +192,13 @@ def checkpointer(trainer) -> Checkpointer:
                         extra={"config": trainer.cfg.to_dict()})
 
 
-def logger(trainer) -> MetricLogger:
+def setup_logger(trainer) -> MetricLogger:
     """The metric logger (main process), its log cut back to the resumed step."""
     return MetricLogger(trainer.out, start_step=trainer.counters.start_step, log_every=trainer.cfg.log_every,
                         end_step=trainer.end_step, active=trainer.accelerator.is_main_process)
 
 
-def validator(trainer) -> Validator:
+def setup_validator(trainer) -> Validator:
     """The validation-grid writer (cached prompt embeddings, the run's autocast)."""
     cfg = trainer.cfg
     settings = ValidationSettings(validation_prompts(trainer), cfg.validation_images, cfg.validation_inference_steps,
@@ -207,6 +206,6 @@ def validator(trainer) -> Validator:
     return Validator(trainer.pipe, trainer.family, trainer.text, settings, trainer.out, trainer.precision.autocast)
 
 
-__all__ = ["caches", "checkpointer", "data", "lora", "logger", "model", "noise_scheduler", "optimizer",
-           "output_folder", "place_frozen_parts", "restored_pipeline_settings", "runtime", "training_rngs",
-           "validation_prompts", "validator"]
+__all__ = ["make_noise_scheduler", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
+           "setup_checkpointer", "setup_data", "setup_logger", "setup_lora", "setup_model", "setup_output_folder",
+           "setup_runtime", "setup_validator", "validation_prompts"]
