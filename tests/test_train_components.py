@@ -50,7 +50,7 @@ def test_lr_factor_schedules():
 
 
 def test_micro_batches_are_a_function_of_their_number(tiny_models, subjects, sd_pipe):
-    from mudi.compose.mix import Composer
+    from mudi.compose import Composer
     from mudi.models.families import family_of
     from mudi.subjects import SubjectSet
     from mudi.train.caches import LatentEncoder
