@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mudi.io import prepare_output_dir, write_text_atomic
+from mudi.io import claim_output_dir, write_text_atomic
 from mudi.models.tiny import ALL_PARTS, TINY_IMAGE_SIZE, TINY_PIPELINE_RESOLUTION, build_tiny_models, parse_parts
 
 _README = """\
@@ -52,7 +52,7 @@ def _folder_size(folder: Path) -> int:
 def run(args: argparse.Namespace) -> int:
     """Build the requested tiny models into ``args.out`` and print what was written."""
     parts = parse_parts(args.parts)
-    out = prepare_output_dir(args.out, overwrite=args.overwrite, what="tiny models")
+    out = claim_output_dir(args.out, overwrite=args.overwrite, what="tiny models", create=True)
     print(f"Building tiny random-weight models {', '.join(parts)} into {out} ...", flush=True)
     written = build_tiny_models(out, parts=parts, seed=args.seed)
     write_text_atomic(

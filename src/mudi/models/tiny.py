@@ -286,7 +286,7 @@ def build_tiny_models(
     Args:
         out_dir: folder to write into (created if needed); each part goes to ``out_dir/<part>``.
             Existing part folders are overwritten; callers guarding user outputs should use
-            :func:`mudi.io.prepare_output_dir` first.
+            :func:`mudi.io.claim_output_dir` first.
         parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip`` to build.
         seed: every part's weights are a deterministic function of (seed, part).
 

@@ -29,7 +29,7 @@ from typing import Callable, ClassVar
 from mudi.errors import MudiError
 from mudi.runtime import quiet_libraries
 from mudi.settings import RunOptions, Settings, setting
-from mudi.io import prepare_output_dir, write_json_atomic, write_text_atomic
+from mudi.io import claim_output_dir, write_json_atomic, write_text_atomic
 from mudi.toy.demo_report import render_demo_report
 
 #: Success threshold for D&C with the toy detector and embedder. The toy embedder scores blurred
@@ -194,10 +194,7 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
 
     base = Path(config.base) if config.base else toy.base_model_path()
     out = Path(config.out)
-    if options.resume and out.exists():
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        prepare_output_dir(out, overwrite=options.overwrite, what="demo output")
+    claim_output_dir(out, overwrite=options.overwrite, resume=options.resume, what="demo output", create=True)
     methods = [m for m in METHODS if m.name in config.methods]
     timings: dict[str, float] = {}
     t_start = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mudi.io import prepare_output_dir, save_image_atomic, write_text_atomic
+from mudi.io import claim_output_dir, save_image_atomic, write_text_atomic
 from mudi.toy import world
 
 
@@ -45,7 +45,7 @@ def make_subject_set(
     ``mask_a00.png`` ... (0 background, 255 subject, exact from the renderer).
     Deterministic in `seed`. Returns the folder.
     """
-    out = prepare_output_dir(out_dir, overwrite=overwrite, what="subject set")
+    out = claim_output_dir(out_dir, overwrite=overwrite, what="subject set", create=True)
     rng = np.random.default_rng(seed)
     lines = [json.dumps({"id": {s.key: s.phrase for s in subjects}})]
     for spec in subjects:
