@@ -9,6 +9,7 @@
 Pure PIL/numpy: no torch and no model.
 """
 
+from mudi.stage import make_callable
 from mudi.compose.composer import MIX_KINDS, ClassPhotos, Composer, parse_relative_sizes
 from mudi.compose.config import ComposeConfig
 from mudi.compose.cutmix import cut_mix
@@ -56,3 +57,5 @@ __all__ = [
     "slot_bounds",
     "white_canvas",
 ]
+
+make_callable(__name__, compose)  # mudi.compose(...) runs compose(...); the package stays importable

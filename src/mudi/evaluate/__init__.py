@@ -17,6 +17,7 @@ D&C math), :mod:`~mudi.evaluate.embed`, :mod:`~mudi.evaluate.textfid`,
 plots are rendered from the results by :mod:`mudi.report`; this package never imports it.
 """
 
+from mudi.stage import make_callable
 from mudi.evaluate.compare import RunSpec, compare, compare_runs, plan_runs
 from mudi.evaluate.config import EvaluateConfig
 from mudi.evaluate.models import EvalModels
@@ -47,3 +48,5 @@ __all__ = [
     "register_embedder",
     "summarize",
 ]
+
+make_callable(__name__, evaluate)  # mudi.evaluate(...) runs evaluate(...); the package stays importable

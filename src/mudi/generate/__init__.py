@@ -9,8 +9,11 @@ mean-shifted initial latents), :mod:`~mudi.generate.jobs` (one job per image, si
 :mod:`~mudi.generate.sampling` and :mod:`~mudi.generate.sheets`.
 """
 
+from mudi.stage import make_callable
 from mudi.generate.config import NEGATIVE_PROMPT, SCHEDULERS, GenerateConfig, GenerateWarning
 from mudi.generate.pipeline import generate
 from mudi.generate.prompts import read_prompts_file
 
 __all__ = ["GenerateConfig", "GenerateWarning", "NEGATIVE_PROMPT", "SCHEDULERS", "generate", "read_prompts_file"]
+
+make_callable(__name__, generate)  # mudi.generate(...) runs generate(...); the package stays importable

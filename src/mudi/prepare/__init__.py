@@ -7,6 +7,7 @@
 Heavy models (OWLv2, SAM) are loaded inside the functions, only when a photo needs them.
 """
 
+from mudi.stage import make_callable
 from mudi.prepare.config import DEFAULT_BOX_MARGIN, DEFAULT_THRESHOLD, PrepareConfig
 from mudi.prepare.importer import import_subjects
 from mudi.prepare.masking import PhotoResult, pick_single_box, run_preparation, segment_in_box, segment_photo
@@ -36,3 +37,5 @@ __all__ = [
     "segment_in_box",
     "segment_photo",
 ]
+
+make_callable(__name__, prepare)  # mudi.prepare(...) runs prepare(...); the package stays importable

@@ -4,7 +4,10 @@
 describes a run (every field with its default and help).
 """
 
+from mudi.stage import make_callable
 from mudi.train.config import TrainConfig
 from mudi.train.recipe import TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+make_callable(__name__, train)  # mudi.train(...) runs train(...); the package stays importable
