@@ -191,7 +191,7 @@ def check_layout_file(config: GenerateConfig, sset: SubjectSet, resolution: int)
 
 def sidecar(job: ImageJob, config: GenerateConfig, run: ResolvedRun, sset: SubjectSet) -> dict[str, Any]:
     """The ``NNNN.json`` written beside an image: everything that made it (see RESUME_KEYS)."""
-    from mudi import __version__
+    from mudi.version import __version__
 
     layout_mode = config.layout if config.layout in ("auto", "llm") else "file"
     return {
