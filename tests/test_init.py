@@ -233,22 +233,24 @@ def test_vae_normalization_variants(pipes):
     from PIL import Image
 
     from mudi.generate.init import encode_canvas
+    from mudi.models.families import family_of
 
+    family = family_of(pipes["sd"])
     canvas = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     vae = _copy.deepcopy(pipes["sd"].vae)
     s = vae.config.scaling_factor
-    raw = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu")) / s
+    raw = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu"), family=family) / s
     vae.register_to_config(shift_factor=0.25)
-    shifted = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu"))
+    shifted = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu"), family=family)
     torch.testing.assert_close(shifted, (raw - 0.25) * s)
     mean, std = [0.1, -0.2, 0.3, 0.0], [1.0, 2.0, 0.5, 1.5]
     vae.register_to_config(shift_factor=None, latents_mean=mean, latents_std=std)
-    normed = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu"))
+    normed = encode_canvas(vae, canvas, torch.Generator().manual_seed(1), torch.device("cpu"), family=family)
     m, sd = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1)
     torch.testing.assert_close(normed, (raw - m) * s / sd)
     # an fp16 VAE that asks for upcasting (SDXL's) encodes in fp32 and is put back to fp16
     vae16 = _copy.deepcopy(pipes["sdxl"].vae).half()
     assert vae16.config.force_upcast
-    z = encode_canvas(vae16, canvas, torch.Generator().manual_seed(1), torch.device("cpu"))
+    z = encode_canvas(vae16, canvas, torch.Generator().manual_seed(1), torch.device("cpu"), family=family)
     assert z.dtype == torch.float32 and torch.isfinite(z).all()
     assert next(vae16.parameters()).dtype == torch.float16

@@ -11,7 +11,8 @@ import pytest
 from mudi.cli import main
 from mudi.train.config import PRIOR_PROMPT, TrainConfig
 from mudi.errors import MudiError
-from mudi.train.priors import ClassSet, generate_class_set, segment_class_image
+from mudi.settings import RunOptions
+from mudi.train.priors import ClassSet, PriorsConfig, generate_class_set, segment_class_image
 from mudi.protocols import Detection
 from mudi.subjects import SubjectSet
 
@@ -58,8 +59,8 @@ def class_set(tiny_models, subjects, tmp_path_factory) -> Path:
     pipe = load_pipeline(str(tiny_models / "sd"))
     pipe.set_progress_bar_config(disable=True)
     out = tmp_path_factory.mktemp("priors")
-    generate_class_set(pipe, SubjectSet.load(subjects), out, n=2, detector=None, segmenter=BoxSegmenter(),
-                       num_inference_steps=1, progress=False)
+    generate_class_set(pipe, SubjectSet.load(subjects), PriorsConfig(out=str(out), n=2, steps=1),
+                       RunOptions(progress=False), detector=None, segmenter=BoxSegmenter())
     return out
 
 

@@ -4,9 +4,9 @@ For a prompt naming k subjects and a :mod:`mudi.generate.layout`:
 
 1. ``canvas`` = white S×S image with one segmented reference photo per subject pasted into its
    layout box (mask pixels only) — :func:`render_canvas`.
-2. ``z = s · VAE.encode(canvas).sample()`` (``s`` = ``vae.config.scaling_factor``; a VAE with a
-   ``shift_factor`` or ``latents_mean``/``latents_std`` is normalized the way the pipeline's
-   decoder expects).
+2. ``z = s · VAE.encode(canvas).sample()`` (``s`` = ``vae.config.scaling_factor``), normalized
+   by the model family (:meth:`~mudi.models.families.UNetFamily.to_latents`: a VAE with a
+   ``shift_factor`` or ``latents_mean``/``latents_std`` the way the pipeline's decoder expects).
 3. ``M`` = union mask on the latent grid (area-downsampled, then ``>= 0.5``), ``z_m = z ⊙ M``.
 4. ``x_T = scheduler.add_noise(γ · z_m, ε, t_first)`` where ``t_first`` is the first timestep of
    the schedule the pipeline will use for ``num_inference_steps`` (computed on a *copy* of the
@@ -39,6 +39,7 @@ from PIL import Image
 from mudi.errors import MudiError
 from mudi.generate.layout import LayoutBox
 from mudi.geometry import fit_box
+from mudi.models.families import UNetFamily, family_of
 from mudi.subjects import SegmentedPhoto
 
 #: METHOD.md §4 default γ.
@@ -162,14 +163,17 @@ def add_noise_at(scheduler_copy, sample: torch.Tensor, noise: torch.Tensor, t_fi
 # ---------------------------------------------------------------------------------- VAE
 
 @torch.no_grad()
-def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """``s · VAE.encode(canvas).latent_dist.sample(generator)`` in float32, normalized like the
-    pipelines expect their latents (``shift_factor`` / ``latents_mean``,``latents_std`` aware)."""
+def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, device: torch.device, *,
+                  family: UNetFamily) -> torch.Tensor:
+    """``VAE.encode(canvas).latent_dist.sample(generator)`` in float32, normalized by the model
+    family the way its pipeline expects latents (:meth:`~mudi.models.families.UNetFamily.to_latents`).
+
+    An fp16 VAE whose config asks for ``force_upcast`` (SDXL's) encodes in float32 and is put back.
+    """
     arr = np.asarray(canvas.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     pixels = torch.from_numpy(arr).permute(2, 0, 1)[None]
-    cfg = vae.config
     vae_dtype = next(vae.parameters()).dtype
-    upcast = vae_dtype == torch.float16 and bool(getattr(cfg, "force_upcast", False))
+    upcast = vae_dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
     if upcast:
         vae.to(torch.float32)
     try:
@@ -179,17 +183,7 @@ def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, d
     finally:
         if upcast:
             vae.to(vae_dtype)
-    scaling = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
-    shift = getattr(cfg, "shift_factor", None)
-    mean = getattr(cfg, "latents_mean", None)
-    std = getattr(cfg, "latents_std", None)
-    if mean is not None and std is not None:
-        m = torch.tensor(mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1)
-        return (z - m) * scaling / s
-    if shift is not None:
-        return (z - float(shift)) * scaling
-    return z * scaling
+    return family.to_latents(vae, z)
 
 
 def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> torch.Tensor:
@@ -200,14 +194,6 @@ def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> to
 
 
 # ----------------------------------------------------------------------------- the API
-
-def vae_scale_factor(pipe) -> int:
-    """Pixels per latent cell of a pipeline (8 for SD/SDXL)."""
-    f = getattr(pipe, "vae_scale_factor", None)
-    if f:
-        return int(f)
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-
 
 @torch.no_grad()
 def mean_shifted_latents(
@@ -248,7 +234,8 @@ def mean_shifted_latents(
     """
     if gamma < 0 or not np.isfinite(gamma):
         raise MudiError(f"gamma must be a finite number >= 0, got {gamma}.")
-    f = vae_scale_factor(pipe)
+    family = family_of(pipe)
+    f = family.vae_scale_factor(pipe)
     if height % f or width % f:
         raise MudiError(f"height and width ({height}x{width}) must be multiples of the VAE factor {f}.")
     device = torch.device(device) if device is not None else _execution_device(pipe)
@@ -267,7 +254,7 @@ def mean_shifted_latents(
     noise = noise.to(device=device, dtype=torch.float32)
 
     canvas, mask, drawn = render_canvas(subjects_photos, layout, width, height)
-    z = encode_canvas(pipe.vae, canvas, generator, device)
+    z = encode_canvas(pipe.vae, canvas, generator, device, family=family)
     if tuple(z.shape[-2:]) != shape[-2:] or z.shape[1] != channels:
         raise MudiError(f"VAE latent shape {tuple(z.shape)} does not match the UNet input {shape}.")
     m = latent_mask(mask, shape[-2:], device=device)
@@ -298,5 +285,4 @@ __all__ = [
     "mean_shifted_latents",
     "render_canvas",
     "schedule_start",
-    "vae_scale_factor",
 ]

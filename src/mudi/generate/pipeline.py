@@ -32,14 +32,14 @@ import torch
 
 from mudi.errors import MudiError
 from mudi.generate.config import GenerateConfig, GenerateWarning
-from mudi.generate.init import vae_scale_factor
 from mudi.generate.jobs import ImageJob, ResolvedRun, check_layout_file, is_finished, plan_jobs, sidecar
 from mudi.generate.llm_layout import LLMLayoutProvider
 from mudi.generate.lora_loading import load_lora, lora_weights_file, read_train_config
 from mudi.generate.prompts import resolve_prompt
-from mudi.generate.sampling import StepProgress, default_resolution, generate_batch, set_scheduler, size_multiple
+from mudi.generate.sampling import StepProgress, generate_batch, set_scheduler
 from mudi.generate.sheets import write_contact_sheets
 from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic
+from mudi.models.families import family_of
 from mudi.runtime import pick_device, resolve_dtype
 from mudi.settings import RunOptions
 from mudi.subjects import SubjectSet, parse_subject_values
@@ -140,11 +140,12 @@ def pipeline_name(pipe) -> str:
 def sampling_resolution(pipe, config: GenerateConfig, inputs: RunInputs) -> int:
     """Step 4: ``--resolution``, the LoRA's training resolution or the model's default; MudiError
     when the UNet cannot take it."""
-    res = config.resolution or int(inputs.train_cfg.get("resolution") or 0) or default_resolution(pipe)
-    mult = size_multiple(pipe)
+    family = family_of(pipe)
+    res = config.resolution or int(inputs.train_cfg.get("resolution") or 0) or family.default_resolution(pipe)
+    mult = family.size_multiple(pipe)
     if res % mult:
         raise MudiError(
-            f"--resolution {res} is not a multiple of {mult} (VAE factor {vae_scale_factor(pipe)} × the UNet's "
+            f"--resolution {res} is not a multiple of {mult} (VAE factor {family.vae_scale_factor(pipe)} × the UNet's "
             f"down-sampling); try {max(mult, round(res / mult) * mult)}."
         )
     return res

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mudi.generate.config import SCHEDULERS, GenerateConfig
-from mudi.generate.init import mean_shifted_latents, schedule_start, vae_scale_factor
+from mudi.generate.init import mean_shifted_latents, schedule_start
 from mudi.generate.jobs import ImageJob
 from mudi.subjects import SubjectSet
 
@@ -27,17 +27,6 @@ def set_scheduler(pipe, name: str) -> str:
         cls = getattr(diffusers, cls_name)
         pipe.scheduler = cls.from_config(pipe.scheduler.config, **extra)
     return type(pipe.scheduler).__name__
-
-
-def size_multiple(pipe) -> int:
-    """Pixel multiple a resolution must have: VAE factor × 2^(UNet down-samplings)."""
-    n_down = max(0, len(getattr(pipe.unet.config, "down_block_types", ())) - 1)
-    return vae_scale_factor(pipe) * 2**n_down
-
-
-def default_resolution(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * vae_scale_factor(pipe)
-
 
 
 def generate_batch(

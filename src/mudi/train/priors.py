@@ -24,15 +24,18 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 from PIL import Image
 
-from mudi.train.config import PRIOR_PROMPT
 from mudi.errors import MudiError
-from mudi.io import load_mask, load_rgb, mask_to_image, save_image_atomic, write_text_atomic
+from mudi.io import load_mask, load_rgb, mask_to_image, save_image_atomic, staged_output, write_text_atomic
+from mudi.models.families import family_of
+from mudi.runtime import generator
+from mudi.settings import RunOptions, Settings, setting
 from mudi.subjects import SegmentedPhoto, SubjectSet
+from mudi.train.config import PRIOR_PROMPT
 
 METADATA = "metadata.jsonl"
 DEFAULT_PRIOR_THRESHOLD = 0.4
@@ -135,99 +138,184 @@ def segment_class_image(image: Image.Image, cls: str, detector, segmenter, thres
     return segment_photo(image, cls, detector, segmenter, threshold=threshold)
 
 
-def generate_class_set(
-    pipe,
-    subject_set: SubjectSet,
-    out: str | Path,
-    *,
-    n: int = 50,
-    detector=None,
-    segmenter=None,
-    threshold: float = DEFAULT_PRIOR_THRESHOLD,
-    prompt: str = PRIOR_PROMPT,
-    resolution: int | None = None,
-    num_inference_steps: int = 30,
-    guidance_scale: float = 7.5,
-    seed: int = 42,
-    batch_size: int = 1,
-    max_tries: float = 2.0,
-    progress: bool = True,
-    on_image: Callable[[str, int, str], None] | None = None,
-) -> ClassSet:
-    """Generate ``n`` segmented class images per class of ``subject_set`` into ``out``.
+@dataclass
+class PriorsConfig(Settings):
+    """Everything that defines a ``mudi priors`` run (class images for prior preservation)."""
 
-    Images whose segmentation fails (no box / several boxes / empty mask) are dropped and
-    replaced, up to ``max_tries × n`` generations per class. ``out`` must be a prepared
-    (empty) folder. Returns the loaded :class:`ClassSet`.
+    SECTION: ClassVar[str] = "priors"
+
+    base: str = setting("", "base SD/SDXL pipeline (folder or hub id)", metavar="MODEL")
+    subjects: str = setting("", "subject set whose classes to generate", metavar="DIR")
+    out: str = setting("", "class-set output folder (new or empty)", metavar="OUT")
+    n: int = setting(50, "images per class")
+    detector: str = setting("", "OWLv2 detector (default google/owlv2-base-patch16-ensemble); none = the "
+                            "central box", metavar="ID|DIR|none")
+    segmenter: str = setting("", "SAM segmenter (default facebook/sam-vit-huge) or grabcut (weight-free)",
+                             metavar="ID|DIR|grabcut")
+    threshold: float = setting(DEFAULT_PRIOR_THRESHOLD, "detector score threshold")
+    prompt: str = setting(PRIOR_PROMPT, "class prompt template ({cls} = the class)")
+    resolution: int = setting(0, "image side in pixels (0: the model's)")
+    steps: int = setting(30, "sampling steps")
+    guidance_scale: float = setting(7.5, "classifier-free guidance scale")
+    batch_size: int = setting(1, "images per pipeline call")
+    seed: int = setting(42, "seed of the first image of the first class")
+    vae: str = setting("", "VAE override (e.g. madebyollin/sdxl-vae-fp16-fix)", metavar="MODEL")
+    max_tries: float = setting(2.0, "generations per class at most, as a multiple of --n (images whose "
+                               "segmentation fails are replaced)")
+
+    def check(self) -> None:
+        """Validate the values that need no model; raise MudiError on the first problem."""
+        if self.n < 1:
+            raise MudiError(f"--n must be >= 1 (got {self.n}).")
+        if not 0 < self.threshold <= 1:
+            raise MudiError(f"--threshold must be in (0, 1] (got {self.threshold}).")
+        if self.steps < 1 or self.batch_size < 1:
+            raise MudiError("--steps and --batch-size must be >= 1.")
+        if self.resolution < 0:
+            raise MudiError(f"--resolution must be >= 0 (0: the model's), got {self.resolution}.")
+        if not self.max_tries >= 1:
+            raise MudiError(f"--max-tries must be >= 1, got {self.max_tries}.")
+        if "{cls}" not in self.prompt:
+            raise MudiError(f"--prompt must contain {{cls}} (got {self.prompt!r}).")
+
+
+class ClassSetWriter:
+    """Writes a class-set folder: each kept image and its mask as they come, then
+    ``metadata.jsonl`` (the ``head`` line first) and a contact sheet of the first 64 images."""
+
+    SHEET_SIZE = 64
+
+    def __init__(self, out: Path, head: dict[str, Any]) -> None:
+        self.out = out
+        self.lines = [json.dumps(head, ensure_ascii=False)]
+        self.sheet: list[Image.Image] = []
+        self.labels: list[str] = []
+
+    def add(self, cls: str, index: int, image: Image.Image, mask: np.ndarray, text: str) -> None:
+        """Write image ``index`` of class ``cls`` with its mask and record it."""
+        name = f"{class_slug(cls)}_{index:04d}.png"
+        save_image_atomic(image, self.out / name)
+        save_image_atomic(mask_to_image(mask), self.out / f"mask_{name}")
+        self.lines.append(json.dumps({"class": cls, "file_name": name, "mask_path": f"mask_{name}", "text": text},
+                                     ensure_ascii=False))
+        if len(self.sheet) < self.SHEET_SIZE:
+            from mudi.viz import outline_mask
+
+            self.sheet.append(outline_mask(image, mask))
+            self.labels.append(f"{cls} {index}")
+
+    def finish(self) -> None:
+        """Write ``metadata.jsonl`` and ``contact_sheet.png``."""
+        from mudi import viz
+
+        write_text_atomic(self.out / METADATA, "\n".join(self.lines) + "\n")
+        if self.sheet:
+            save_image_atomic(viz.grid(self.sheet, labels=self.labels, cell=128), self.out / "contact_sheet.png")
+
+
+class ClassImageSampler:
+    """Samples and segments the images of one class after another.
+
+    Image ``j`` of class number ``ci`` uses the seed ``seed · 1000003 + ci · 100003 + j``.
+    Images whose segmentation fails are counted in :attr:`failures` and replaced, up to
+    ``max_tries × n`` generations per class.
     """
-    import torch
-    from tqdm.auto import tqdm
 
-    from mudi import viz
+    def __init__(self, pipe, config: PriorsConfig, writer: ClassSetWriter, *, detector, segmenter, size: int,
+                 on_image: Callable[[str, int, str], None] | None = None) -> None:
+        self.pipe, self.config, self.writer = pipe, config, writer
+        self.detector, self.segmenter, self.size, self.on_image = detector, segmenter, size, on_image
+        self.failures: dict[str, int] = {}
 
-    if n < 1:
-        raise MudiError(f"--n must be >= 1 (got {n}).")
-    if "{cls}" not in prompt:
-        raise MudiError(f"the class prompt must contain {{cls}} (got {prompt!r}).")
-    if segmenter is None:
-        raise MudiError("a segmenter is required (SamSegmenter or GrabCutSegmenter).")
-    out = Path(out)
-    classes = {s.key: s.cls for s in subject_set}
-    unique = list(dict.fromkeys(classes.values()))
-    size = resolution or int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
-    lines = [json.dumps({"classes": classes, "prompt": prompt, "threshold": threshold, "n": n,
-                         "seed": seed, "steps": num_inference_steps, "guidance_scale": guidance_scale,
-                         "resolution": size}, ensure_ascii=False)]
-    sheet: list[Image.Image] = []
-    labels: list[str] = []
-    failures: dict[str, int] = {}
-    for ci, cls in enumerate(unique):
-        text = prompt.format(cls=cls)
-        slug = class_slug(cls)
+    def run_class(self, ci: int, cls: str, *, progress: bool = True) -> None:
+        """Keep ``n`` segmented images of class ``cls``; MudiError if none could be segmented."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        text = cfg.prompt.format(cls=cls)
         kept, tried = 0, 0
-        limit = max(n, int(np.ceil(max_tries * n)))
-        bar = tqdm(total=n, desc=f"priors: {cls}", disable=not progress)
-        while kept < n and tried < limit:
-            count = min(batch_size, limit - tried)
-            gen = [torch.Generator("cpu").manual_seed(seed * 1_000_003 + ci * 100_003 + tried + i) for i in range(count)]
-            images = pipe(
-                [text] * count, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                height=size, width=size, generator=gen,
-            ).images
+        limit = max(cfg.n, int(np.ceil(cfg.max_tries * cfg.n)))
+        bar = tqdm(total=cfg.n, desc=f"priors: {cls}", disable=not progress)
+        while kept < cfg.n and tried < limit:
+            count = min(cfg.batch_size, limit - tried)
+            images = self.sample(text, [cfg.seed * 1_000_003 + ci * 100_003 + tried + i for i in range(count)])
             tried += count
             for image in images:
-                if kept >= n:
+                if kept >= cfg.n:
                     break
-                mask, reason = segment_class_image(image, cls, detector, segmenter, threshold)
+                mask, reason = segment_class_image(image, cls, self.detector, self.segmenter, cfg.threshold)
                 if mask is None:
-                    failures[cls] = failures.get(cls, 0) + 1
-                    if on_image:
-                        on_image(cls, tried, reason)
+                    self.failures[cls] = self.failures.get(cls, 0) + 1
+                    if self.on_image:
+                        self.on_image(cls, tried, reason)
                     continue
-                name = f"{slug}_{kept:04d}.png"
-                save_image_atomic(image, out / name)
-                save_image_atomic(mask_to_image(mask), out / f"mask_{name}")
-                lines.append(json.dumps({"class": cls, "file_name": name, "mask_path": f"mask_{name}", "text": text},
-                                        ensure_ascii=False))
-                if len(sheet) < 64:
-                    from mudi.viz import outline_mask
-
-                    sheet.append(outline_mask(image, mask))
-                    labels.append(f"{cls} {kept}")
+                self.writer.add(cls, kept, image, mask, text)
                 kept += 1
                 bar.update(1)
         bar.close()
         if kept == 0:
             raise MudiError(
-                f"none of {tried} generated '{cls}' images could be segmented (detector threshold {threshold}). "
+                f"none of {tried} generated '{cls}' images could be segmented (detector threshold {cfg.threshold}). "
                 "Try --detector none (central box), another --segmenter, or a lower --threshold."
             )
-    write_text_atomic(out / METADATA, "\n".join(lines) + "\n")
-    if sheet:
-        save_image_atomic(viz.grid(sheet, labels=labels, cell=128), out / "contact_sheet.png")
-    cs = ClassSet.load(out)
-    cs.info["failures"] = failures
+
+    def sample(self, text: str, seeds: list[int]) -> list[Image.Image]:
+        """One pipeline call: ``len(seeds)`` images of ``text``, one generator per image."""
+        return self.pipe(
+            [text] * len(seeds), num_inference_steps=self.config.steps, guidance_scale=self.config.guidance_scale,
+            height=self.size, width=self.size, generator=[generator(s) for s in seeds],
+        ).images
+
+
+def generate_class_set(
+    pipe,
+    subject_set: SubjectSet,
+    config: PriorsConfig,
+    options: RunOptions | None = None,
+    *,
+    detector=None,
+    segmenter=None,
+    on_image: Callable[[str, int, str], None] | None = None,
+) -> ClassSet:
+    """Generate ``config.n`` segmented class images per class of ``subject_set`` into ``config.out``.
+
+    Images whose segmentation fails (no box / several boxes / empty mask) are dropped and
+    replaced, up to ``max_tries × n`` generations per class. The folder is written all at once
+    at the end (nothing is left behind on an error); it must be new or empty unless
+    ``options.overwrite``. Returns the loaded :class:`ClassSet`.
+
+    Args:
+        detector: an open-vocabulary detector (``None``: the central box of every image).
+        segmenter: a box-prompted segmenter (required).
+        on_image: called as ``on_image(class, tries, reason)`` for every image that is dropped.
+    """
+    options = options or RunOptions()
+    config.check()
+    if segmenter is None:
+        raise MudiError("a segmenter is required (SamSegmenter or GrabCutSegmenter).")
+    classes = {s.key: s.cls for s in subject_set}
+    size = config.resolution or family_of(pipe).default_resolution(pipe)
+    head = {"classes": classes, "prompt": config.prompt, "threshold": config.threshold, "n": config.n,
+            "seed": config.seed, "steps": config.steps, "guidance_scale": config.guidance_scale, "resolution": size}
+    with staged_output(config.out, overwrite=options.overwrite, what="class set") as stage:
+        writer = ClassSetWriter(stage, head)
+        sampler = ClassImageSampler(pipe, config, writer, detector=detector, segmenter=segmenter, size=size,
+                                    on_image=on_image)
+        for ci, cls in enumerate(dict.fromkeys(classes.values())):
+            sampler.run_class(ci, cls, progress=options.progress)
+        writer.finish()
+    cs = ClassSet.load(config.out)
+    cs.info["failures"] = sampler.failures
     return cs
 
 
-__all__ = ["ClassSet", "DEFAULT_PRIOR_THRESHOLD", "class_slug", "generate_class_set", "segment_class_image"]
+__all__ = [
+    "ClassImageSampler",
+    "ClassSet",
+    "ClassSetWriter",
+    "DEFAULT_PRIOR_THRESHOLD",
+    "PriorsConfig",
+    "class_slug",
+    "generate_class_set",
+    "segment_class_image",
+]
