@@ -143,3 +143,32 @@ def test_priors_cli(tiny_models, subjects, tmp_path, monkeypatch, capsys):
     assert main(["priors", "--base", str(tmp_path / "nope"), "--subjects", str(subjects), "--out",
                  str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class NeverSegmenter:
+    def segment(self, image, box):
+        w, h = image.size
+        return np.zeros((h, w), dtype=bool)
+
+
+def test_failed_class_set_leaves_nothing_behind(tiny_models, subjects, tmp_path):
+    from mudi.models.loading import load_pipeline
+
+    pipe = load_pipeline(str(tiny_models / "sd"))
+    pipe.set_progress_bar_config(disable=True)
+    out = tmp_path / "classes"
+    with pytest.raises(MudiError, match="none of 2 generated 'corgi' images could be segmented"):
+        generate_class_set(pipe, SubjectSet.load(subjects), PriorsConfig(out=str(out), n=1, steps=1),
+                           RunOptions(progress=False), detector=None, segmenter=NeverSegmenter())
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"n": 0}, "--n must be >= 1"),
+    ({"threshold": 1.5}, "--threshold"),
+    ({"prompt": "a photo"}, "must contain {cls}"),
+    ({"max_tries": 0.5}, "--max-tries"),
+])
+def test_priors_config_checks(values, match):
+    with pytest.raises(MudiError, match=match):
+        PriorsConfig().updated(values).check()

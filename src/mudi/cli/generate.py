@@ -8,7 +8,7 @@ import warnings
 
 from mudi.generate import GenerateConfig, GenerateWarning, generate, read_prompts_file
 from mudi.generate.layout import LayoutWarning
-from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, given_values, resolve, run_options
+from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, given_values, run_options
 
 _EPILOG = """\
 examples:
@@ -59,11 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    """The :class:`GenerateConfig` of a command line: defaults, then ``--config``'s table, then the flags."""
-    values = given_values(args, GenerateConfig)
+    """The :class:`GenerateConfig` of a command line: defaults, then ``--config``'s table, then the
+    flags; the prompts of ``--prompts FILE`` are added to the others. Checked."""
+    config = GenerateConfig.from_toml(args.config) if args.config else GenerateConfig()
+    config = config.updated(given_values(args, GenerateConfig))
     if args.prompts_file:
-        values["prompts"] = list(values.get("prompts") or []) + read_prompts_file(args.prompts_file)
-    return resolve(GenerateConfig, run_file=args.config, values=values)
+        config = config.updated({"prompts": config.prompts + read_prompts_file(args.prompts_file)})
+    config.check()
+    return config
 
 
 class WarningPrinter:

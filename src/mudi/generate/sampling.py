@@ -103,6 +103,7 @@ class StepProgress:
 
         self.bar = tqdm(total=total_images * steps_per_image, desc=desc, unit="img-step", disable=not enabled)
         self.batch_size = 1
+        self.done = 0  # image-steps so far
 
     @classmethod
     def for_pipeline(cls, pipe, total_images: int, steps: int, *, enabled: bool = True) -> "StepProgress":
@@ -117,6 +118,7 @@ class StepProgress:
         self.bar.set_postfix_str(f"image {jobs[0].stem}" + (f"-{jobs[-1].stem}" if len(jobs) > 1 else ""))
 
     def __call__(self, _pipe, _step: int, _timestep, kwargs: dict[str, Any]) -> dict[str, Any]:
+        self.done += self.batch_size
         self.bar.update(self.batch_size)
         return kwargs
 
