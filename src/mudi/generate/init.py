@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mudi.compose.cutout import crop_photo, paste_crop, white_canvas
 from mudi.errors import MudiError
 from mudi.generate.layout import LayoutBox
 from mudi.geometry import fit_box
@@ -88,21 +89,18 @@ def render_canvas(
     layout: Sequence[LayoutBox | tuple[str, Sequence[int]]],
     width: int,
     height: int | None = None,
-    *,
-    background: tuple[int, int, int] = (255, 255, 255),
 ) -> tuple[Image.Image, np.ndarray, list[LayoutBox]]:
     """Paste each subject's segmented photo into its layout box on a white canvas.
 
-    The photo and mask are cropped to the mask's bounding box, fitted into the box keeping
-    their aspect ratio (centred), resized (bicubic for the photo, bilinear + threshold 0.5 for
-    the mask) and pasted where the mask is true. Later placements are drawn on top.
+    The photo is cropped to its mask's bounding box, fitted into the box keeping its aspect
+    ratio (centred) and pasted with :func:`mudi.compose.cutout.paste_crop` (mask pixels only;
+    the photo resized bicubic with ``reducing_gap`` 3). Later placements are drawn on top.
 
     Returns:
         ``(canvas, union_mask, placements)`` with the placements' boxes as actually drawn.
     """
-    height = width if height is None else height
-    canvas = Image.new("RGB", (width, height), tuple(int(v) for v in background))
-    union = Image.new("L", (width, height), 0)
+    canvas, union = white_canvas(width, height)
+    height = canvas.height
     drawn: list[LayoutBox] = []
     for item in layout:
         key, box = item[0], item[1]
@@ -111,18 +109,13 @@ def render_canvas(
         photo = _one_photo(photos[key], key)
         if not photo.mask.any():
             raise MudiError(f"{photo.path}: the mask is empty; cannot place subject {key!r}.")
-        x0, y0, x1, y1 = photo.bbox
-        bx0, by0, bx1, by1 = fit_box(box, (x1 - x0, y1 - y0))
-        if bx1 <= 0 or by1 <= 0 or bx0 >= width or by0 >= height:
+        crop = crop_photo(photo)
+        fitted = fit_box(box, crop.size)
+        if fitted[2] <= 0 or fitted[3] <= 0 or fitted[0] >= width or fitted[1] >= height:
             raise MudiError(f"subject {key!r}: box {list(box)} lies outside the {width}x{height} canvas.")
-        bw, bh = bx1 - bx0, by1 - by0
-        img = Image.fromarray(photo.image[y0:y1, x0:x1]).resize((bw, bh), Image.BICUBIC, reducing_gap=3.0)
-        m = Image.fromarray(photo.mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize((bw, bh), Image.BILINEAR)
-        m = m.point(lambda v: 255 if v >= 128 else 0)  # binary: mask pixels only, no blending
-        canvas.paste(img, (bx0, by0), m)  # PIL clips to the canvas
-        union.paste(255, (bx0, by0, bx1, by1), m)
-        drawn.append(LayoutBox(key, (int(bx0), int(by0), int(bx1), int(by1))))
-    return canvas, np.asarray(union) >= 128, drawn
+        paste_crop(canvas, union, crop, fitted, reducing_gap=3.0)  # PIL clips to the canvas
+        drawn.append(LayoutBox(key, tuple(int(v) for v in fitted)))
+    return canvas, union, drawn
 
 
 # --------------------------------------------------------------------------- schedule
