@@ -4,7 +4,7 @@ Builds a reduced SD-architecture pipeline (UNet block_out_channels (64, 128, 256
 cross-attention stages, VAE (32, 64, 128, 128), a small CLIP text encoder) in a temp folder,
 then runs, each in its own fresh subprocess (one CPU thread):
 
-- ``mudi``: :func:`mudi.train.recipe.train` at 128 px with METHOD.md defaults (rank 32 on
+- ``mudi``: :func:`mudi.train.train` at 128 px with METHOD.md defaults (rank 32 on
   to_q/to_k/to_v/to_out.0, AdamW, batch 1 x accumulation 2, Seg-Mix p = 0.3), no validation,
   no intermediate checkpoints. Time per optimizer step is mudi's own ``step_time`` log field
   (and ``step_cpu_time``; everything inside the step: composing examples, VAE encoding of composites, text-cache
@@ -98,12 +98,12 @@ def child_mudi(model: str, subjects: str, out: str, steps: int, mix: str = "segm
     import mudi.compose  # noqa: F401
     import mudi.models.lora  # noqa: F401
     import mudi.models.loading  # noqa: F401
-    from mudi.train.config import TrainConfig
-    from mudi.train.recipe import train
+    from mudi.settings import RunOptions
+    from mudi.train import TrainConfig, train
 
     before = rss_kb()
     train(TrainConfig(subjects=subjects, base=model, out=out, resolution=RES, max_train_steps=steps,
-                      validate_every=-1, checkpoint_every=0, progress=False, mix=mix))
+                      validate_every=-1, checkpoint_every=0, mix=mix), RunOptions(progress=False))
     rows = [json.loads(ln) for ln in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     summary = json.loads((Path(out) / "summary.json").read_text())
     return {"step_times": [r["step_time"] for r in rows], "cpu_times": [r["step_cpu_time"] for r in rows],

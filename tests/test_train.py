@@ -581,3 +581,8 @@ def test_target_module_typo_fails_before_writing_then_resume_works(tiny_models, 
     assert main(["train", "--config", str(cfg), "--out", str(out), "--stop-after", "1", "--no-progress"]) == 0
     assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert [r["step"] for r in _log(out)] == [1, 2] and (out / "pytorch_lora_weights.safetensors").is_file()
+    # the saved config is a run file: it reproduces the run elsewhere
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "config.toml"), "--out", str(again), "--no-progress"]) == 0
+    a, b = _lora(out), _lora(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -93,7 +93,7 @@ class TextCache:
             self.close()
             for te in self.encoders():
                 te.to("cpu")  # frees the GPU copy even if something else still holds the module
-            names = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+            names = self.family.text_encoder_names + self.family.tokenizer_names
             self.pipe.register_modules(**{n: None for n in names if hasattr(self.pipe, n)})
         elif self.device.type != "cpu":
             for enc in self.encoders():

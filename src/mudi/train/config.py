@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mudi.errors import MudiError
+from mudi.models.families.base import UNetFamily
 from mudi.settings import Settings, read_section, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
@@ -76,7 +77,7 @@ class TrainConfig(Settings):
     # LoRA
     rank: int = setting(32, "LoRA rank")
     alpha: float = setting(32.0, "LoRA alpha")
-    target_modules: list[str] = setting(["to_q", "to_k", "to_v", "to_out.0"],
+    target_modules: list[str] = setting(list(UNetFamily.default_lora_targets),
                                         "UNet modules that get a LoRA (repeatable)", metavar="NAME")
     lora_dropout: float = setting(0.0, "LoRA dropout")
     # optimisation

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mudi.settings import RunOptions
-from mudi.train.checkpoints import training_rngs
+from mudi.train.checkpoints import CONFIG_NAME, training_rngs
 from mudi.train.config import TrainConfig
 from mudi.train.optim import make_optimizer
 from mudi.train.outputs import SUMMARY_NAME, export_lora, write_summary
@@ -195,8 +195,7 @@ class LoRATrainer:
         summary: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             if finished:
-                paths = export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family,
-                                            self.cfg, self.out)
+                paths = export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family, self.cfg, self.out)
                 if self.cfg.validate_every >= 0:
                     self.validate(self.cfg.max_train_steps)
             self.logger.plot()
@@ -204,7 +203,7 @@ class LoRATrainer:
         self.logger.close()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
-        return TrainResult(self.out, summary, paths.get("lora"), paths.get("kohya"), self.out / "config.toml")
+        return TrainResult(self.out, summary, paths.get("lora"), paths.get("kohya"), self.out / CONFIG_NAME)
 
     # ================================================================== 4. cleanup
     def cleanup(self) -> None:
