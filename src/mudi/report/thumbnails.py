@@ -14,7 +14,7 @@ from PIL import Image
 from mudi.errors import MudiError
 from mudi.evaluate.results import ImageResult
 from mudi.io import load_rgb
-from mudi.subjects import split_phrase
+from mudi.metadata import split_phrase
 from mudi.viz import draw_boxes
 
 #: Longer side of a thumbnail in pixels.
