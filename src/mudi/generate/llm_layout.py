@@ -93,6 +93,7 @@ class LLMLayoutProvider:
 
     @property
     def endpoint(self) -> str:
+        """The chat-completions URL (``/v1/chat/completions`` added to a bare server URL)."""
         u = self.url.rstrip("/")
         if u.endswith("/chat/completions"):
             return u
@@ -101,6 +102,7 @@ class LLMLayoutProvider:
         return u + "/v1/chat/completions"
 
     def request_body(self, prompt: str, phrases: Sequence[str], width: int, height: int) -> dict[str, Any]:
+        """The JSON body of the chat request: the system prompt, then the canvas, prompt and subjects."""
         user = (
             f"Canvas: width {width}, height {height} pixels.\n"
             f"Image prompt: {prompt}\n"

@@ -125,7 +125,7 @@ def check_run_options(options: RunOptions, config: GenerateConfig) -> tuple[torc
 
 
 def load_base_pipeline(config: GenerateConfig, inputs: RunInputs):
-    """Step 3: the base pipeline (with the VAE of ``--vae`` or of the LoRA's ``config.toml``)."""
+    """Step 2: the base pipeline (with the VAE of ``--vae`` or of the LoRA's ``config.toml``)."""
     from mudi.models.loading import load_pipeline
 
     vae = config.vae or str(inputs.train_cfg.get("vae") or "") or None
@@ -138,7 +138,7 @@ def pipeline_name(pipe) -> str:
 
 
 def sampling_resolution(pipe, config: GenerateConfig, inputs: RunInputs) -> int:
-    """Step 4: ``--resolution``, the LoRA's training resolution or the model's default; MudiError
+    """Step 3: ``--resolution``, the LoRA's training resolution or the model's default; MudiError
     when the UNet cannot take it."""
     family = family_of(pipe)
     res = config.resolution or int(inputs.train_cfg.get("resolution") or 0) or family.default_resolution(pipe)
@@ -153,7 +153,7 @@ def sampling_resolution(pipe, config: GenerateConfig, inputs: RunInputs) -> int:
 
 @contextlib.contextmanager
 def configured_pipeline(pipe, config: GenerateConfig, base: str, *, restore: bool) -> Iterator[str]:
-    """Step 5: set the scheduler and load the LoRA; yields the scheduler's class name.
+    """Step 4: set the scheduler and load the LoRA; yields the scheduler's class name.
 
     With ``restore`` (a pipeline the caller gave) the LoRA is unloaded and the scheduler put back
     on exit, also after an error.
@@ -187,7 +187,7 @@ def write_run_config(config: GenerateConfig, inputs: RunInputs, run: ResolvedRun
 
 def sample_jobs(pipe, jobs: Sequence[ImageJob], config: GenerateConfig, inputs: RunInputs,
                 sidecars: dict[int, dict[str, Any]], run: ResolvedRun, *, progress: bool = True) -> None:
-    """Step 8: sample ``jobs`` in batches of ``config.batch_size``; write each image, its sidecar
+    """Step 7: sample ``jobs`` in batches of ``config.batch_size``; write each image, its sidecar
     and (``save_init``) its init canvas as soon as its batch is done."""
     pipe.set_progress_bar_config(disable=True)
     bar = StepProgress.for_pipeline(pipe, len(jobs), config.steps, enabled=progress)

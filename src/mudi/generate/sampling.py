@@ -15,6 +15,7 @@ from PIL import Image
 from mudi.generate.config import SCHEDULERS, GenerateConfig
 from mudi.generate.init import mean_shifted_latents, schedule_start
 from mudi.generate.jobs import ImageJob
+from mudi.runtime import generator
 from mudi.subjects import SubjectSet
 
 
@@ -45,7 +46,7 @@ def generate_batch(
     and any sampler noise), so an image does not depend on the others in its batch (up to
     floating-point differences of batched kernels).
     """
-    gens = [torch.Generator(device="cpu").manual_seed(job.seed) for job in jobs]
+    gens = [generator(job.seed) for job in jobs]
     inits: list[Any] = [None] * len(jobs)
     latents = None
     if config.init == "mudi":
