@@ -41,6 +41,14 @@ def test_family_of_loaded_pipelines(tiny_models):
         assert (info.path, info.default_resolution, info.folder) == ("hub/id", 64, None)
 
 
+def test_every_registered_family_implements_the_seam():
+    from mudi.models.families import ModelFamily
+
+    assert FAMILIES and all(isinstance(f, ModelFamily) for f in FAMILIES)
+    assert len({f.name for f in FAMILIES}) == len(FAMILIES)
+    assert not isinstance(object(), ModelFamily)
+
+
 def test_unknown_pipeline_is_a_clear_error(tmp_path):
     with pytest.raises(MudiError, match="FluxPipeline pipeline; mudi supports"):
         family_for_folder({"_class_name": "FluxPipeline", "transformer": [], "vae": []})

@@ -1,6 +1,7 @@
 """Model families: the registry and how a folder or a loaded pipeline finds its family.
 
-Adding a family = one module with a :class:`~mudi.models.families.base.UNetFamily` subclass,
+Adding a family = one module with a class implementing :class:`~mudi.models.families.base.ModelFamily`
+(a :class:`~mudi.models.families.base.UNetFamily` subclass for UNet pipelines),
 an entry in :data:`FAMILIES` (most specific first), and tests.
 """
 
@@ -11,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from mudi.errors import MudiError
-from mudi.models.families.base import ModelInfo, SamplingDefaults, TextEmbeds, UNetFamily, read_config
+from mudi.models.families.base import ModelFamily, ModelInfo, SamplingDefaults, TextEmbeds, UNetFamily, read_config
 from mudi.models.families.sd import SDFamily
 from mudi.models.families.sdxl import SDXLFamily
 
 #: Every supported family, tried in this order (SDXL before the looser SD match).
-FAMILIES: tuple[UNetFamily, ...] = (SDXLFamily(), SDFamily())
+FAMILIES: tuple[ModelFamily, ...] = (SDXLFamily(), SDFamily())
 
 
-def family_named(name: str) -> UNetFamily:
+def family_named(name: str) -> ModelFamily:
     """The family with this short name ("sd", "sdxl")."""
     for family in FAMILIES:
         if family.name == name:
@@ -27,7 +28,7 @@ def family_named(name: str) -> UNetFamily:
     raise MudiError(f"unknown model family {name!r}; known: {', '.join(f.name for f in FAMILIES)}.")
 
 
-def family_for_index(index: dict, name: str = "") -> UNetFamily:
+def family_for_index(index: dict, name: str = "") -> ModelFamily:
     """The family of a pipeline described by ``model_index.json`` content, or MudiError."""
     for family in FAMILIES:
         if family.matches(index):
@@ -39,7 +40,7 @@ def family_for_index(index: dict, name: str = "") -> UNetFamily:
     )
 
 
-def family_for_folder(path_or_index: str | os.PathLike | dict) -> UNetFamily:
+def family_for_folder(path_or_index: str | os.PathLike | dict) -> ModelFamily:
     """The family of a local pipeline folder (read from its ``model_index.json``) or of an index dict."""
     if isinstance(path_or_index, dict):
         return family_for_index(path_or_index)
@@ -47,7 +48,7 @@ def family_for_folder(path_or_index: str | os.PathLike | dict) -> UNetFamily:
     return family_for_index(read_config(folder / "model_index.json", "the pipeline"), str(folder))
 
 
-def family_of(pipe: Any) -> UNetFamily:
+def family_of(pipe: Any) -> ModelFamily:
     """The family of a loaded pipeline (by class, then by components)."""
     for family in FAMILIES:
         if isinstance(pipe, family.pipeline_class()):
@@ -59,6 +60,7 @@ def family_of(pipe: Any) -> UNetFamily:
 
 __all__ = [
     "FAMILIES",
+    "ModelFamily",
     "ModelInfo",
     "SDFamily",
     "SDXLFamily",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -76,7 +76,7 @@ class ModelInfo:
     """What the trainer needs to know about a base model before loading its weights."""
 
     path: str  # the model as the user named it (folder or hub id)
-    family: "UNetFamily"
+    family: "ModelFamily"
     vae_scale_factor: int
     unet_downsample: int
     default_resolution: int
@@ -107,6 +107,39 @@ def read_config(path: Path, what: str) -> dict:
         raise MudiError(f"{path.parent}: {what} is missing {path.name}; the base model folder is incomplete.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MudiError(f"{path}: unreadable ({exc}); the base model folder is damaged.") from None
+
+
+@runtime_checkable
+class ModelFamily(Protocol):
+    """What the trainer, the initialization and generation ask of a model family.
+
+    :class:`UNetFamily` implements it for UNet latent-diffusion pipelines; a family of another
+    architecture (a DiT) implements the same methods without inheriting from it.
+    """
+
+    name: str
+    default_lora_targets: tuple[str, ...]
+    sampling: "SamplingDefaults"
+
+    def matches(self, index: dict) -> bool: ...
+    def pipeline_class(self): ...
+    def inspect(self, folder: Path, index: dict, base: str) -> "ModelInfo": ...
+    def info_of(self, pipe, base: str) -> "ModelInfo": ...
+    def meta_denoiser(self, folder: Path) -> torch.nn.Module: ...
+    def vae_scale_factor(self, pipe) -> int: ...
+    def size_multiple(self, pipe) -> int: ...
+    def default_resolution(self, pipe) -> int: ...
+    def text_encoders(self, pipe) -> list[torch.nn.Module]: ...
+    def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds: ...
+    def encode_negative(self, pipe, negative: str, device) -> TextEmbeds: ...
+    def pipeline_embeds(self, cond: TextEmbeds, uncond: TextEmbeds) -> dict[str, torch.Tensor]: ...
+    def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor: ...
+    def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor: ...
+    def training_target(self, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def denoise(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: TextEmbeds, resolution: int) -> torch.Tensor: ...
+    def kohya_block_layers(self, unet) -> int | None: ...
+    def kohya_base_version(self, unet) -> str: ...
+    def is_v2(self, unet) -> bool: ...
 
 
 def _vae_channel_stats(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -286,4 +319,4 @@ class UNetFamily:
         return f"{type(self).__name__}()"
 
 
-__all__ = ["ModelInfo", "SamplingDefaults", "TextEmbeds", "UNetFamily", "read_config"]
+__all__ = ["ModelFamily", "ModelInfo", "SamplingDefaults", "TextEmbeds", "UNetFamily", "read_config"]
