@@ -586,3 +586,20 @@ def test_target_module_typo_fails_before_writing_then_resume_works(tiny_models, 
     assert main(["train", "--config", str(out / "config.toml"), "--out", str(again), "--no-progress"]) == 0
     a, b = _lora(out), _lora(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_folder_left_by_the_typo_bug(tiny_models, subjects, tmp_path, capsys):
+    """A folder an older mudi left behind (config.toml with the typo, no checkpoint): --resume
+    names the bad module (exit 2, nothing changed); with the saved config fixed, --resume trains."""
+    out = tmp_path / "L"
+    out.mkdir()
+    cfg = _cfg(tiny_models, subjects, out, "sd", max_train_steps=1, target_modules=["to_q", "to_vv"])
+    (out / "config.toml").write_text(cfg.to_toml() + 'device = "auto"\nprogress = true\n')
+    before = (out / "config.toml").read_text()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'to_vv' not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml"] and (out / "config.toml").read_text() == before
+    (out / "config.toml").write_text(before.replace('"to_vv"', '"to_v"'))
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert [r["step"] for r in _log(out)] == [1] and (out / "pytorch_lora_weights.safetensors").is_file()
