@@ -49,17 +49,10 @@ class Dinov2Embedder:
     def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
         import torch
 
-        from mudi.models import loading as models
+        from mudi.models.loading import DEFAULT_DINO, load_dinov2, model_pair
 
-        if model is None:
-            model = models.DEFAULT_DINO
-        if isinstance(model, tuple):
-            self.model, self.processor = model
-            self.model = self.model.to(device).eval()
-            self.name = getattr(self.model.config, "_name_or_path", "") or "dinov2"
-        else:
-            self.model, self.processor = models.load_dinov2(str(model), device=device)
-            self.name = str(model)
+        self.model, self.processor, self.name = model_pair(model, load_dinov2, default=DEFAULT_DINO, kind="dinov2",
+                                                           device=device)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         #: number of images embedded so far (handy to check that references are embedded once)

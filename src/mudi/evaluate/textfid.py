@@ -53,17 +53,10 @@ class ClipScorer:
     def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
         import torch
 
-        from mudi.models import loading as models
+        from mudi.models.loading import DEFAULT_CLIP, load_clip, model_pair
 
-        if model is None:
-            model = models.DEFAULT_CLIP
-        if isinstance(model, tuple):
-            self.model, self.processor = model
-            self.model = self.model.to(device).eval()
-            self.name = getattr(self.model.config, "_name_or_path", "") or "clip"
-        else:
-            self.model, self.processor = models.load_clip(str(model), device=device)
-            self.name = str(model)
+        self.model, self.processor, self.name = model_pair(model, load_clip, default=DEFAULT_CLIP, kind="clip",
+                                                           device=device)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
 

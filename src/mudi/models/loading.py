@@ -246,6 +246,22 @@ def load_clip(name: str = DEFAULT_CLIP, *, dtype: torch.dtype = torch.float32, d
     return model, processor
 
 
+def model_pair(model: Any, load, *, default: str, kind: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[Any, Any, str]:
+    """``(model, processor, name)`` from what a caller gave: a model name (hub id or folder;
+    ``None`` = ``default``) loaded with ``load`` (e.g. :func:`load_owlv2`), or an already loaded
+    ``(model, processor)`` pair (a torch module is put on ``device`` in eval mode). ``name`` says which model it is
+    in reports: the given name, else the model's ``_name_or_path``, else ``kind``."""
+    if model is None or isinstance(model, (str, bytes, os.PathLike)):
+        name = default if model is None else str(model)
+        loaded, processor = load(name, dtype=dtype, device=device)
+        return loaded, processor, name
+    loaded, processor = model
+    if isinstance(loaded, torch.nn.Module):
+        loaded = loaded.to(device).eval()
+    return loaded, processor, getattr(getattr(loaded, "config", None), "_name_or_path", "") or kind
+
+
 def _features_tensor(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):  # older transformers returned the tensor directly
         return out

@@ -58,14 +58,10 @@ class Owlv2Detector:
         batch_size: int = 4,
         nms_iou: float | None = DEFAULT_NMS_IOU,
     ):
-        if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from mudi.models.loading import DEFAULT_DETECTOR, load_owlv2
+        from mudi.models.loading import DEFAULT_DETECTOR, load_owlv2, model_pair
 
-            self.name = str(model) if model is not None else DEFAULT_DETECTOR
-            self.model, self.processor = load_owlv2(self.name, dtype=dtype, device=device)
-        else:
-            self.model, self.processor = model
-            self.name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or "owlv2"
+        self.model, self.processor, self.name = model_pair(model, load_owlv2, default=DEFAULT_DETECTOR, kind="owlv2",
+                                                           device=device, dtype=dtype)
         if batch_size < 1:
             raise MudiError(f"detector batch size must be >= 1, got {batch_size}.")
         self.batch_size = int(batch_size)

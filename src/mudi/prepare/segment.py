@@ -37,14 +37,10 @@ class SamSegmenter:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from mudi.models.loading import DEFAULT_SEGMENTER, load_sam
+        from mudi.models.loading import DEFAULT_SEGMENTER, load_sam, model_pair
 
-            self.name = str(model) if model is not None else DEFAULT_SEGMENTER
-            self.model, self.processor = load_sam(self.name, dtype=dtype, device=device)
-        else:
-            self.model, self.processor = model
-            self.name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or "sam"
+        self.model, self.processor, self.name = model_pair(model, load_sam, default=DEFAULT_SEGMENTER, kind="sam",
+                                                           device=device, dtype=dtype)
 
     @torch.no_grad()
     def segment(self, image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
