@@ -36,47 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_cheap(config, options: RunOptions):
-    """Everything that needs no model, before any is loaded: the values, the output folder, the
-    subject set, the base model folder (and the resolution against it), the device."""
-    from mudi.errors import MudiError
-    from mudi.io import claim_output_dir
-    from mudi.models.loading import inspect_model
-    from mudi.runtime import pick_device
-    from mudi.subjects import SubjectSet
-
-    config.check()
-    for name in ("base", "subjects", "out"):
-        if not getattr(config, name):
-            raise MudiError(f"--{name} is required.")
-    claim_output_dir(config.out, overwrite=options.overwrite, what="class set")
-    sset = SubjectSet.load(config.subjects)
-    info = inspect_model(config.base)
-    if info is not None and config.resolution:
-        info.check_resolution(config.resolution)
-    return sset, pick_device(options.device)
-
-
 def run(args: argparse.Namespace) -> int:
     """Generate the class set; print where it is."""
-    from mudi.models.loading import load_pipeline
-    from mudi.prepare import load_models
-    from mudi.runtime import resolve_dtype
-    from mudi.train.priors import PriorsConfig, generate_class_set
+    from mudi.train.priors import PriorsConfig, make_class_set
 
     config = PriorsConfig().updated(given_values(args, PriorsConfig))
-    options = run_options(args)
-    sset, device = check_cheap(config, options)
-    no_detector = config.detector.lower() == "none"
-    detector, segmenter = load_models(
-        None if no_detector else (config.detector or None), config.segmenter or None, not no_detector, True,
-        device="cuda" if device.type == "cuda" else "cpu",
-    )
-    pipe = load_pipeline(config.base, dtype=resolve_dtype("auto", device), device=device, vae=config.vae or None)
-    pipe.set_progress_bar_config(disable=True)
     failed: list[str] = []
-    cset = generate_class_set(pipe, sset, config, options, detector=detector, segmenter=segmenter,
-                              on_image=lambda cls, i, why: failed.append(f"{cls} #{i}: {why}"))
+    cset = make_class_set(config, run_options(args), on_image=lambda cls, i, why: failed.append(f"{cls} #{i}: {why}"))
     counts = ", ".join(f"{c}: {len(v)}" for c, v in cset.photos.items())
     print(f"mudi priors: class set written to {config.out} ({counts}); {len(failed)} generated image(s) "
           "could not be segmented and were replaced.")

@@ -309,13 +309,58 @@ def generate_class_set(
     return cs
 
 
+def check_priors_inputs(config: PriorsConfig, options: RunOptions):
+    """Everything that needs no model: the values, the output folder, the subject set, the base
+    model folder (and the resolution against it), the device. Returns ``(subject_set, device)``."""
+    from mudi.io import claim_output_dir
+    from mudi.models.loading import inspect_model
+    from mudi.runtime import pick_device
+
+    config.check()
+    for name in ("base", "subjects", "out"):
+        if not getattr(config, name):
+            raise MudiError(f"--{name} is required.")
+    claim_output_dir(config.out, overwrite=options.overwrite, what="class set")
+    sset = SubjectSet.load(config.subjects)
+    info = inspect_model(config.base)
+    if info is not None and config.resolution:
+        info.check_resolution(config.resolution)
+    return sset, pick_device(options.device)
+
+
+def make_class_set(config: PriorsConfig, options: RunOptions | None = None, *,
+                   on_image: Callable[[str, int, str], None] | None = None) -> ClassSet:
+    """The whole ``mudi priors`` run: check the inputs, load the detector, the segmenter and the
+    base model, and generate the class set (see :func:`generate_class_set`)."""
+    from mudi.models.loading import load_pipeline
+    from mudi.prepare import load_models
+    from mudi.runtime import resolve_dtype
+
+    options = options or RunOptions()
+    # 1. Check everything that needs no model (nothing is loaded or written yet)
+    sset, device = check_priors_inputs(config, options)
+    # 2. Detector and segmenter ("none": the central box of each image)
+    no_detector = config.detector.lower() == "none"
+    detector, segmenter = load_models(
+        None if no_detector else (config.detector or None), config.segmenter or None, not no_detector, True,
+        device="cuda" if device.type == "cuda" else "cpu",
+    )
+    # 3. The base model
+    pipe = load_pipeline(config.base, dtype=resolve_dtype("auto", device), device=device, vae=config.vae or None)
+    pipe.set_progress_bar_config(disable=True)
+    # 4. Sample, segment, write
+    return generate_class_set(pipe, sset, config, options, detector=detector, segmenter=segmenter, on_image=on_image)
+
+
 __all__ = [
     "ClassImageSampler",
     "ClassSet",
     "ClassSetWriter",
     "DEFAULT_PRIOR_THRESHOLD",
     "PriorsConfig",
+    "check_priors_inputs",
     "class_slug",
     "generate_class_set",
+    "make_class_set",
     "segment_class_image",
 ]
