@@ -5,7 +5,7 @@ For a prompt naming k subjects and a :mod:`mudi.generate.layout`:
 1. ``canvas`` = white S×S image with one segmented reference photo per subject pasted into its
    layout box (mask pixels only) — :func:`render_canvas`.
 2. ``z = s · VAE.encode(canvas).sample()`` (``s`` = ``vae.config.scaling_factor``), normalized
-   by the model family (:meth:`~mudi.models.families.UNetFamily.to_latents`: a VAE with a
+   by the model family (:meth:`~mudi.models.families.ModelFamily.to_latents`: a VAE with a
    ``shift_factor`` or ``latents_mean``/``latents_std`` the way the pipeline's decoder expects).
 3. ``M`` = union mask on the latent grid (area-downsampled, then ``>= 0.5``), ``z_m = z ⊙ M``.
 4. ``x_T = scheduler.add_noise(γ · z_m, ε, t_first)`` where ``t_first`` is the first timestep of
@@ -40,7 +40,7 @@ from mudi.compose.cutout import crop_photo, paste_crop, white_canvas
 from mudi.errors import MudiError
 from mudi.generate.layout import LayoutBox
 from mudi.geometry import fit_box
-from mudi.models.families import UNetFamily, family_of
+from mudi.models.families import ModelFamily, family_of
 from mudi.subjects import SegmentedPhoto
 
 #: METHOD.md §4 default γ.
@@ -157,9 +157,9 @@ def add_noise_at(scheduler_copy, sample: torch.Tensor, noise: torch.Tensor, t_fi
 
 @torch.no_grad()
 def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, device: torch.device, *,
-                  family: UNetFamily) -> torch.Tensor:
+                  family: ModelFamily) -> torch.Tensor:
     """``VAE.encode(canvas).latent_dist.sample(generator)`` in float32, normalized by the model
-    family the way its pipeline expects latents (:meth:`~mudi.models.families.UNetFamily.to_latents`).
+    family the way its pipeline expects latents (:meth:`~mudi.models.families.ModelFamily.to_latents`).
 
     An fp16 VAE whose config asks for ``force_upcast`` (SDXL's) encodes in float32 and is put back.
     """
