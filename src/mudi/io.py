@@ -9,6 +9,7 @@ the target folder and renamed into place, so an interrupted run never leaves a h
 from __future__ import annotations
 
 import json
+import tomllib
 import os
 import shutil
 import tempfile
@@ -144,18 +145,28 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    """A user's JSON file (``what`` names it in messages: "boxes", "layout"); MudiError when it is
-    missing, a folder or not valid JSON."""
+#: Parsers of the structured files users hand to mudi: format -> (parse, its error type).
+_PARSERS = {"JSON": (json.loads, json.JSONDecodeError), "TOML": (tomllib.loads, tomllib.TOMLDecodeError)}
+
+
+def read_user_file(path: str | Path, what: str, fmt: str = "JSON") -> Any:
+    """A user's JSON or TOML file (``what`` names it in messages: "boxes", "config"); MudiError
+    when it is missing, a folder or not valid ``fmt``."""
     path = Path(path)
     if not path.exists():
         raise MudiError(f"{path}: {what} file not found.")
     if not path.is_file():
-        raise MudiError(f"{path}: expected a JSON {what} file, found a folder.")
+        raise MudiError(f"{path}: expected a {fmt} {what} file, found a folder.")
+    parse, error = _PARSERS[fmt]
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MudiError(f"{path}: not valid JSON ({exc}).") from None
+        return parse(path.read_text(encoding="utf-8"))
+    except (error, UnicodeDecodeError) as exc:
+        raise MudiError(f"{path}: not valid {fmt} ({exc}).") from None
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A user's JSON file: :func:`read_user_file` with ``fmt="JSON"``."""
+    return read_user_file(path, what, "JSON")
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -24,12 +24,12 @@ import copy
 import dataclasses
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 from mudi.errors import MudiError
+from mudi.io import read_user_file
 
 #: Tables a run file may hold, in pipeline order.
 STAGE_SECTIONS = ("prepare", "compose", "train", "generate", "evaluate")
@@ -179,14 +179,8 @@ def coerce(key: str, value: Any, default: Any, prefix: str = "") -> Any:
 
 
 def read_run_file(path: str | Path) -> dict[str, Any]:
-    """Parse a TOML file; MudiError (naming the file) when it is missing or not TOML."""
-    path = Path(path)
-    if not path.is_file():
-        raise MudiError(f"{path}: config file not found.")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise MudiError(f"{path}: not valid TOML ({exc}).") from None
+    """Parse a TOML run file; MudiError (naming the file) when it is missing or not TOML."""
+    return read_user_file(path, "config", "TOML")
 
 
 def read_section(path: str | Path, section: str) -> dict[str, Any]:

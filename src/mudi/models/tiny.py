@@ -43,13 +43,14 @@ TINY_PIPELINE_RESOLUTION = 64
 # Byte -> printable unicode table used by CLIP's byte-level BPE (GPT-2 style).
 
 
+#: The transformer size every tiny text and vision tower shares.
+_TINY_TRANSFORMER = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+
+
 def _text_config(max_positions: int = CLIP_MAX_LENGTH, projection_dim: int = 32) -> dict:
     return dict(
         vocab_size=CLIP_VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **_TINY_TRANSFORMER,
         max_position_embeddings=max_positions,
         projection_dim=projection_dim,
         hidden_act="quick_gelu",
@@ -156,14 +157,7 @@ def _build_sd(out: Path) -> None:
 
 
 def _vision_kwargs(image_size: int, patch_size: int) -> dict:
-    return dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    return dict(**_TINY_TRANSFORMER, image_size=image_size, patch_size=patch_size)
 
 
 def _build_owlv2(out: Path) -> None:
