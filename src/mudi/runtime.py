@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -93,6 +95,79 @@ def forked_rng(seed: int) -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class Processes:
+    """This process's share of a job run by several processes (``accelerate launch``, torchrun).
+
+    ``index`` is the global rank, ``count`` the number of processes, ``local_index`` the rank on
+    this machine (which GPU is this process's). One process (the default) does all the work.
+    """
+
+    index: int = 0
+    count: int = 1
+    local_index: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes what all processes share (index 0)."""
+        return self.index == 0
+
+    def share(self, items: Sequence) -> list:
+        """The items this process handles: ``index``, ``index + count``, ... (disjoint, complete)."""
+        return list(items[self.index :: self.count])
+
+    def gather(self, mine: list) -> list[list]:
+        """Every process's list (by process index) on every process; ``[mine]`` when alone."""
+        if self.count == 1:
+            return [list(mine)]
+        import torch.distributed as dist
+
+        lists: list[Any] = [None] * self.count
+        dist.all_gather_object(lists, list(mine))
+        return lists
+
+    def merge(self, mine: list) -> list:
+        """Undo :meth:`share`: the items of all processes back in their original order."""
+        lists = self.gather(mine)
+        total = sum(len(part) for part in lists)
+        return [lists[i % self.count][i // self.count] for i in range(total)]
+
+    def wait(self) -> None:
+        """Block until every process gets here (no-op when alone)."""
+        if self.count > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def device(self, device: torch.device) -> torch.device:
+        """``device`` with this process's GPU: a bare ``cuda`` becomes ``cuda:local_index``."""
+        device = torch.device(device)
+        if self.count > 1 and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", self.local_index)
+        return device
+
+
+def processes() -> Processes:
+    """The :class:`Processes` this program runs as.
+
+    An initialised ``torch.distributed`` group gives rank and size; else ``WORLD_SIZE > 1`` in the
+    environment (set by ``accelerate launch`` and torchrun, with ``RANK``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) starts the group through accelerate's ``PartialState``
+    (NCCL with CUDA, gloo without); else this is the only process.
+    """
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if dist.is_available() and dist.is_initialized():
+        return Processes(dist.get_rank(), dist.get_world_size(), local)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return Processes()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU-only machines, else NCCL
+    return Processes(state.process_index, state.num_processes, state.local_process_index)
+
+
 class _DropTorchvisionFallback(logging.Filter):
     """Hides transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" notes."""
 
@@ -146,4 +221,5 @@ def _disable_progress_bars() -> list:
     return undo
 
 
-__all__ = ["DTYPES", "forked_rng", "generator", "pick_device", "quiet_libraries", "resolve_dtype"]
+__all__ = ["DTYPES", "Processes", "forked_rng", "generator", "pick_device", "processes", "quiet_libraries",
+           "resolve_dtype"]
