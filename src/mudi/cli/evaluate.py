@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Parse → config → evaluate / compare → reports → print the table."""
     from mudi.evaluate import EvaluateConfig, compare, evaluate, plan_runs
+    from mudi.runtime import processes
     from mudi.settings import given_values, resolve, run_options
 
     # 1. The config: defaults, then the run file's [evaluate] table, then the flags
@@ -78,17 +79,20 @@ def run(args: argparse.Namespace) -> int:
         raise MudiError("--out is required: the folder for the scores and the report.")
     # 2. The runs and where each goes
     runs = plan_runs(images, args.compare, config.out)
-    # 3. Evaluate (one run) or evaluate and compare (several)
+    # 3. Evaluate (one run) or evaluate and compare (several); under `accelerate launch` each
+    #    process scores its share of the images and the main process writes everything
+    procs = processes()
     if len(runs) == 1:
         single = runs[0]
         ev = evaluate(config.updated({"images": str(single.path), "label": single.label, "out": str(single.dest)}),
-                      options)
-        _reports(config, runs, [ev], None)
-        evaluations = [ev]
+                      options, processes=procs)
+        comp, evaluations = None, [ev]
     else:
-        comp = compare(runs, config, options, out=config.out)
-        _reports(config, runs, comp.runs, comp)
+        comp = compare(runs, config, options, out=config.out, processes=procs)
         evaluations = comp.runs
+    if not procs.is_main:
+        return 0
+    _reports(config, runs, evaluations, comp)
     # 4. Tell the user
     _print_summary(evaluations, [r for r, ev in zip(runs, evaluations) if r.kind == "images"], config.out)
     return 0

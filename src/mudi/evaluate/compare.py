@@ -19,6 +19,8 @@ from mudi.evaluate.models import EvalModels
 from mudi.evaluate.pipeline import EvaluationJob, load_models
 from mudi.evaluate.results import SCORES_JSON, Comparison, Evaluation
 from mudi.io import claim_output_dir
+from mudi.runtime import Processes
+from mudi.runtime import processes as find_processes
 from mudi.settings import RunOptions
 
 _LABEL_RE = re.compile(r"^([A-Za-z0-9_.+\-]+)=(.+)$")
@@ -164,7 +166,7 @@ def _as_spec(run: RunSpec | str | Path, out: Path | None, taken: set[str]) -> Ru
 
 
 def _entry(run, config: EvaluateConfig | None, options: RunOptions, out: Path | None,
-           taken: set[str]) -> Evaluation | EvaluationJob:
+           taken: set[str], procs: Processes) -> Evaluation | EvaluationJob:
     """A finished evaluation (read now) or a prepared job for a folder of images."""
     if isinstance(run, Evaluation):
         return run
@@ -176,12 +178,12 @@ def _entry(run, config: EvaluateConfig | None, options: RunOptions, out: Path | 
                         "(with subjects) to evaluate it.")
     run_config = config.updated({"images": str(spec.path), "label": spec.label,
                                  "out": str(spec.dest) if spec.dest else ""})
-    return EvaluationJob(run_config, options).prepare()
+    return EvaluationJob(run_config, options, processes=procs).prepare()
 
 
 def compare(runs: Sequence[Evaluation | RunSpec | str | Path], config: EvaluateConfig | None = None,
             options: RunOptions | None = None, *, out: str | Path | None = None,
-            models: EvalModels | None = None) -> Comparison:
+            models: EvalModels | None = None, processes: Processes | None = None) -> Comparison:
     """Put runs side by side: a table of their summaries and pairwise win rates.
 
     Args:
@@ -193,6 +195,8 @@ def compare(runs: Sequence[Evaluation | RunSpec | str | Path], config: EvaluateC
         out: folder for ``comparison.csv`` and ``comparison.json`` (image folders without a
             destination are evaluated into ``out/compare/LABEL``).
         models: already loaded models for the image folders.
+        processes: this process's share of each image folder (default: found by
+            :func:`mudi.runtime.processes`); the main process writes every output.
 
     Returns:
         The :class:`~mudi.evaluate.results.Comparison` (runs in the given order). Render it with
@@ -202,23 +206,25 @@ def compare(runs: Sequence[Evaluation | RunSpec | str | Path], config: EvaluateC
         MudiError: a bad run, setting or model name, found before anything is written.
     """
     options = options or RunOptions()
+    procs = processes or find_processes()
     out = Path(out) if out else None
     # 1. Read the finished evaluations, check every image folder (no model, nothing written)
     if out is not None:
         claim_output_dir(out, overwrite=options.overwrite, what="evaluation")
     taken = {r.label for r in runs if isinstance(r, (Evaluation, RunSpec))}
-    entries = [_entry(r, config, options, out, taken) for r in runs]
+    entries = [_entry(r, config, options, out, taken, procs) for r in runs]
     # 2. Load the models once, if any folder needs them
     jobs = [e for e in entries if isinstance(e, EvaluationJob)]
     if jobs and models is None:
-        models = load_models(jobs[0].config, options)
+        models = load_models(jobs[0].config, options, processes=procs)
     # 3. Evaluate the image folders (each saved into its own folder)
     evaluations = [e if isinstance(e, Evaluation) else e.run(models) for e in entries]
     # 4. Table and win rates
     comparison = compare_runs(evaluations)
-    if out is not None:
+    if out is not None and procs.is_main:
         out.mkdir(parents=True, exist_ok=True)  # claimed in step 1
         comparison.save(out)
+    procs.wait()
     return comparison
 
 
