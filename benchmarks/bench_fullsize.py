@@ -122,12 +122,23 @@ def child(argv: list[str]) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
+def build_child(folder: str, scale: str, device: str) -> None:
+    """Write the model folders (weights fp16 at full size, else fp32); print the device name."""
+    import torch
+
+    dtype = torch.float16 if scale == "full" else torch.float32
+    fm.build(Path(folder), scale, device=device, dtype=dtype)
+    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+    print(RESULT_TAG + json.dumps({"rc": 0, "device_name": name, "dtype": str(dtype).replace("torch.", ""),
+                                   "torch": torch.__version__}), flush=True)
+
+
 # ----------------------------------------------------------------------------- parent side
 
 
-def run_child(argv: list[str], log: Path) -> dict:
-    """Run one measurement in a fresh interpreter; its output goes to ``log``."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(argv)]
+def run_child(argv: list[str], log: Path, mode: str = "--child") -> dict:
+    """Run one measurement (or the model build) in a fresh interpreter; its output goes to ``log``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(argv)]
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
     fh_text = proc.stdout
@@ -333,35 +344,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder for models and runs (kept; models are reused); default: a temporary folder")
     p.add_argument("--memory-model", action="store_true", help="print the memory model only")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--build-child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def build_bench(args: argparse.Namespace, work: Path) -> Bench:
-    """Write the models (fp16 on CUDA at full size, else fp32) and the class set."""
-    import torch
-
+    """Write the models (in a subprocess: the parent never holds GPU memory) and the class set."""
     scale = args.scale or ("full" if args.device.startswith("cuda") else "reduced")
-    dtype = torch.float16 if scale == "full" else torch.float32
+    folder = work / f"models_{scale}"
+    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    models = fm.build(work / f"models_{scale}", scale, device=args.device, dtype=dtype)
-    print(f"models ({scale}, {str(dtype).replace('torch.', '')}) in {work / f'models_{scale}'} "
-          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return Bench(work=work, scale=scale, device=args.device, models=models,
+    built = run_child([str(folder), scale, args.device], work / f"models_{scale}.log", mode="--build-child")
+    if "error" in built:
+        raise SystemExit(f"bench_fullsize: building the models {built['error']}")
+    print(f"models ({scale}, weights {built['dtype']}) in {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"device {args.device} ({built['device_name']}); torch {built['torch']}; scale {scale}", flush=True)
+    if scale != "full":
+        print(fm.REDUCED_NOTE if scale == "reduced" else fm.TINY_NOTE, flush=True)
+    counts = fm.parameter_counts(scale, LORA_RANK, LORA_TARGETS)
+    print("parameters at this scale: " + ", ".join(f"{part} {sum(c.values()) / 1e6:.1f} M"
+                                                   for part, c in counts.items()), flush=True)
+    return Bench(work=work, scale=scale, device=args.device, models={p: folder / p for p in fm.PARTS},
                  class_set=make_class_set(SUBJECTS, work / "class_set"), plan=PLANS[scale])
-
-
-def print_header(b: Bench) -> None:
-    import torch
-
-    where = b.device
-    if b.device.startswith("cuda"):
-        where += f" ({torch.cuda.get_device_name(torch.device(b.device))})"
-    print(f"device {where}; torch {torch.__version__}; scale {b.scale}", flush=True)
-    if b.scale != "full":
-        print(fm.REDUCED_NOTE if b.scale == "reduced" else fm.TINY_NOTE, flush=True)
-    counts = fm.parameter_counts(b.scale, LORA_RANK, LORA_TARGETS)
-    sizes = ", ".join(f"{part} {sum(c.values()) / 1e6:.1f} M" for part, c in counts.items())
-    print(f"parameters at this scale: {sizes}", flush=True)
 
 
 def run_all(b: Bench, families: list[str]) -> None:
@@ -380,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(json.loads(args.child))
         return 0
+    if args.build_child:
+        build_child(*json.loads(args.build_child))
+        return 0
     t0 = time.perf_counter()
     memory_model()
     if args.memory_model:
@@ -395,7 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mudi-bench-") as tmp:
         work = args.work or Path(tmp)
         bench = build_bench(args, work)
-        print_header(bench)
         run_all(bench, families)
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
