@@ -80,7 +80,7 @@ class Plan:
 
 PLANS = {
     "full": Plan(train_steps=8, warmup=2, sample_steps=30, images=4, eval_images=16),
-    "reduced": Plan(train_steps=3, warmup=1, sample_steps=8, images=3, eval_images=6),
+    "reduced": Plan(train_steps=2, warmup=1, sample_steps=6, images=3, eval_images=6),
     "tiny": Plan(train_steps=2, warmup=1, sample_steps=2, images=2, eval_images=2),
 }
 
@@ -136,11 +136,15 @@ def build_child(folder: str, scale: str, device: str) -> None:
 # ----------------------------------------------------------------------------- parent side
 
 
-def run_child(argv: list[str], log: Path, mode: str = "--child") -> dict:
-    """Run one measurement (or the model build) in a fresh interpreter; its output goes to ``log``."""
+def run_child(argv: list[str], log: Path, mode: str = "--child", threads: int = 0) -> dict:
+    """Run one measurement (or the model build) in a fresh interpreter; its output goes to ``log``.
+    ``threads`` > 0 limits the CPU threads of torch in the child."""
     cmd = [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(argv)]
+    env = dict(os.environ)
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=env)
     fh_text = proc.stdout
     Path(log).open("a").write(fh_text)
     for line in fh_text.splitlines():
@@ -148,8 +152,10 @@ def run_child(argv: list[str], log: Path, mode: str = "--child") -> dict:
             result = json.loads(line[len(RESULT_TAG):])
             if result["rc"] == 0:
                 return result
-    tail = [ln for ln in Path(log).read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
-    return {"error": f"failed (exit {proc.returncode}): {tail[0][:200]} — see {log}"}
+    lines = [ln for ln in Path(log).read_text().splitlines() if ln.strip() and not ln.startswith(RESULT_TAG)]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    why = (errors or lines or ["(no output)"])[-1]
+    return {"error": f"failed: {why[:240]} (see {log})"}
 
 
 def peak_text(result: dict) -> str:
@@ -238,6 +244,12 @@ class Bench:
     models: dict[str, Path]
     class_set: Path
     plan: Plan
+    train_options: set[str]
+    threads: int = 0
+
+    def run(self, argv: list[str], name: str) -> dict:
+        """Run ``mudi ARGV`` in a subprocess (log: ``work/runs/NAME.log``)."""
+        return run_child(argv, self.work / "runs" / f"{name}.log", threads=self.threads)
 
     def resolution(self, family: str) -> int:
         """The scale's training/sampling resolution of ``family``."""
@@ -249,6 +261,23 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         return out
+
+
+def cli_options(verb: str) -> set[str]:
+    """The option strings `mudi VERB` accepts (read from mudi's own parser)."""
+    from mudi.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {s for action in sub.choices[verb]._actions for s in action.option_strings}
+
+
+def checkpointing_flags(on: bool, options: set[str]) -> list[str]:
+    """``--gradient-checkpointing`` to switch it on; to switch it off, its ``--no-`` form when
+    `mudi train` has one (a default that may be "on" elsewhere), else nothing (off by default)."""
+    if on:
+        return ["--gradient-checkpointing"]
+    return ["--no-gradient-checkpointing"] if "--no-gradient-checkpointing" in options else []
 
 
 def make_class_set(subjects: Path, out: Path) -> Path:
@@ -275,11 +304,11 @@ def measure_train(b: Bench, family: str, checkpointing: bool, priors: bool) -> P
     res = b.resolution(family)
     argv = ["train", "--subjects", str(SUBJECTS), "--base", str(b.models[family]), "--out", str(out),
             "--steps", str(b.plan.train_steps), "--resolution", str(res), "--checkpoint-every", "0",
-            "--validate-every", "-1", "--seed", "0", "--device", b.device, "--no-progress",
-            "--gradient-checkpointing" if checkpointing else "--no-gradient-checkpointing"]
+            "--validate-every", "-1", "--seed", "0", "--device", b.device, "--no-progress"]
+    argv += checkpointing_flags(checkpointing, b.train_options)
     if priors:
         argv += ["--prior-dir", str(b.class_set)]
-    result = run_child(argv, b.work / "runs" / f"{name}.log")
+    result = b.run(argv, name)
     figure = ""
     if "error" not in result:
         figure = f"{train_step_time(out, b.plan.warmup):.3f} s/step"
@@ -298,7 +327,7 @@ def measure_generate(b: Bench, family: str, lora: Path, init: str) -> Path:
             "--prompt", PROMPT, "--n", str(b.plan.images), "--steps", str(b.plan.sample_steps),
             "--resolution", str(res), "--seed", "0", "--init", init, "--device", b.device, "--out", str(out),
             "--no-progress"]
-    result = run_child(argv, b.work / "runs" / f"{name}.log")
+    result = b.run(argv, name)
     figure = "" if "error" in result else f"{image_interval(out):.3f} s/image"
     report(f"generate {family:4s} {res:4d}px init={init:4s} {b.plan.sample_steps} steps cfg 7.5", result, figure)
     return out
@@ -320,7 +349,7 @@ def measure_evaluate(b: Bench, sources: list[Path]) -> None:
     argv = ["evaluate", "--images", str(images), "--subjects", str(SUBJECTS), "--detector", str(b.models["owlv2"]),
             "--embedder", str(b.models["dinov2"]), "--clip", str(b.models["clip"]), "--device", b.device,
             "--out", str(out)]
-    result = run_child(argv, b.work / "runs" / "evaluate.log")
+    result = b.run(argv, "evaluate")
     figure = ""
     if "error" not in result:
         seconds = find_key(json.loads((out / "scores.json").read_text()), "seconds")
@@ -342,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--families", default=",".join(fm.PIPELINES), help="pipelines to measure (default sdxl,sd15)")
     p.add_argument("--work", type=Path, default=None,
                    help="folder for models and runs (kept; models are reused); default: a temporary folder")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per measurement on --device cpu (default 1: robust on a shared machine; "
+                        "0 = torch's default)")
     p.add_argument("--memory-model", action="store_true", help="print the memory model only")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--build-child", help=argparse.SUPPRESS)
@@ -358,14 +390,16 @@ def build_bench(args: argparse.Namespace, work: Path) -> Bench:
     if "error" in built:
         raise SystemExit(f"bench_fullsize: building the models {built['error']}")
     print(f"models ({scale}, weights {built['dtype']}) in {folder} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"device {args.device} ({built['device_name']}); torch {built['torch']}; scale {scale}", flush=True)
+    threads = "" if args.device.startswith("cuda") else f"; {args.threads or 'default'} CPU thread(s) per measurement"
+    print(f"device {args.device} ({built['device_name']}); torch {built['torch']}; scale {scale}{threads}", flush=True)
     if scale != "full":
         print(fm.REDUCED_NOTE if scale == "reduced" else fm.TINY_NOTE, flush=True)
     counts = fm.parameter_counts(scale, LORA_RANK, LORA_TARGETS)
     print("parameters at this scale: " + ", ".join(f"{part} {sum(c.values()) / 1e6:.1f} M"
                                                    for part, c in counts.items()), flush=True)
     return Bench(work=work, scale=scale, device=args.device, models={p: folder / p for p in fm.PARTS},
-                 class_set=make_class_set(SUBJECTS, work / "class_set"), plan=PLANS[scale])
+                 class_set=make_class_set(SUBJECTS, work / "class_set"), plan=PLANS[scale],
+                 train_options=cli_options("train"), threads=0 if args.device.startswith("cuda") else args.threads)
 
 
 def run_all(b: Bench, families: list[str]) -> None:

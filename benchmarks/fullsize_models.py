@@ -41,7 +41,7 @@ PARTS = PIPELINES + VISION
 REDUCED_NOTE = (
     "reduced scale: widths /5 (UNet 64/128/256[/256], VAE 32/64/128/128), SDXL transformer layers "
     "(1,1,2) instead of (1,2,10), text encoders 2-4 layers of 128-256, vision models 2-4 layers of "
-    "128-256 at smaller inputs, resolution /8 (SDXL 128 px, SD 1.5 64 px); same classes and block layout"
+    "128-256 at smaller inputs, resolution SDXL 128 px (/8), SD 1.5 128 px (/4: its smallest); same classes and block layout"
 )
 TINY_NOTE = "tiny scale: smoke-test sizes (UNet 32/64, 64 px); numbers mean nothing"
 
@@ -128,7 +128,7 @@ CONFIGS: dict[str, dict[str, dict]] = {
     "reduced": {
         "sdxl": _sdxl((64, 128, 256), (1, 1, 2), (1, 2, 4), _text(128, 2, 2),
                       _text(256, 4, 4, act="gelu", projection=256), 64, (32, 64, 128, 128), 128),
-        "sd15": _sd15((64, 128, 256, 256), 8, _text(128, 2, 2), (32, 64, 128, 128), 64),
+        "sd15": _sd15((64, 128, 256, 256), 8, _text(128, 2, 2), (32, 64, 128, 128), 128),
         "owlv2": _owlv2(192, 4, 4, 480, 128, 2, 2, 128),
         "sam": _sam(160, 4, 4, (1, 3), 256, window=7),
         "dinov2": dict(_vit(192, 4, 4, 518, 14), crop=224, resize=256),

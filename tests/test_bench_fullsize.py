@@ -44,7 +44,7 @@ def test_reduced_scale_keeps_the_block_layout_and_is_smaller():
         full, reduced = fm.config("full", part), fm.config("reduced", part)
         for key in ("down_block_types", "up_block_types", "addition_embed_type"):
             assert full["unet"].get(key) == reduced["unet"].get(key)
-        assert reduced["resolution"] * 8 == full["resolution"]
+        assert reduced["resolution"] * 4 <= full["resolution"]
     full, reduced = fm.parameter_counts("full", 32, TARGETS), fm.parameter_counts("reduced", 32, TARGETS)
     for part in fm.PARTS:
         assert sum(reduced[part].values()) * 10 < sum(full[part].values())
@@ -91,3 +91,11 @@ def test_result_parsing(tmp_path):
     assert bench_fullsize.find_key({"a": [{"settings": {"seconds": 1.5}}]}, "seconds") == 1.5
     line = bench_fullsize.peak_text({"peak_rss_kb": 2_000_000, "rss_before_kb": 500_000})
     assert line.startswith("peak 2.00 GB RSS")
+
+
+def test_checkpointing_flags_follow_mudi_train():
+    options = bench_fullsize.cli_options("train")
+    assert "--gradient-checkpointing" in options and "--prior-dir" in options and "--steps" in options
+    assert bench_fullsize.checkpointing_flags(True, options) == ["--gradient-checkpointing"]
+    assert bench_fullsize.checkpointing_flags(False, {"--no-gradient-checkpointing"}) == ["--no-gradient-checkpointing"]
+    assert bench_fullsize.checkpointing_flags(False, set()) == []
