@@ -29,9 +29,11 @@
    resident set size of the subprocess on CPU (``ru_maxrss``; "above imports" subtracts the RSS
    measured after importing torch/diffusers/transformers/peft/mudi).
 
-On CPU the numbers are about code paths and ratios, not absolute speed: the reduced models are
-~40x smaller than the real ones, and CPU memory is not GPU memory (no CUDA caching allocator,
-fp32 everywhere because mixed precision is off on CPU).
+On CPU the numbers are about code paths and ratios, not absolute speed: the reduced models have
+20-55x fewer parameters than the real ones, and CPU memory is not GPU memory (no CUDA caching
+allocator, fp32 everywhere because mixed precision is off on CPU). Each CPU measurement uses one
+thread by default (``--threads``): on a machine shared with other jobs, several threads per
+process mostly wait for each other on these small operations.
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import fullsize_models as fm  # noqa: E402
+from bench_train import rss_kb  # noqa: E402
 
 SUBJECTS = HERE.parent / "examples" / "subjects" / "dog6_and_dog2"
 PROMPT = "a photo of olis corgi and hta chow chow in a garden"
@@ -80,20 +83,12 @@ class Plan:
 
 PLANS = {
     "full": Plan(train_steps=8, warmup=2, sample_steps=30, images=4, eval_images=16),
-    "reduced": Plan(train_steps=2, warmup=1, sample_steps=6, images=3, eval_images=6),
+    "reduced": Plan(train_steps=4, warmup=1, sample_steps=6, images=3, eval_images=6),
     "tiny": Plan(train_steps=2, warmup=1, sample_steps=2, images=2, eval_images=2),
 }
 
 
 # ----------------------------------------------------------------------------- child side
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def child(argv: list[str]) -> None:
@@ -110,7 +105,7 @@ def child(argv: list[str]) -> None:
     cuda = any(a.startswith("cuda") for a in argv)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_kb()
+    before = rss_kb()
     t0 = time.perf_counter()
     rc = main(argv)
     wall = time.perf_counter() - t0
@@ -246,6 +241,7 @@ class Bench:
     plan: Plan
     train_options: set[str]
     threads: int = 0
+    figures: dict = field(default_factory=dict)  # (what, family, setting) -> seconds per step / image
 
     def run(self, argv: list[str], name: str) -> dict:
         """Run ``mudi ARGV`` in a subprocess (log: ``work/runs/NAME.log``)."""
@@ -311,7 +307,8 @@ def measure_train(b: Bench, family: str, checkpointing: bool, priors: bool) -> P
     result = b.run(argv, name)
     figure = ""
     if "error" not in result:
-        figure = f"{train_step_time(out, b.plan.warmup):.3f} s/step"
+        b.figures["train", family, (checkpointing, priors)] = seconds = train_step_time(out, b.plan.warmup)
+        figure = f"{seconds:.3f} s/step"
     label = (f"train    {family:4s} {res:4d}px gc={'on ' if checkpointing else 'off'} "
              f"priors={'on ' if priors else 'off'} batch {2 if priors else 1}x2")
     report(label, result, figure)
@@ -328,7 +325,10 @@ def measure_generate(b: Bench, family: str, lora: Path, init: str) -> Path:
             "--resolution", str(res), "--seed", "0", "--init", init, "--device", b.device, "--out", str(out),
             "--no-progress"]
     result = b.run(argv, name)
-    figure = "" if "error" in result else f"{image_interval(out):.3f} s/image"
+    figure = ""
+    if "error" not in result:
+        b.figures["generate", family, init] = seconds = image_interval(out)
+        figure = f"{seconds:.3f} s/image"
     report(f"generate {family:4s} {res:4d}px init={init:4s} {b.plan.sample_steps} steps cfg 7.5", result, figure)
     return out
 
@@ -411,6 +411,22 @@ def run_all(b: Bench, families: list[str]) -> None:
         for init in ("mudi", "none"):
             generated.append(measure_generate(b, family, lora, init))
     measure_evaluate(b, generated)
+    print_ratios(b.figures, families)
+
+
+def print_ratios(figures: dict, families: list[str]) -> None:
+    """Time ratios of the settings (what the CPU run is good for): checkpointing, priors, init."""
+    pairs = {"gradient checkpointing": (("train", (True, False)), ("train", (False, False))),
+             "priors": (("train", (False, True)), ("train", (False, False))),
+             "checkpointing + priors": (("train", (True, True)), ("train", (False, False))),
+             "init mudi vs none": (("generate", "mudi"), ("generate", "none"))}
+    for family in families:
+        parts = []
+        for name, ((what, a), (_, b)) in pairs.items():
+            if (what, family, a) in figures and (what, family, b) in figures:
+                parts.append(f"{name} x{figures[what, family, a] / figures[what, family, b]:.2f}")
+        if parts:
+            print(f"time ratios {family}: " + ", ".join(parts), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

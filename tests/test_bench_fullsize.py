@@ -99,3 +99,11 @@ def test_checkpointing_flags_follow_mudi_train():
     assert bench_fullsize.checkpointing_flags(True, options) == ["--gradient-checkpointing"]
     assert bench_fullsize.checkpointing_flags(False, {"--no-gradient-checkpointing"}) == ["--no-gradient-checkpointing"]
     assert bench_fullsize.checkpointing_flags(False, set()) == []
+
+
+def test_ratios(capsys):
+    figures = {("train", "sdxl", (False, False)): 1.0, ("train", "sdxl", (True, False)): 1.5,
+               ("generate", "sdxl", "mudi"): 2.2, ("generate", "sdxl", "none"): 2.0}
+    bench_fullsize.print_ratios(figures, ["sdxl", "sd15"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["time ratios sdxl: gradient checkpointing x1.50, init mudi vs none x1.10"]
