@@ -186,17 +186,20 @@ def estimate(scale: str, part: str, batch: int, rank: int, targets: tuple[str, .
     return {"plain": plain, "checkpointed": kept + max(inside for inside, _ in units)}
 
 
-def print_activation_estimates(rank: int, targets: tuple[str, ...]) -> None:
-    """Print the activation estimate of SDXL at 1024 px and SD 1.5 at 512 px (batch 1 and 2)."""
+def print_activation_estimates(rank: int, targets: tuple[str, ...]) -> dict[tuple[str, int], dict[str, int]]:
+    """Print (and return, by ``(part, batch)``) the activation estimate of SDXL at 1024 px and
+    SD 1.5 at 512 px, micro-batch 1 and 2."""
     import fullsize_models as fm
 
     print("  activations (UNet forward kept for backward; meta-device estimate, CUDA fp16 autocast + fused "
           "attention emulated; see activation_model.py):")
+    estimates = {}
     for part in fm.PIPELINES:
         res = fm.config("full", part)["resolution"]
         for batch in (1, 2):
-            est = estimate("full", part, batch, rank, targets)
+            estimates[part, batch] = est = estimate("full", part, batch, rank, targets)
             why = "instance only" if batch == 1 else "with priors: instance + class example"
             print(f"  activations {part:4s} {res}px micro-batch {batch} ({why}): no checkpointing "
                   f"{est['plain'] / GB:.2f} GB, gradient checkpointing {est['checkpointed'] / GB:.2f} GB",
                   flush=True)
+    return estimates

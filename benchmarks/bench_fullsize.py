@@ -215,15 +215,28 @@ def memory_model() -> None:
             else:
                 cost = f"fp16 {2 * n / GB:.3f} GB, fp32 {4 * n / GB:.3f} GB"
             print(f"  params {part:6s} {module:14s} {n / 1e6:9.2f} M   {cost}")
-    for part in fm.PIPELINES:
-        c = counts[part]
-        frozen = sum(v for k, v in c.items() if k != "lora")
-        print(f"  fixed cost {part}: frozen weights fp16 {2 * frozen / GB:.2f} GB "
-              f"(UNet {2 * c['unet'] / GB:.2f}, VAE {2 * c['vae'] / GB:.2f} in fp16 or {4 * c['vae'] / GB:.2f} "
-              f"in fp32) + LoRA training state {16 * c['lora'] / GB:.2f} GB")
     from activation_model import print_activation_estimates
 
-    print_activation_estimates(LORA_RANK, LORA_TARGETS)
+    activations = print_activation_estimates(LORA_RANK, LORA_TARGETS)
+    for part in fm.PIPELINES:
+        print_training_vram(part, counts[part], activations)
+
+
+def print_training_vram(part: str, c: dict[str, int], activations: dict) -> None:
+    """Expected VRAM of a training step per setting: frozen UNet fp16 + VAE (fp32 when the config
+    says force_upcast, as mudi keeps it) + LoRA training state + estimated activations."""
+    vae_bytes = 4 if fm.config("full", part)["vae"].get("force_upcast") else 2
+    fixed = 2 * c["unet"] + vae_bytes * c["vae"] + 16 * c["lora"]
+    res = fm.config("full", part)["resolution"]
+    print(f"  expected VRAM {part} {res}px training: fixed {fixed / GB:.2f} GB = UNet fp16 {2 * c['unet'] / GB:.2f} + "
+          f"VAE fp{8 * vae_bytes} {vae_bytes * c['vae'] / GB:.2f} + LoRA state {16 * c['lora'] / GB:.2f}; text "
+          f"encoders fp16 +{2 * sum(v for k, v in c.items() if k.startswith('text')) / GB:.2f} while captions are cached")
+    for checkpointing in (False, True):
+        for priors in (False, True):
+            act = activations[part, 2 if priors else 1]["checkpointed" if checkpointing else "plain"]
+            print(f"  expected VRAM {part} {res}px gc={'on ' if checkpointing else 'off'} "
+                  f"priors={'on ' if priors else 'off'}: {fixed / GB:.2f} + activations {act / GB:.2f} "
+                  f"= {(fixed + act) / GB:.2f} GB", flush=True)
 
 
 # ----------------------------------------------------------------------------- measurements

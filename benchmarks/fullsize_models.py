@@ -10,8 +10,9 @@ which :func:`parameter_counts` prints):
   and OpenCLIP ViT-bigG/14 (1280 wide, 32 layers, projection 1280); VAE (128, 256, 512, 512),
   scaling 0.13025, ``force_upcast``; Euler scheduler. Native resolution 1024.
 - ``sd15``: runwayml/stable-diffusion-v1-5 — UNet (320, 640, 1280, 1280), cross-attention
-  768, 8 heads; CLIP ViT-L/14 text encoder; VAE as SDXL's with scaling 0.18215; PNDM
-  scheduler. Native resolution 512.
+  768, 8 heads; CLIP ViT-L/14 text encoder; VAE as SDXL's with scaling 0.18215 (its config has
+  no ``force_upcast`` key, so diffusers' default, True, applies); PNDM scheduler. Native
+  resolution 512.
 - ``owlv2``: google/owlv2-base-patch16-ensemble (ViT-B/16 at 960 px, text 512 wide, 16 tokens).
 - ``sam``: facebook/sam-vit-huge (ViT-H: 1280 wide, 32 layers, 1024 px, window 14).
 - ``dinov2``: facebook/dinov2-base (ViT-B/14, crops of 224 px).
@@ -87,7 +88,8 @@ def _sd15(ch, heads, te, vae_ch, res, groups=32) -> dict:
         attention_head_dim=heads, cross_attention_dim=te["hidden_size"], norm_num_groups=groups,
     )
     return {"resolution": res, "unet": unet, "text_encoder": te,
-            "vae": _vae(vae_ch, 0.18215, False, res, groups=min(groups, vae_ch[0]))}
+            # the SD 1.5 VAE config has no force_upcast key, so diffusers' default (True) applies
+            "vae": _vae(vae_ch, 0.18215, True, res, groups=min(groups, vae_ch[0]))}
 
 
 def _owlv2(vis_hidden, vis_layers, vis_heads, size, text_hidden, text_layers, text_heads, proj) -> dict:
