@@ -2,7 +2,7 @@
 
     python benchmarks/bench_fullsize.py --device cuda                   # the real sizes (GPU)
     python benchmarks/bench_fullsize.py --device cpu --scale reduced    # same code paths, CPU-sized
-    python benchmarks/bench_fullsize.py --memory-model                  # parameter counts only (seconds)
+    python benchmarks/bench_fullsize.py --memory-model                  # the memory model only (< 1 min)
 
 1. **Memory model.** Parameter counts of every part at full size (SDXL and SD 1.5 UNet, VAE,
    text encoders; OWLv2-B/16, SAM ViT-H, DINOv2-B, CLIP-L) and of the rank-32 LoRA, counted on
@@ -10,7 +10,7 @@
    (weights in fp16; LoRA weights, gradients and AdamW's two moments in fp32 = 16 bytes per
    LoRA parameter). UNet activations at the native resolution are estimated on the meta device
    by ``activation_model.py`` (bytes kept for the backward pass, with and without gradient
-   checkpointing, batch 1 and 2).
+   checkpointing, batch 1 and 2), and the expected VRAM of each training setting is their sum.
 2. **Models.** Random-weight (seeded) folders of every part at ``--scale`` (``full``: the
    published configs; ``reduced``: same classes and block layout, narrower and shallower, lower
    resolution; ``tiny``: a smoke test), written with ``save_pretrained`` into ``--work``.
