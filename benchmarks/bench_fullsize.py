@@ -102,18 +102,19 @@ def child(argv: list[str]) -> None:
 
     from mudi.cli import main
 
-    cuda = any(a.startswith("cuda") for a in argv)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    cuda = torch.device(device) if device.startswith("cuda") else None
+    if cuda is not None:
+        torch.cuda.reset_peak_memory_stats(cuda)
     before = rss_kb()
     t0 = time.perf_counter()
     rc = main(argv)
     wall = time.perf_counter() - t0
     result = {"rc": rc, "wall": wall, "rss_before_kb": before,
               "peak_rss_kb": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)}
-    if cuda:
-        result["cuda_peak"] = torch.cuda.max_memory_allocated()
-        result["cuda_reserved"] = torch.cuda.max_memory_reserved()
+    if cuda is not None:
+        result["cuda_peak"] = torch.cuda.max_memory_allocated(cuda)
+        result["cuda_reserved"] = torch.cuda.max_memory_reserved(cuda)
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
