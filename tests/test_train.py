@@ -297,8 +297,26 @@ def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subject
     (busy / "keep.txt").write_text("mine")
     assert main(args + ["--subjects", str(subjects), "--out", str(busy)]) == 2
     assert "--resume" in capsys.readouterr().err and (busy / "keep.txt").read_text() == "mine"
-    assert main(args + ["--subjects", str(subjects), "--out", str(tmp_path / "none"), "--resume"]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_resume_of_a_missing_or_empty_out_starts_a_new_run(tiny_models, subjects, tmp_path, capsys, empty):
+    """After a config typo (nothing written), `--resume` with the fixed config just starts the run."""
+    out = tmp_path / "o"
+    if empty:
+        out.mkdir()
+    args = ["train", "--base", str(tiny_models / "sd"), "--subjects", str(subjects), "--out", str(out),
+            "--resolution", "64", "--steps", "1", "--validate-every=-1", "--no-progress", "--resume"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"nothing to resume in {out}: starting a new run" in err
+    assert [r["step"] for r in _log(out)] == [1] and (out / "pytorch_lora_weights.safetensors").is_file()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "keep.txt").write_text("mine")  # not a `mudi train` folder: still refused
+    assert main([a if a != str(out) else str(stray) for a in args]) == 2
+    assert "not a `mudi train` output folder" in capsys.readouterr().err
+    assert sorted(p.name for p in stray.iterdir()) == ["keep.txt"]
 
 
 def test_instance_examples_match_composer(tiny_models, subjects, tmp_path):

@@ -9,6 +9,7 @@ user mistake is a :class:`~mudi.errors.MudiError` raised here, while the output 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,14 +37,17 @@ class RunPlan:
 
 
 def _resume_decision(cfg: TrainConfig, options: RunOptions) -> RunOptions:
+    """What ``--resume`` means here: continue the run in OUT, or start one when OUT does not exist
+    or is empty (as diffusers' ``--resume_from_checkpoint latest`` does), with a one-line note."""
     out = Path(cfg.out)
     if options.resume and options.overwrite and not (out / CONFIG_NAME).is_file():
         return dataclasses.replace(options, resume=False)  # "resume if there is a run, else start over"
     if options.resume:
         if not cfg.out:
             raise MudiError("--resume needs --out: the folder of the run to continue.")
-        if not out.exists():
-            raise MudiError(f"{out}: nothing to resume (folder not found). Drop --resume to start a new run.")
+        if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+            print(f"mudi train: nothing to resume in {out}: starting a new run.", file=sys.stderr)
+            return dataclasses.replace(options, resume=False)
     return options
 
 
