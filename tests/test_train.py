@@ -362,9 +362,13 @@ def test_v_prediction_model(tiny_models, subjects, tmp_path):
 def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subjects, tmp_path):
     kw = dict(max_train_steps=2, p=0.5, learning_rate=1e-2)
     _train(tiny_models, subjects, tmp_path / "a", "sd", **kw)
-    _train(tiny_models, subjects, tmp_path / "b", "sd", gradient_checkpointing=True, **kw)
+    _train(tiny_models, subjects, tmp_path / "b", "sd", gradient_checkpointing="on", **kw)
     a, b = _lora(tmp_path / "a"), _lora(tmp_path / "b")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # recomputation, same result
+    sa, sb = (json.loads((tmp_path / x / "summary.json").read_text()) for x in "ab")
+    assert (sa["gradient_checkpointing"], sb["gradient_checkpointing"]) == (False, True)  # auto = off on a CPU
+    assert "auto: cpu device" in sa["gradient_checkpointing_reason"]
+    assert sa["optimizer"] == "AdamW" and sa["tf32"] is False  # the CPU loop and no TF32 off CUDA
     _train(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw)
     la, lc = _log(tmp_path / "a")[0]["loss"], _log(tmp_path / "c")[0]["loss"]
     assert lc < la  # alpha 0: only subject pixels count, the (white/empty) rest weighs 0

@@ -23,6 +23,7 @@ from mudi.settings import Settings, read_section, setting
 MIX_MODES = ("segmix", "cutmix", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -35,7 +36,7 @@ NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
 #: not change what the optimizer sees up to a given step.
 RESUME_SAFE_FIELDS = frozenset(
     {"max_train_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_inference_steps",
-     "log_every", "out"}
+     "log_every", "out", "gradient_checkpointing", "tf32"}
 )
 
 
@@ -95,7 +96,13 @@ class TrainConfig(Settings):
     max_train_steps: int = setting(2010, "optimizer steps", flag="--steps")
     seed: int = setting(42, "seed of everything (examples, noise, LoRA initialisation)")
     mixed_precision: str = setting("auto", "auto = fp16 on CUDA, no elsewhere", choices=MIXED_PRECISION)
-    gradient_checkpointing: bool = setting(False, "recompute UNet activations in the backward pass (less memory)")
+    gradient_checkpointing: str = setting(
+        "auto", "recompute UNet activations in the backward pass (less memory, ~20-30% slower); "
+                "auto = on for CUDA devices below 48 GB, off elsewhere", choices=GRADIENT_CHECKPOINTING)
+    tf32: bool = setting(True, "TF32 matmuls/convolutions on CUDA (Ampere and later; no effect on other devices)")
+    variant: str = setting("auto", "weights variant of the base model: auto = fp16 when training in fp16 and the "
+                                   "folder has *.fp16.safetensors files (or when it has only those), none = the "
+                                   "plain files, or a variant name such as fp16", metavar="NAME")
     # bookkeeping
     checkpoint_every: int = setting(500, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = setting(2, "checkpoints kept")
@@ -108,6 +115,13 @@ class TrainConfig(Settings):
     validation_guidance_scale: float = setting(7.5, "guidance scale of validation images")
     validation_images: int = setting(2, "validation images per prompt")
     log_every: int = setting(1, "write a train_log.jsonl row every N steps")
+
+    def updated(self, values, *, where: str = ""):
+        """:meth:`Settings.updated`; a true/false ``gradient_checkpointing`` (configs written before
+        it had ``auto``) reads as on/off."""
+        values = {k: ({True: "on", False: "off"}[v] if str(k).replace("-", "_") == "gradient_checkpointing"
+                      and isinstance(v, bool) else v) for k, v in values.items()}
+        return super().updated(values, where=where)
 
     # ------------------------------------------------------------- validation
     def check(self) -> None:
@@ -162,8 +176,10 @@ class TrainConfig(Settings):
             ("validation_images", self.validation_images >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
             ("seed", 0 <= self.seed < 2**63, "must be in [0, 2**63)"),
+            ("variant", bool(self.variant) and "/" not in self.variant and "." not in self.variant,
+             "auto, none or a weights variant name such as fp16"),
         ]
 
 
-__all__ = ["LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "RESUME_SAFE_FIELDS",
+__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "RESUME_SAFE_FIELDS",
            "TrainConfig", "read_train_table"]

@@ -8,10 +8,12 @@ import torch
 
 from mudi.errors import MudiError
 from mudi.train.config import TrainConfig
+from mudi.train.performance import adamw_implementation
 
 
 def make_optimizer(params, cfg: TrainConfig):
-    """AdamW over the LoRA parameters (bitsandbytes AdamW8bit with ``use_8bit_adam``)."""
+    """AdamW over the LoRA parameters (bitsandbytes AdamW8bit with ``use_8bit_adam``): fused on
+    CUDA, the reference per-tensor loop elsewhere (see :func:`~mudi.train.performance.adamw_implementation`)."""
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                   eps=cfg.adam_epsilon)
     if cfg.use_8bit_adam:
@@ -20,7 +22,18 @@ def make_optimizer(params, cfg: TrainConfig):
         except ImportError:
             raise MudiError("--use-8bit-adam needs bitsandbytes: pip install 'mudi[bnb]' (or bitsandbytes).") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, foreach=False, **kwargs)
+    params = list(params)
+    return torch.optim.AdamW(params, **adamw_implementation(params), **kwargs)
+
+
+def optimizer_name(optimizer) -> str:
+    """How the optimizer steps, for summary.json: ``AdamW (fused)``, ``AdamW (foreach)``, ``AdamW`` or the class name."""
+    name = type(optimizer).__name__
+    defaults = getattr(optimizer, "defaults", {})
+    for how in ("fused", "foreach"):
+        if defaults.get(how):
+            return f"{name} ({how})"
+    return name
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -46,4 +59,4 @@ def set_learning_rate(optimizer, step: int, cfg: TrainConfig) -> float:
     return lr
 
 
-__all__ = ["lr_factor", "make_optimizer", "set_learning_rate"]
+__all__ = ["lr_factor", "make_optimizer", "optimizer_name", "set_learning_rate"]

@@ -18,6 +18,7 @@ from mudi.models.families import ModelInfo
 from mudi.settings import RunOptions
 from mudi.train.checkpoints import CONFIG_NAME, resolve_resume
 from mudi.train.config import TrainConfig
+from mudi.train.precision import check_launch_environment
 
 
 @dataclass
@@ -99,6 +100,7 @@ def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPl
     Raises MudiError for every user mistake: options, output folder, subject set, class set,
     base model folder, resolution, LoRA target modules.
     """
+    check_launch_environment()
     options = _resume_decision(config, options or RunOptions())
     cfg = resolve_resume(config) if options.resume else config
     cfg.check()

@@ -10,6 +10,8 @@ Several runs with different precision can then share one Python process (noteboo
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Mapping
 
 import torch
 
@@ -18,12 +20,52 @@ from mudi.errors import MudiError
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_mixed_precision(name: str, device: torch.device) -> str:
-    """``auto`` = fp16 on CUDA, none elsewhere; fp16 on a CPU is refused."""
+#: Set by ``accelerate launch`` (from its flags or its config file).
+LAUNCH_PRECISION_VAR = "ACCELERATE_MIXED_PRECISION"
+_UNSUPPORTED_LAUNCH = (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP"),
+                       ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM"))
+
+
+def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
+
+
+def check_launch_environment(env: Mapping[str, str] | None = None) -> None:
+    """Refuse an ``accelerate launch`` with DeepSpeed, FSDP or Megatron-LM (read from the
+    variables accelerate sets), before anything is loaded or written: mudi trains a small LoRA
+    with plain data parallelism (DDP), and accelerate's ``prepare()`` would fail later on."""
+    env = _env(env)
+    for var, what in _UNSUPPORTED_LAUNCH:
+        if str(env.get(var, "")).lower() in ("1", "true", "yes"):
+            raise MudiError(
+                f"`accelerate launch` with {what} ({var}={env[var]}): mudi train supports plain multi-GPU data "
+                "parallelism (DDP) only; the LoRA and its optimizer state are small, every GPU holds the frozen "
+                f"model anyway. Launch with `accelerate launch --multi_gpu ...` or a config without {what} "
+                "(`accelerate config`).")
+
+
+def resolve_mixed_precision(name: str, device: torch.device, env: Mapping[str, str] | None = None) -> str:
+    """The run's mixed precision.
+
+    ``auto`` follows ``accelerate launch`` (its ``--mixed_precision`` or config file, seen as
+    ``ACCELERATE_MIXED_PRECISION``) when there is one, else fp16 on CUDA and none elsewhere. An
+    explicit value that differs from accelerate's fp16/bf16 is a conflict (accelerate's ``no`` is
+    its default and cannot be told from "not given": the explicit value wins). fp16 on a CPU and
+    fp8 are refused.
+    """
+    launched = _env(env).get(LAUNCH_PRECISION_VAR)
+    launched = launched.lower() if launched else None
+    if launched is not None and launched not in ("no", "fp16", "bf16"):
+        raise MudiError(f"`accelerate launch --mixed_precision {launched}`: mudi train supports no, fp16 and bf16; "
+                        "launch with one of those.")
     if name == "auto":
-        return "fp16" if device.type == "cuda" else "no"
+        name = launched or ("fp16" if device.type == "cuda" else "no")
+    elif launched not in (None, "no", name):
+        raise MudiError(f"--mixed-precision {name} conflicts with `accelerate launch --mixed_precision {launched}` "
+                        f"({LAUNCH_PRECISION_VAR}={launched}): give one of them, or the same value to both.")
     if name == "fp16" and device.type == "cpu":
-        raise MudiError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no.")
+        raise MudiError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no"
+                        + (f" (it came from {LAUNCH_PRECISION_VAR})." if launched == "fp16" else "."))
     return name
 
 
@@ -98,4 +140,4 @@ class Precision:
         self.scaler.update()
 
 
-__all__ = ["Precision", "make_accelerator", "resolve_mixed_precision"]
+__all__ = ["LAUNCH_PRECISION_VAR", "Precision", "check_launch_environment", "make_accelerator", "resolve_mixed_precision"]

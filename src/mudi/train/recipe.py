@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,9 @@ from typing import Any, Callable
 from mudi.settings import RunOptions
 from mudi.train.checkpoints import CONFIG_NAME, training_rngs
 from mudi.train.config import TrainConfig
-from mudi.train.optim import make_optimizer
+from mudi.train.optim import make_optimizer, optimizer_name
 from mudi.train.outputs import SUMMARY_NAME, export_lora, write_summary
+from mudi.train.performance import decide_gradient_checkpointing, tf32_enabled
 from mudi.train.plan import RunPlan, prepare_run
 from mudi.train.setup import (make_noise_scheduler, place_frozen_parts, restored_pipeline_settings, setup_caches,
                               setup_checkpointer, setup_data, setup_logger, setup_lora, setup_model,
@@ -105,9 +107,14 @@ class LoRATrainer:
         self.cfg = setup_output_folder(cfg, self.options, self.accelerator, self.precision)  # 1.3 resolved config
         self.noise_scheduler = make_noise_scheduler(self.pipe)
         place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype)
+        self.tf32 = self._scope.enter_context(tf32_enabled(self.cfg.tf32, self.accelerator.device))  # until cleanup
+        self.checkpointing = decide_gradient_checkpointing(self.cfg.gradient_checkpointing, self.accelerator.device)
+        if self.accelerator.is_main_process:
+            print(f"mudi train: {self.checkpointing[1]}", file=sys.stderr)
         self._scope.enter_context(training_rngs(self.cfg.seed))  # 1.4 LoRA init under the run's seed
-        self.params = setup_lora(self.pipe.unet, self.cfg)
+        self.params = setup_lora(self.pipe.unet, self.cfg, self.checkpointing[0])
         self.optimizer = make_optimizer(self.params, self.cfg)
+        self.optimizer_name = optimizer_name(self.optimizer)
         self.text, self.latents, self.plain_examples = setup_caches(self)  # 1.5 captions and plain latents
         self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, self.optimizer)  # 1.6 DDP, placement
         self.batches, self.schedule, use_prior = setup_data(self)  # 1.7 examples

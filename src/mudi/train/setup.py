@@ -126,15 +126,17 @@ def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
     pipe.set_progress_bar_config(disable=True)
 
 
-def setup_lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
-    """1.4 The LoRA adapter (fp32 weights; drawn from the run's seeded RNG scope), the UNet in train mode."""
+def setup_lora(unet, cfg: TrainConfig, checkpointing: bool = False) -> list[torch.nn.Parameter]:
+    """1.4 The LoRA adapter (fp32 weights; drawn from the run's seeded RNG scope), gradient
+    checkpointing when decided (:func:`~mudi.train.performance.decide_gradient_checkpointing`),
+    the UNet in train mode."""
     from mudi.models.lora import add_unet_lora
 
     params = add_unet_lora(unet, rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules,
                            dropout=cfg.lora_dropout)
     for p in params:
         p.data = p.data.float()
-    if cfg.gradient_checkpointing:
+    if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     return params
