@@ -576,7 +576,7 @@ def test_hub_model_path_resolves_resolution_after_loading(tiny_models, subjects,
     resolution, SDXL-ness and prediction type then come from the loaded pipeline."""
     from mudi.models import loading
 
-    monkeypatch.setattr(loading, "inspect_model", lambda base: None)
+    monkeypatch.setattr(loading, "inspect_model", lambda base, **kw: None)
     out = tmp_path / "o"
     _train(tiny_models, subjects, out, "sdxl", resolution=0, max_train_steps=1)
     summary = json.loads((out / "summary.json").read_text())

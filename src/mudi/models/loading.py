@@ -33,6 +33,8 @@ import torch
 from mudi.errors import MudiError
 from mudi.models.families import ModelInfo, family_for_index, read_config
 from mudi.models.hub import REQUIRED_FILE, hub_offline, resolve_model
+from mudi.models.variants import (AUTO, NONE, check_variant_files, choose_variant, folder_variants, hub_variants,
+                                  weighted_components)
 
 DEFAULT_SDXL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_SDXL_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -104,36 +106,101 @@ def _read_model_index(path: str) -> dict:
         ) from None
 
 
-def inspect_model(base: str) -> ModelInfo | None:
+def inspect_model(base: str, *, variant: str = AUTO) -> ModelInfo | None:
     """What training needs from a local pipeline folder, read from its configs (no weights).
 
-    ``None`` for a hub id (its configs are read after loading: ``family.info_of(pipe, base)``).
+    The weights files that ``variant`` will load (:mod:`mudi.models.variants`) must exist for
+    every component. ``None`` for a hub id (its configs are read after loading:
+    ``family.info_of(pipe, base)``).
     """
     path = resolve_model(base, "pipeline")
     folder = Path(path)
     if not folder.is_dir():
         return None
     index = read_config(folder / "model_index.json", "the pipeline")
-    return family_for_index(index, base).inspect(folder, index, base)
+    info = family_for_index(index, base).inspect(folder, index, base)
+    check_variant_files(variant, folder_variants(folder, weighted_components(index)), base)
+    return info
 
 
-def load_vae(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load an ``AutoencoderKL`` from a VAE folder/hub id, or from a pipeline's ``vae/``."""
+def _available_variants(path: str, components: list[str]) -> dict[str, set[str]] | None:
+    """Each component's weights variants: from the folder, or from the hub's file list (None if unknown)."""
+    if _is_local(path):
+        return folder_variants(Path(path), components)
+    try:
+        from huggingface_hub import HfApi
+
+        siblings = HfApi().model_info(path, timeout=10).siblings or []
+    except Exception:  # the hub did answer resolve_model a moment ago; without a list, use the plain files
+        return None
+    return hub_variants((s.rfilename for s in siblings), components)
+
+
+def pick_variant(path: str, components: list[str], requested: str, dtype: torch.dtype | None) -> str | None:
+    """The ``variant`` to pass to ``from_pretrained`` for these components (see :mod:`mudi.models.variants`)."""
+    if requested not in (AUTO, NONE):
+        return requested
+    available = _available_variants(path, components) if requested == AUTO else None
+    return choose_variant(requested, available, dtype) if available is not None else None
+
+
+def _force_upcast(path: str, subfolder: str | None, dtype: torch.dtype) -> bool:
+    """True when a float16 load asks for a VAE whose config says it overflows in float16 (SDXL's own)."""
+    if dtype != torch.float16:
+        return False
     from diffusers import AutoencoderKL
 
+    try:
+        return bool(AutoencoderKL.load_config(path, subfolder=subfolder).get("force_upcast", False))
+    except (OSError, ValueError):
+        return False  # loading reports the problem
+
+
+def _inputs_to_weight_dtype(module, args):
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def keep_vae_inputs_in_its_dtype(vae) -> None:
+    """Cast what enters a float32 VAE (from a float16 pipeline) to float32: the encoder's images
+    and the decoder's latents, so ``pipe(...)`` decodes with an fp32 VAE next to an fp16 UNet."""
+    first_decode = vae.post_quant_conv if getattr(vae, "post_quant_conv", None) is not None else vae.decoder
+    for part in (vae.encoder, first_decode):
+        part.register_forward_pre_hook(_inputs_to_weight_dtype)
+
+
+def _load_autoencoder(path: str, subfolder: str | None, name: str, dtype: torch.dtype, variant: str):
+    from diffusers import AutoencoderKL
+
+    upcast = _force_upcast(path, subfolder, dtype)
+    dtype = torch.float32 if upcast else dtype
+    chosen = pick_variant(path, [subfolder or ""], variant, dtype)
+    try:
+        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, dtype=dtype, use_safetensors=True,
+                                            variant=chosen)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error("VAE", name, exc) from exc
+    if vae.dtype != dtype:  # a diffusers release older than `dtype=` (it ignores the argument)
+        vae.to(dtype=dtype)
+    if upcast:
+        keep_vae_inputs_in_its_dtype(vae)
+    return vae
+
+
+def load_vae(name: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+             variant: str = AUTO):
+    """Load an ``AutoencoderKL`` from a VAE folder/hub id, or from a pipeline's ``vae/``.
+
+    A VAE whose config says ``force_upcast`` (SDXL's own: it overflows in float16) is loaded in
+    float32 when float16 is asked for, from the start (and its inputs are cast to float32).
+    """
     local = Path(os.fspath(name)).expanduser()
     subfolder = None
     if local.is_dir() and not (local / "config.json").is_file() and (local / "vae" / "config.json").is_file():
         path, subfolder = str(local), "vae"
     else:
         path = resolve_model(name, "vae")
-    try:
-        vae = AutoencoderKL.from_pretrained(path, subfolder=subfolder, dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise _load_error("VAE", name, exc) from exc
-    if vae.dtype != dtype:  # a diffusers release older than `dtype=` (it ignores the argument)
-        vae.to(dtype=dtype)
-    return vae.to(device)
+    return _load_autoencoder(path, subfolder, name, dtype, variant).to(device)
 
 
 def load_pipeline(
@@ -142,32 +209,36 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     vae: str | None = None,
-    variant: str | None = None,
+    variant: str = AUTO,
 ):
     """Load a Stable Diffusion or SDXL text-to-image pipeline.
 
     The class is the pipeline class of the model's family (:mod:`mudi.models.families`),
     recognized from ``model_index.json``. The safety checker is disabled. Tokenizers are validated
-    (:func:`validate_tokenizer`).
+    (:func:`validate_tokenizer`). A ``force_upcast`` VAE stays in float32 (see :func:`load_vae`).
 
     Args:
         name: local pipeline folder or hub id (e.g. :data:`DEFAULT_SDXL`).
         dtype: weights dtype (float32 on CPU; float16 on GPU with the fp16-fix VAE for SDXL).
         device: where to move the pipeline.
         vae: optional VAE override (folder or hub id, e.g. :data:`DEFAULT_SDXL_VAE`).
-        variant: optional weights variant on the hub (e.g. ``"fp16"``).
+        variant: weights variant: ``auto`` (fp16 files for a float16 load when every component
+            has them), ``none`` (the plain files) or a name (:mod:`mudi.models.variants`).
     """
     path = resolve_model(name, "pipeline")
     index = _read_model_index(path)
     family = family_for_index(index, name)
     cls = family.pipeline_class()
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True)
-    if variant:
-        kwargs["variant"] = variant
+    chosen = pick_variant(path, weighted_components(index), variant, dtype)
+    if chosen:
+        kwargs["variant"] = chosen
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if vae is not None:
-        kwargs["vae"] = load_vae(vae, dtype=dtype, device="cpu")
+        kwargs["vae"] = load_vae(vae, dtype=dtype, device="cpu", variant=variant)
+    elif "vae" in index and _force_upcast(path, "vae", dtype):
+        kwargs["vae"] = _load_autoencoder(path, "vae", name, dtype, variant)
     try:
         pipe = cls.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
@@ -176,7 +247,7 @@ def load_pipeline(
     # and load float32: cast, so fp16 on a GPU really is fp16 (an SDXL pipeline in fp32 is ~14 GB)
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, part, None)
-        if module is not None and next(module.parameters()).dtype != dtype:
+        if module is not None and part not in kwargs and next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
     for part in family.tokenizer_names:
         validate_tokenizer(getattr(pipe, part, None), f"{name}: {part}")
@@ -298,12 +369,14 @@ __all__ = [
     "clip_text_embeds",
     "hub_offline",
     "inspect_model",
+    "keep_vae_inputs_in_its_dtype",
     "load_clip",
     "load_dinov2",
     "load_owlv2",
     "load_pipeline",
     "load_sam",
     "load_vae",
+    "pick_variant",
     "resolve_model",
     "validate_tokenizer",
 ]

@@ -83,7 +83,7 @@ def _check_model(cfg: TrainConfig) -> tuple[TrainConfig, ModelInfo | None]:
     from mudi.models.loading import inspect_model, resolve_model
     from mudi.models.lora import check_lora_targets
 
-    info = inspect_model(cfg.base)
+    info = inspect_model(cfg.base, variant=cfg.variant)
     if cfg.vae and not (Path(cfg.vae) / "vae").is_dir():  # a VAE folder/hub id (or a pipeline's vae/)
         resolve_model(cfg.vae, "vae")
     if info is not None:

@@ -137,6 +137,7 @@ class LoRATrainer:
                    disable=not (self.options.progress and main), dynamic_ncols=True)
         if main and start == 0 and self.cfg.validate_every > 0:
             self.validate(0)
+        self.step_fn.prefetch(start, self.end_step)  # micro-batches built in a background thread, in order
         try:
             for step in range(start, self.end_step):
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -152,6 +153,7 @@ class LoRATrainer:
                 self.maybe_validate(done)  # 2.4 validation grid
                 self.accelerator.wait_for_everyone()
         finally:
+            self.step_fn.close()
             bar.close()
             self.logger.close_log()
         self.counters.vae_encodes_training = self.latents.encodes - self.counters.encodes_after_cache
@@ -215,9 +217,9 @@ class LoRATrainer:
     # ================================================================== 4. cleanup
     def cleanup(self) -> None:
         """Remove hooks, restore the caller's random state and pipeline settings (also after an error)."""
-        text = getattr(self, "text", None)
-        if text is not None:
-            text.close()
+        for part in ("step_fn", "text"):
+            if getattr(self, part, None) is not None:
+                getattr(self, part).close()
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()

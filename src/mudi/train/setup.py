@@ -54,7 +54,8 @@ def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
 
     if pipeline is None:
         with quiet_libraries():  # frozen weights in the training dtype from the start (no fp32 copy in RAM)
-            pipeline = load_pipeline(cfg.base, dtype=precision.dtype, device="cpu", vae=cfg.vae or None)
+            pipeline = load_pipeline(cfg.base, dtype=precision.dtype, device="cpu", vae=cfg.vae or None,
+                                     variant=cfg.variant)
     family = family_of(pipeline)
     if plan.model is None:  # hub model: check the resolution now that the configs are loaded
         info = family.info_of(pipeline, cfg.base)

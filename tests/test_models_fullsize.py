@@ -1,0 +1,138 @@
+"""Loading at full size: fp16 weight variants (``--variant``), the force-upcast VAE in float32 from
+the start, EDM/flow schedulers refused, latents normalized the same way for training and decoding."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from mudi.errors import MudiError
+from mudi.models import loading
+from mudi.models.variants import check_variant_files, choose_variant, file_variant, hub_variants
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+
+
+def _save_variant(src: Path, dst: Path, *, plain_too: bool, bump: float = 0.0) -> Path:
+    """A copy of a tiny pipeline with ``*.fp16.safetensors`` weights (the values shifted by ``bump``,
+    so a test can tell which files were loaded), and optionally its plain files too."""
+    pipe = loading.load_pipeline(str(src))
+    if plain_too:
+        pipe.save_pretrained(dst)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(bump)
+    pipe.to(torch.float16).save_pretrained(dst, variant="fp16")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def fp16_only(tiny_models, tmp_path_factory) -> Path:
+    return _save_variant(tiny_models / "sd", tmp_path_factory.mktemp("v") / "sd16", plain_too=False)
+
+
+@pytest.fixture(scope="module")
+def both(tiny_models, tmp_path_factory) -> Path:
+    return _save_variant(tiny_models / "sd", tmp_path_factory.mktemp("v") / "sdboth", plain_too=True, bump=0.5)
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def test_variant_file_names():
+    assert file_variant("diffusion_pytorch_model.safetensors") == ""
+    assert file_variant("diffusion_pytorch_model.fp16.safetensors") == "fp16"
+    assert file_variant("model.fp16-00001-of-00002.safetensors") == "fp16"
+    assert file_variant("diffusion_pytorch_model-00001-of-00002.safetensors") == ""
+    assert file_variant("config.json") is None
+    files = ["unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.safetensors",
+             "vae/diffusion_pytorch_model.fp16.safetensors", "model_index.json", "x.safetensors"]
+    assert hub_variants(files, ["unet", "vae", ""]) == {"unet": {"", "fp16"}, "vae": {"fp16"}, "": {""}}
+
+
+def test_auto_variant_choice():
+    both, only16, plain = {"unet": {"", "fp16"}}, {"unet": {"fp16"}}, {"unet": {""}}
+    assert choose_variant("auto", both, torch.float16) == "fp16"  # half the download for an fp16 run
+    assert choose_variant("auto", both, torch.float32) is None  # the fp32 files for an fp32 run
+    assert choose_variant("auto", only16, torch.float32) == "fp16"  # only fp16 files: they load (cast up)
+    assert choose_variant("auto", plain, torch.float16) is None
+    assert choose_variant("none", both, torch.float16) is None and choose_variant("fp16", plain, None) == "fp16"
+    mixed = {"unet": {"fp16"}, "vae": {""}}
+    with pytest.raises(MudiError, match="do not share one weights variant"):
+        check_variant_files("auto", mixed, "base")
+    with pytest.raises(MudiError, match="--variant fp16 needs fp16-variant"):
+        check_variant_files("fp16", plain, "base")
+
+
+def test_fp16_only_folder_passes_inspection_and_loads(fp16_only, tiny_models):
+    assert sorted(p.name for p in (fp16_only / "unet").glob("*.safetensors")) == ["diffusion_pytorch_model.fp16.safetensors"]
+    assert loading.inspect_model(str(fp16_only)).default_resolution > 0
+    with pytest.raises(MudiError, match="--variant none needs plain"):
+        loading.inspect_model(str(fp16_only), variant="none")
+    pipe = loading.load_pipeline(str(fp16_only))  # float32 run: the fp16 files, cast up
+    ref = loading.load_pipeline(str(tiny_models / "sd"))
+    assert pipe.unet.dtype == torch.float32
+    for (name, a), (_, b) in zip(pipe.unet.state_dict().items(), ref.unet.state_dict().items()):
+        assert torch.equal(a, b.half().float()), name
+
+
+def test_auto_loads_fp16_files_for_fp16_and_plain_files_for_fp32(both, tiny_models):
+    assert loading.pick_variant(str(both), list(COMPONENTS), "auto", torch.float16) == "fp16"
+    w32 = loading.load_pipeline(str(both)).unet.conv_in.weight
+    w16 = loading.load_pipeline(str(both), dtype=torch.float16).unet.conv_in.weight
+    ref = loading.load_pipeline(str(tiny_models / "sd")).unet.conv_in.weight
+    assert torch.equal(w32, ref)  # the plain files
+    assert torch.equal(w16, (ref + 0.5).half())  # the (shifted) fp16 files, not the fp32 ones cast down
+    plain16 = loading.load_pipeline(str(both), dtype=torch.float16, variant="none").unet.conv_in.weight
+    assert torch.equal(plain16, ref.half())
+
+
+def test_training_from_an_fp16_only_folder(fp16_only, data_dir, tmp_path):
+    from mudi.settings import RunOptions
+    from mudi.train import TrainConfig, train
+
+    cfg = TrainConfig(subjects=str(data_dir / "subjects" / "dog6_and_dog2"), base=str(fp16_only), out=str(tmp_path / "o"),
+                      resolution=64, max_train_steps=1, validate_every=-1, checkpoint_every=0)
+    result = train(cfg, RunOptions(progress=False))
+    assert result.finished and result.lora.is_file()
+    with pytest.raises(MudiError, match="--variant none"):
+        train(cfg.updated({"variant": "none", "out": str(tmp_path / "p")}), RunOptions(progress=False))
+    assert not (tmp_path / "p").exists()
+
+
+# ----------------------------------------------------------------------------- force-upcast VAE
+
+
+def test_force_upcast_vae_is_loaded_in_float32_from_the_start(tiny_models, monkeypatch):
+    from diffusers import AutoencoderKL
+
+    assert json.loads((tiny_models / "sdxl" / "vae" / "config.json").read_text())["force_upcast"] is True
+    asked: list[torch.dtype] = []
+    real = AutoencoderKL.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("dtype"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", classmethod(spy))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no "upcast_vae is deprecated" on the way
+        pipe = loading.load_pipeline(str(tiny_models / "sdxl"), dtype=torch.float16)
+    assert asked == [torch.float32]  # never loaded in float16 first
+    assert pipe.vae.dtype == torch.float32 and pipe.unet.dtype == torch.float16
+    assert pipe.text_encoder.dtype == torch.float16
+    z = torch.randn(1, 4, 8, 8, dtype=torch.float16)  # what an fp16 pipeline hands its VAE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        image = pipe.vae.decode(z).sample
+        assert pipe.vae.encode(image.half()).latent_dist.mean.dtype == torch.float32
+    assert image.dtype == torch.float32 and pipe.vae.dtype == torch.float32
+    sd = loading.load_pipeline(str(tiny_models / "sd"), dtype=torch.float16)  # force_upcast false: fp16
+    assert sd.vae.dtype == torch.float16
+    vae = loading.load_vae(str(tiny_models / "sdxl"), dtype=torch.float16)
+    assert vae.dtype == torch.float32
