@@ -136,3 +136,75 @@ def test_force_upcast_vae_is_loaded_in_float32_from_the_start(tiny_models, monke
     assert sd.vae.dtype == torch.float16
     vae = loading.load_vae(str(tiny_models / "sdxl"), dtype=torch.float16)
     assert vae.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- schedulers
+
+
+@pytest.mark.parametrize("scheduler, match", [
+    ({"_class_name": "EDMDPMSolverMultistepScheduler", "prediction_type": "epsilon", "sigma_data": 0.5}, "an EDM"),
+    ({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, "a flow-matching"),
+    ({"_class_name": "EulerDiscreteScheduler", "prediction_type": "sample"}, "'sample'"),
+])
+def test_edm_and_flow_schedulers_are_refused_before_loading(tiny_models, tmp_path, scheduler, match, monkeypatch):
+    folder = tmp_path / "playground"
+    shutil.copytree(tiny_models / "sdxl", folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("weights loaded"))
+    with pytest.raises(MudiError, match=match):
+        loading.inspect_model(str(folder))
+    from mudi.models.families import family_named
+
+    family = family_named("sdxl")
+    pipe = type("Pipe", (), {})()
+    edm = type(scheduler["_class_name"], (), {"config": {k: v for k, v in scheduler.items() if k != "_class_name"}})
+    pipe.scheduler = edm()
+    with pytest.raises(MudiError, match=match):  # a hub model, checked once its configs are loaded
+        family.info_of(pipe, "someone/playground")
+
+
+def test_ddpm_style_schedulers_pass(tiny_models):
+    from mudi.models.families import family_named
+
+    for cfg in ({"_class_name": "EulerDiscreteScheduler", "prediction_type": "v_prediction"},
+                {"_class_name": "DPMSolverMultistepScheduler"}, {}):
+        family_named("sd").check_scheduler(cfg, "base")
+
+
+# ----------------------------------------------------------------------------- latent normalization
+
+
+def test_latents_normalized_the_same_way_for_training_and_decoding():
+    """A VAE config with latents_mean/std AND shift_factor: the trainer's latents and the decoder's
+    input are inverse to each other and follow diffusers' SDXL pipeline (mean/std win, no shift)."""
+    from diffusers import AutoencoderKL
+
+    from mudi.models.families import family_named
+    from mudi.train.caches import LatentEncoder
+    from mudi.train.validation import decode_latents
+
+    mean, std, scaling = [0.5, -0.2, 0.1, 0.3], [2.0, 0.5, 1.5, 1.0], 0.13025
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, scaling_factor=scaling,
+                        shift_factor=0.7, latents_mean=mean, latents_std=std).eval()
+    family = family_named("sdxl")
+    raw = torch.randn(1, 4, 8, 8)
+    encoder = LatentEncoder(vae, family, torch.device("cpu"))
+    z = encoder.sample((raw, torch.zeros_like(raw)), torch.Generator().manual_seed(0))  # what training sees
+    m, s = torch.tensor(mean).view(1, 4, 1, 1), torch.tensor(std).view(1, 4, 1, 1)
+    assert torch.allclose(z, (raw - m) * scaling / s)
+    pipeline_decode_input = z * s / scaling + m  # StableDiffusionXLPipeline's decode (and our validation's)
+    assert torch.allclose(family.from_latents(vae, z), pipeline_decode_input, atol=1e-6)
+    assert torch.allclose(pipeline_decode_input, raw, atol=1e-5)
+    seen = []
+    real = vae.decode
+    vae.decode = lambda x, **kw: (seen.append(x.clone()), real(x, **kw))[1]
+    from diffusers.image_processor import VaeImageProcessor
+
+    stand_in = type("Pipe", (), {"vae": vae, "image_processor": VaeImageProcessor(vae_scale_factor=1)})()
+    decode_latents(stand_in, family, z)
+    assert torch.allclose(seen[0], raw, atol=1e-5)  # validation decodes exactly what training encoded
+    plain = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, scaling_factor=0.5,
+                          shift_factor=0.25)  # no channel statistics: the shift applies (SD3/Flux-style)
+    assert torch.allclose(family.to_latents(plain, raw), (raw - 0.25) * 0.5)
+    assert torch.allclose(family.from_latents(plain, family.to_latents(plain, raw)), raw, atol=1e-6)

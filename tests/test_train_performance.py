@@ -145,3 +145,79 @@ def test_refused_launch_writes_nothing(tiny_models, data_dir, tmp_path, monkeypa
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert main(args + ["--mixed-precision", "no"]) == 2
     assert "conflicts" in capsys.readouterr().err and not out.exists()
+
+
+# ----------------------------------------------------------------------------- data in the background, losses on device
+
+
+def test_prefetcher_gives_the_batches_in_order_from_another_thread():
+    import threading
+
+    from mudi.train.data import BatchPrefetcher
+
+    threads = []
+
+    def build(g):
+        threads.append(threading.current_thread().name)
+        return {"g": g, "x": torch.arange(3) + g}
+
+    order = [4, 5, 6, 7, 8]
+    pf = BatchPrefetcher(build, iter(order), depth=2)
+    got = [pf.get(g) for g in order]
+    pf.close()
+    assert [b["g"] for b in got] == order and all(torch.equal(b["x"], build(b["g"])["x"]) for b in got)
+    assert all(name.startswith("mudi-batches") for name in threads[: len(order)])
+    pf = BatchPrefetcher(build, iter(order), depth=1)
+    with pytest.raises(RuntimeError, match="micro-batch 5 asked for"):
+        pf.get(5)
+    pf.close()
+
+    def broken(g):
+        raise MudiError(f"photo of example {g} unreadable")
+
+    pf = BatchPrefetcher(broken, iter([0, 1]))
+    with pytest.raises(MudiError, match="example 0 unreadable"):  # the worker's error, in the training thread
+        pf.get(0)
+    pf.close()
+
+
+def test_losses_stay_on_the_device_until_the_step_ends(tiny_models, data_dir, tmp_path, monkeypatch):
+    """One device-to-host transfer per optimizer step (not a float() per micro-batch), and the
+    micro-batches come from the background builder, identical to building them in place."""
+    from mudi.settings import RunOptions
+    from mudi.train.plan import prepare_run
+    import traceback
+
+    from mudi.train.recipe import LoRATrainer
+
+    cfg = TrainConfig(subjects=str(data_dir / "subjects" / "dog6_and_dog2"), base=str(tiny_models / "sd"),
+                      out=str(tmp_path / "o"), resolution=64, max_train_steps=2, validate_every=-1,
+                      checkpoint_every=0, gradient_accumulation_steps=3, p=1.0)
+    trainer = LoRATrainer(prepare_run(cfg, RunOptions(progress=False)))
+    try:
+        trainer.setup()
+        step = trainer.step_fn
+        direct = [step.batches.build(g) for g in step.micro_batches(0)]
+        step.prefetch(0, 2)
+        syncs = []
+
+        def counting(name, real):
+            def wrapper(self, *args):
+                caller = traceback.extract_stack(limit=2)[0].filename
+                if "/mudi/" in caller.replace("\\", "/"):  # mudi's own transfers (not torch's CPU optimizer)
+                    syncs.append(name)
+                return real(self, *args)
+            return wrapper
+
+        for name in ("__float__", "item", "tolist"):
+            monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+        fetched = [step._batch(g) for g in step.micro_batches(0)]
+        result = step.run(1)
+        monkeypatch.undo()
+        assert syncs == ["tolist"] and isinstance(result.loss, float) and isinstance(result.grad_norm, float)
+        for a, b in zip(direct, fetched):
+            assert a.captions == b.captions and a.kinds == b.kinds
+            assert all(torch.equal(x, y) for x, y in zip(a.latents + a.noise + a.timesteps,
+                                                        b.latents + b.noise + b.timesteps))
+    finally:
+        trainer.cleanup()

@@ -125,6 +125,7 @@ class ModelFamily(Protocol):
     def pipeline_class(self): ...
     def inspect(self, folder: Path, index: dict, base: str) -> "ModelInfo": ...
     def info_of(self, pipe, base: str) -> "ModelInfo": ...
+    def check_scheduler(self, config, base: str) -> None: ...
     def meta_denoiser(self, folder: Path) -> torch.nn.Module: ...
     def vae_scale_factor(self, pipe) -> int: ...
     def size_multiple(self, pipe) -> int: ...
@@ -196,7 +197,9 @@ class UNetFamily:
             if not any((folder / sub).glob("*.safetensors")):
                 raise MudiError(f"{folder / sub}: no .safetensors weights; mudi loads safetensors checkpoints only.")
         sched = folder / "scheduler" / "scheduler_config.json"
-        pred = read_config(sched, "the scheduler").get("prediction_type", "epsilon") if sched.exists() else "epsilon"
+        sched_cfg = read_config(sched, "the scheduler") if sched.exists() else {}
+        self.check_scheduler(sched_cfg, base)
+        pred = sched_cfg.get("prediction_type", "epsilon")
         try:
             return self._info(base, unet, vae, pred, folder)
         except (KeyError, TypeError) as exc:
@@ -211,8 +214,25 @@ class UNetFamily:
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
             return UNet2DConditionModel.from_config(config)
 
+    def check_scheduler(self, config, base: str) -> None:
+        """Refuse a noise schedule this family does not train: an EDM (Karras σ, e.g. Playground
+        v2.5) or flow-matching scheduler, or a prediction type other than epsilon / v-prediction.
+        Training them on DDPM defaults would run and learn the wrong target."""
+        cls = str(config.get("_class_name", "") or "")
+        pred = config.get("prediction_type", "epsilon") or "epsilon"
+        kind = ("an EDM" if cls.startswith("EDM") else "a flow-matching" if cls.startswith("FlowMatch") or
+                "Flow" in cls else "")
+        if kind:
+            raise MudiError(f"{base}: the scheduler is {cls}, {kind} noise schedule; the {self.name} family trains "
+                            "DDPM-style schedules (epsilon or v-prediction) only. Use a base model with a DDPM/"
+                            "Euler/DPM-Solver scheduler (SD 1.x/2.x, SDXL).")
+        if pred not in ("epsilon", "v_prediction"):
+            raise MudiError(f"{base}: the scheduler's prediction_type is {pred!r}; the {self.name} family trains "
+                            "epsilon and v_prediction models only.")
+
     def info_of(self, pipe, base: str) -> ModelInfo:
         """The :class:`ModelInfo` of a loaded pipeline (for hub models, not inspected before loading)."""
+        self.check_scheduler(dict(pipe.scheduler.config, _class_name=type(pipe.scheduler).__name__), base)
         pred = pipe.scheduler.config.get("prediction_type", "epsilon")
         return self._info(base, pipe.unet.config, pipe.vae.config, pred)
 
