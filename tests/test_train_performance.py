@@ -221,3 +221,18 @@ def test_losses_stay_on_the_device_until_the_step_ends(tiny_models, data_dir, tm
                                                         b.latents + b.noise + b.timesteps))
     finally:
         trainer.cleanup()
+
+
+def test_train_flags_for_the_new_options(tmp_path):
+    import argparse
+
+    from mudi.cli.train import build_config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--variant NAME" in text and "--no-tf32" in text and "{auto,on,off}" in text
+    args = parser.parse_args(["train", "--variant", "fp16", "--no-tf32", "--gradient-checkpointing", "on"])
+    cfg = build_config(args)
+    assert (cfg.variant, cfg.tf32, cfg.gradient_checkpointing) == ("fp16", False, "on")
+    assert build_config(parser.parse_args(["train"])).variant == "auto"

@@ -14,13 +14,13 @@ HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and
 
 #: TrainConfig fields as flags, by argument group.
 GROUPS = {
-    "data and model": ("subjects", "base", "out", "vae", "resolution"),
+    "data and model": ("subjects", "base", "out", "vae", "variant", "resolution"),
     "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin"),
     "prior preservation": ("prior_dir", "prior_weight"),
     "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),
     "optimisation": ("max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "weight_decay",
                      "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "train_batch_size",
-                     "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "use_8bit_adam",
+                     "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "tf32", "use_8bit_adam",
                      "seed"),
     "checkpoints, validation, logging": ("checkpoint_every", "keep_checkpoints", "validate_every",
                                          "validation_prompts", "validation_negative_prompt",
