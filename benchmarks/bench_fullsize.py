@@ -443,7 +443,23 @@ def print_ratios(figures: dict, families: list[str]) -> None:
             print(f"time ratios {family}: " + ", ".join(parts), flush=True)
 
 
+def check_args(device: str, families: list[str]) -> str | None:
+    """What is wrong with ``--device`` / ``--families`` (None if nothing), before any work."""
+    unknown = [f for f in families if f not in fm.PIPELINES]
+    if unknown or not families:
+        return f"--families {','.join(families)}: choose from {', '.join(fm.PIPELINES)}"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device {device}: CUDA is not available here; use --device cpu --scale reduced"
+    elif device != "cpu":
+        return f"--device {device}: use cuda, cuda:N or cpu"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Print the memory model, build the models, run and print every measurement."""
     args = parse_args(argv)
     if args.child:
         child(json.loads(args.child))
@@ -451,18 +467,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_child:
         build_child(*json.loads(args.build_child))
         return 0
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    problem = None if args.memory_model else check_args(args.device, families)
+    if problem:
+        print(f"bench_fullsize: {problem}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     memory_model()
     if args.memory_model:
         return 0
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            print("bench_fullsize: --device cuda but CUDA is not available; use --device cpu --scale reduced",
-                  file=sys.stderr)
-            return 2
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
     with tempfile.TemporaryDirectory(prefix="mudi-bench-") as tmp:
         work = args.work or Path(tmp)
         bench = build_bench(args, work)

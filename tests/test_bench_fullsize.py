@@ -107,3 +107,14 @@ def test_ratios(capsys):
     bench_fullsize.print_ratios(figures, ["sdxl", "sd15"])
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["time ratios sdxl: gradient checkpointing x1.50, init mudi vs none x1.10"]
+
+
+def test_arguments_are_checked_before_any_work():
+    import torch
+
+    assert bench_fullsize.check_args("cpu", ["sdxl", "sd15"]) is None
+    assert "choose from sdxl, sd15" in bench_fullsize.check_args("cpu", ["flux"])
+    assert "--device mps" in bench_fullsize.check_args("mps", ["sdxl"])
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in bench_fullsize.check_args("cuda", ["sdxl"])
+        assert bench_fullsize.main(["--device", "cuda"]) == 2
