@@ -107,7 +107,7 @@ def test_cli_sdxl_lora_mudi_init(tiny_models, loras, subject_dir, tmp_path):
                  "--prompt", PROMPT, "--n", 2, "--out", out, "--save-init", "--guidance", 3)
     assert rc == 0
     for name in ("0000.png", "0000.json", "0000_init.png", "0001.png", "0001.json", "0001_init.png",
-                 "contact_sheet.png", "init_sheet.png", "generate_config.json"):
+                 "contact_sheet.png", "init_sheet.png", "config.toml"):
         assert (out / name).is_file(), name
     s0, s1 = sidecar(out, 0), sidecar(out, 1)
     assert CONTRACT_KEYS <= set(s0)

@@ -97,8 +97,11 @@ def test_generate_never_modifies_the_config(tiny_models, sset, tmp_path):
     before = config.to_dict()
     generate(config, RunOptions(progress=False))
     assert config.to_dict() == before
-    written = json.loads((tmp_path / "out" / "generate_config.json").read_text())
-    assert written["sizes"] == {"a": 1.0, "b": 0.5} and written["resolution"] == 64
+    written = GenerateConfig.from_toml(tmp_path / "out" / "config.toml")
+    assert written == config.updated({"sizes": "a=1.0,b=0.5", "resolution": 64, "dtype": "float32"})
+    # the resolved config repeats the run
+    again = generate(written.updated({"out": str(tmp_path / "again")}), RunOptions(progress=False))
+    assert again[0].read_bytes() == (tmp_path / "out" / "0000.png").read_bytes()
 
 
 def test_errors_found_with_the_model_leave_no_output_folder(tiny_models, sset, tmp_path):

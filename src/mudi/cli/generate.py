@@ -24,7 +24,8 @@ the subject's phrase. Layout file (JSON, boxes in pixels of the output resolutio
 --layout llm reads MUDI_LLM_URL / MUDI_LLM_MODEL / MUDI_LLM_API_KEY (or OPENAI_BASE_URL / OPENAI_MODEL /
 OPENAI_API_KEY) unless --llm-url/--llm-model are given; a failed answer falls back to the automatic layout.
 Output: OUT/0000.png + 0000.json (sidecar: prompt, seed, subjects, layout, gamma, init, base, lora, ...),
-0000_init.png with --save-init, contact_sheet.png, generate_config.json. Image i uses seed --seed + i.
+0000_init.png with --save-init, contact_sheet.png, config.toml (the resolved settings: a run file for
+--config). Image i uses seed --seed + i.
 """
 
 #: Flags per help group, in the order ``--help`` shows them (every GenerateConfig field but the API key).

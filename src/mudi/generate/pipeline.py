@@ -12,7 +12,7 @@
    undone at the end for a pipeline the caller gave.
 5. :func:`~mudi.generate.jobs.plan_jobs` — one job per image: prompt, per-image seed
    ``seed + index``, the reference photo per subject and the layout, all drawn from that seed.
-6. :func:`write_run_config` (creates the output folder) and, with ``--resume``, skip the images
+6. :func:`write_run_config` (creates the output folder, writes ``config.toml``) and, with ``--resume``, skip the images
    already made.
 7. :func:`sample_jobs` — per batch: initial latents (:func:`mudi.generate.init.mean_shifted_latents`
    or the pipeline's own noise), sample, write ``0000.png`` + ``0000.json`` (the sidecar) and
@@ -38,7 +38,7 @@ from mudi.generate.lora_loading import load_lora, lora_weights_file, read_train_
 from mudi.generate.prompts import resolve_prompt
 from mudi.generate.sampling import StepProgress, generate_batch, set_scheduler
 from mudi.generate.sheets import write_contact_sheets
-from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic
+from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic, write_text_atomic
 from mudi.models.families import family_of
 from mudi.runtime import pick_device, resolve_dtype
 from mudi.settings import RunOptions
@@ -56,6 +56,7 @@ class RunInputs:
         sizes: relative sizes by subject key (auto layout).
         llm: the language-model provider for ``layout = "llm"``.
         train_cfg: the LoRA's ``config.toml`` ({} without one).
+        vae: the VAE override: ``--vae`` or the one the LoRA was trained with ("" for the model's own).
         out: the output folder; device, dtype: to load the base model with.
     """
 
@@ -68,6 +69,7 @@ class RunInputs:
     sizes: dict[str, float] = field(default_factory=dict)
     llm: LLMLayoutProvider | None = None
     train_cfg: dict[str, Any] = field(default_factory=dict)
+    vae: str = ""
 
 
 def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool = False) -> RunInputs:
@@ -96,7 +98,8 @@ def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool
     sizes = parse_subject_values(config.sizes, sset, option="--sizes", meaning="relative size")
     llm = check_layout_option(config, sset, int(config.resolution or train_cfg.get("resolution") or 0))
     return RunInputs(base=base, subjects_dir=subjects_dir, sset=sset, out=Path(config.out), device=device,
-                     dtype=dtype, sizes=sizes, llm=llm, train_cfg=train_cfg)
+                     dtype=dtype, sizes=sizes, llm=llm, train_cfg=train_cfg,
+                     vae=config.vae or str(train_cfg.get("vae") or ""))
 
 
 def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: int) -> LLMLayoutProvider | None:
@@ -124,12 +127,11 @@ def check_run_options(options: RunOptions, config: GenerateConfig) -> tuple[torc
     return device, resolve_dtype(config.dtype, device)
 
 
-def load_base_pipeline(config: GenerateConfig, inputs: RunInputs):
+def load_base_pipeline(inputs: RunInputs):
     """Step 2: the base pipeline (with the VAE of ``--vae`` or of the LoRA's ``config.toml``)."""
     from mudi.models.loading import load_pipeline
 
-    vae = config.vae or str(inputs.train_cfg.get("vae") or "") or None
-    return load_pipeline(inputs.base, dtype=inputs.dtype, device=inputs.device, vae=vae)
+    return load_pipeline(inputs.base, dtype=inputs.dtype, device=inputs.device, vae=inputs.vae or None)
 
 
 def pipeline_name(pipe) -> str:
@@ -174,15 +176,17 @@ def configured_pipeline(pipe, config: GenerateConfig, base: str, *, restore: boo
 
 
 def write_run_config(config: GenerateConfig, inputs: RunInputs, run: ResolvedRun, options: RunOptions) -> None:
-    """Step 6: create the output folder and write ``generate_config.json`` — the config with the
-    values the run resolved."""
+    """Step 6: create the output folder and write ``config.toml``: a run file whose ``[generate]``
+    table is the config with the values the run resolved (base model, subject set, resolution,
+    sizes by subject key, dtype), so ``mudi generate --config OUT/config.toml`` repeats the run."""
     claim_output_dir(inputs.out, overwrite=options.overwrite, resume=options.resume, what="generate output",
                      create=True)
-    write_json_atomic(inputs.out / "generate_config.json", {
-        **config.to_dict(), "base": run.base, "subjects": run.subject_set, "resolution": run.height,
-        "sizes": inputs.sizes,
-        "scheduler_class": run.scheduler, "dtype": run.dtype_name,
+    resolved = config.updated({
+        "base": run.base, "subjects": run.subject_set, "vae": inputs.vae, "resolution": run.height,
+        "dtype": run.dtype_name,
+        "sizes": ",".join(f"{key}={value!r}" for key, value in inputs.sizes.items()),
     })
+    write_text_atomic(inputs.out / "config.toml", resolved.to_toml(title="mudi generate: the settings of this run"))
 
 
 def sample_jobs(pipe, jobs: Sequence[ImageJob], config: GenerateConfig, inputs: RunInputs,
@@ -221,7 +225,7 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     # 2. Base model (or the caller's pipeline)
     own_pipe = pipe is None
     if own_pipe:
-        pipe = load_base_pipeline(config, inputs)
+        pipe = load_base_pipeline(inputs)
     base = inputs.base if own_pipe else (inputs.base or pipeline_name(pipe))
     # 3. Resolution
     res = sampling_resolution(pipe, config, inputs)
