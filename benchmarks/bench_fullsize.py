@@ -253,7 +253,7 @@ class Bench:
     models: dict[str, Path]
     class_set: Path
     plan: Plan
-    train_options: set[str]
+    train_options: dict[str, argparse.Action]
     threads: int = 0
     figures: dict = field(default_factory=dict)  # (what, family, setting) -> seconds per step / image
 
@@ -273,18 +273,21 @@ class Bench:
         return out
 
 
-def cli_options(verb: str) -> set[str]:
-    """The option strings `mudi VERB` accepts (read from mudi's own parser)."""
+def cli_options(verb: str) -> dict[str, argparse.Action]:
+    """The options `mudi VERB` accepts, by option string (read from mudi's own parser)."""
     from mudi.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {s for action in sub.choices[verb]._actions for s in action.option_strings}
+    return {s: action for action in sub.choices[verb]._actions for s in action.option_strings}
 
 
-def checkpointing_flags(on: bool, options: set[str]) -> list[str]:
-    """``--gradient-checkpointing`` to switch it on; to switch it off, its ``--no-`` form when
-    `mudi train` has one (a default that may be "on" elsewhere), else nothing (off by default)."""
+def checkpointing_flags(on: bool, options: dict[str, argparse.Action]) -> list[str]:
+    """Flags that switch gradient checkpointing explicitly on or off (never "auto"), in the
+    form `mudi train` takes: ``--gradient-checkpointing on|off``, else the boolean switch."""
+    action = options.get("--gradient-checkpointing")
+    if action is not None and action.choices and {"on", "off"} <= set(action.choices):
+        return ["--gradient-checkpointing", "on" if on else "off"]
     if on:
         return ["--gradient-checkpointing"]
     return ["--no-gradient-checkpointing"] if "--no-gradient-checkpointing" in options else []
@@ -323,6 +326,10 @@ def measure_train(b: Bench, family: str, checkpointing: bool, priors: bool) -> P
     if "error" not in result:
         b.figures["train", family, (checkpointing, priors)] = seconds = train_step_time(out, b.plan.warmup)
         figure = f"{seconds:.3f} s/step"
+        used = find_key(json.loads((out / "summary.json").read_text()), "gradient_checkpointing")
+        if used is not None and bool(used) != checkpointing:
+            result = {"error": f"mudi train ran with gradient checkpointing {'on' if used else 'off'}, "
+                               f"not as asked ({figure})"}
     label = (f"train    {family:4s} {res:4d}px gc={'on ' if checkpointing else 'off'} "
              f"priors={'on ' if priors else 'off'} batch {2 if priors else 1}x2")
     report(label, result, figure)

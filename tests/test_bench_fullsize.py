@@ -94,11 +94,22 @@ def test_result_parsing(tmp_path):
 
 
 def test_checkpointing_flags_follow_mudi_train():
+    import argparse
+
     options = bench_fullsize.cli_options("train")
-    assert "--gradient-checkpointing" in options and "--prior-dir" in options and "--steps" in options
-    assert bench_fullsize.checkpointing_flags(True, options) == ["--gradient-checkpointing"]
-    assert bench_fullsize.checkpointing_flags(False, {"--no-gradient-checkpointing"}) == ["--no-gradient-checkpointing"]
-    assert bench_fullsize.checkpointing_flags(False, set()) == []
+    assert {"--gradient-checkpointing", "--prior-dir", "--steps"} <= set(options)
+    # explicit on/off, never mudi's "auto" (on for CUDA below 48 GB)
+    on, off = (bench_fullsize.checkpointing_flags(v, options) for v in (True, False))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gradient-checkpointing", **{k: getattr(options["--gradient-checkpointing"], k)
+                                                       for k in ("nargs", "choices", "const")})
+    assert parser.parse_args(on).gradient_checkpointing in (True, "on")
+    assert parser.parse_args(off).gradient_checkpointing in (None, False, "off")
+    assert off == ["--gradient-checkpointing", "off"]
+    # the boolean switch of older versions
+    switch = {"--gradient-checkpointing": argparse.Action(["--gradient-checkpointing"], "x", nargs=0)}
+    assert bench_fullsize.checkpointing_flags(True, switch) == ["--gradient-checkpointing"]
+    assert bench_fullsize.checkpointing_flags(False, switch) == []
 
 
 def test_ratios(capsys):
