@@ -236,3 +236,6 @@ def test_train_flags_for_the_new_options(tmp_path):
     cfg = build_config(args)
     assert (cfg.variant, cfg.tf32, cfg.gradient_checkpointing) == ("fp16", False, "on")
     assert build_config(parser.parse_args(["train"])).variant == "auto"
+    assert build_config(parser.parse_args(["train"])).gradient_checkpointing == "auto"
+    assert build_config(parser.parse_args(["train", "--gradient-checkpointing"])).gradient_checkpointing == "on"
+    assert build_config(parser.parse_args(["train", "--no-gradient-checkpointing"])).gradient_checkpointing == "off"

@@ -45,12 +45,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="TOML", help="run file ([train] table or top-level keys); flags override it")
     for title, names in GROUPS.items():
-        add_arguments(p.add_argument_group(title), TrainConfig, names)
+        group = p.add_argument_group(title)
+        add_arguments(group, TrainConfig, names)
+        if "gradient_checkpointing" in names:
+            _checkpointing_switches(p, group)
     g = p.add_argument_group("this invocation (not saved)")
     add_arguments(g, RunOptions, RUN_OPTION_NAMES)
     g.add_argument("--stop-after", type=int, metavar="STEP", default=0,
                    help="stop after this optimizer step (continue later with --resume)")
     p.set_defaults(func=run)
+
+
+def _checkpointing_switches(parser: argparse.ArgumentParser, group) -> None:
+    """``--gradient-checkpointing`` alone means on (as when it was a switch); ``--no-gradient-checkpointing`` = off."""
+    action = next(a for a in parser._actions if a.dest == "gradient_checkpointing")
+    action.nargs, action.const = "?", "on"
+    group.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const="off",
+                       help="same as --gradient-checkpointing off")
 
 
 def build_config(args: argparse.Namespace):
