@@ -369,15 +369,19 @@ def test_dinov2_embedder_mean_of_all_tokens(tiny_models):
     assert e1.n_embedded == 5
 
 
-def test_dreamsim_missing_is_a_clear_error(monkeypatch):
+def test_dreamsim_missing_is_a_clear_error(monkeypatch, tmp_path):
+    from mudi.evaluate.dreamsim import REQUIRED
     from mudi.evaluate.embed import DreamSimEmbedder
     from mudi.evaluate.registry import make_embedder
 
+    for rel in REQUIRED["ensemble"]:  # a complete weights folder, but no package
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
     monkeypatch.setitem(sys.modules, "dreamsim", None)  # make `import dreamsim` fail
-    with pytest.raises(MudiError, match="dreamsim"):
-        DreamSimEmbedder()
+    with pytest.raises(MudiError, match=r"'dreamsim' package, which is not installed.*mudi\[dreamsim\]"):
+        DreamSimEmbedder(cache_dir=str(tmp_path))
     with pytest.raises(MudiError, match="dinov2"):
-        make_embedder("dreamsim")
+        make_embedder("dreamsim", dreamsim_cache=str(tmp_path))
 
 
 def test_clip_scorer(tiny_models, sset):

@@ -8,6 +8,7 @@ from generators (or from a forked global RNG that is restored), and library sett
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -168,6 +169,47 @@ def processes() -> Processes:
     return Processes(state.process_index, state.num_processes, state.local_process_index)
 
 
+def import_optional(module: str, *, package: str, extra: str, purpose: str, instead: str = ""):
+    """Import ``module`` of an optional extra, or say exactly why it cannot be used.
+
+    A package that is not installed and one that is installed but fails to import (a missing
+    dependency, a version clash such as an old package under transformers 5) get different
+    messages; the second names the exception so the user can fix it.
+
+    Args:
+        module: what to import, e.g. ``"ImageReward"``.
+        package: the pip package that provides it, e.g. ``"image-reward"``.
+        extra: mudi's extra that installs it (``pip install 'mudi[EXTRA]'``).
+        purpose: what needs it, e.g. ``"--image-reward"``.
+        instead: what to do without it, e.g. ``"leave out --image-reward"``.
+
+    Raises:
+        MudiError: not installed, or installed but broken (with the import error's text).
+    """
+    otherwise = f", or {instead}" if instead else ""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name in _parents(module):
+            raise MudiError(f"{purpose} needs the optional {package!r} package, which is not installed. Install "
+                            f"it with `pip install 'mudi[{extra}]'`{otherwise}.") from None
+        broken: Exception = exc
+    except Exception as exc:  # an installed package whose own import code fails
+        broken = exc
+    raise MudiError(
+        f"{purpose} needs the optional {package!r} package: it is installed but `import {module}` fails with "
+        f"{broken.__class__.__name__}: {broken}. This is usually a version clash with the installed torch or "
+        f"transformers, or a dependency of {package!r} that is missing: run `pip check`, then install versions "
+        f"that work together{otherwise}."
+    ) from broken
+
+
+def _parents(module: str) -> set[str]:
+    """``a.b.c`` → {``a``, ``a.b``, ``a.b.c``}: the names whose absence means "not installed"."""
+    parts = module.split(".")
+    return {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
 class _DropTorchvisionFallback(logging.Filter):
     """Hides transformers' "<X>ImageProcessor requires torchvision; falling back to ...Pil" notes."""
 
@@ -221,5 +263,5 @@ def _disable_progress_bars() -> list:
     return undo
 
 
-__all__ = ["DTYPES", "Processes", "forked_rng", "generator", "pick_device", "processes", "quiet_libraries",
-           "resolve_dtype"]
+__all__ = ["DTYPES", "Processes", "forked_rng", "generator", "import_optional", "pick_device", "processes",
+           "quiet_libraries", "resolve_dtype"]

@@ -40,6 +40,8 @@ class EvaluateConfig(Settings):
     embedder: str = setting("dinov2", "embedder: dinov2 (facebook/dinov2-base, D&C-DINO), dreamsim (D&C-DS, "
                                       "optional extra), a DINOv2 model folder or hub id, or a plugin's name "
                                       "(e.g. toy)", metavar="NAME|M")
+    dreamsim_cache: str = setting("", "folder holding the DreamSim weights for --embedder dreamsim (never "
+                                      "downloaded; the error says what to put there)", metavar="DIR")
     clip: str = setting(DEFAULT_CLIP, "CLIP model folder or hub id for the CLIP score; 'none' to skip",
                         metavar="M|none")
     image_reward: bool = setting(False, "also compute ImageReward (needs the optional image-reward package)")
@@ -73,6 +75,10 @@ class EvaluateConfig(Settings):
             raise MudiError(f"--reference-mode {self.reference_mode!r}: choose one of "
                             f"{', '.join(ReferenceEmbeddings.MODES)}.")
         self.nms_iou()
+        if self.embedder == "dreamsim":
+            from mudi.evaluate.dreamsim import check_cache
+
+            check_cache(self.dreamsim_cache)
         for spec in self.queries:
             if "=" not in spec:
                 raise MudiError(f"--query {spec!r}: expected KEY=TEXT, e.g. a='corgi dog'.")

@@ -8,7 +8,8 @@ L2-normalised float32):
   of ``last_hidden_state`` (CLS and patch tokens), L2-normalised. Images go through the model in
   batches of ``batch_size``.
 - :class:`DreamSimEmbedder` — D&C-DS: the ``dreamsim`` package (optional extra
-  ``pip install mudi[dreamsim]``; it is imported only when this class is instantiated).
+  ``pip install mudi[dreamsim]``; it is imported only when this class is instantiated), with
+  weights only from the folder given as ``--dreamsim-cache``.
 
 :class:`ReferenceEmbeddings` embeds each subject's reference photos once and keeps them, so an
 evaluation of N images embeds the references K·n times in total instead of N·K·n times.
@@ -82,32 +83,17 @@ class Dinov2Embedder:
 class DreamSimEmbedder:
     """DreamSim embeddings (D&C-DS), from the optional ``dreamsim`` package.
 
-    DreamSim downloads its weights on first use into ``cache_dir``; offline, point
-    ``cache_dir`` at a folder that already holds them.
+    The weights come only from ``cache_dir`` (``--dreamsim-cache``): nothing is downloaded and
+    no ``torch.hub`` code runs (see :mod:`mudi.evaluate.dreamsim`).
     """
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 16, cache_dir: str | None = None,
                  dreamsim_type: str = "ensemble"):
-        try:
-            from dreamsim import dreamsim  # type: ignore
-        except ImportError:
-            raise MudiError(
-                "--embedder dreamsim needs the optional 'dreamsim' package, which is not installed. "
-                "Install it with `pip install 'mudi[dreamsim]'` (it needs torchvision matching your "
-                "torch), or use --embedder dinov2."
-            ) from None
         import torch
 
-        kwargs = {"pretrained": True, "device": device, "dreamsim_type": dreamsim_type}
-        if cache_dir:
-            kwargs["cache_dir"] = cache_dir
-        try:
-            self.model, self.preprocess = dreamsim(**kwargs)
-        except Exception as exc:  # network / missing weights
-            raise MudiError(
-                f"DreamSim could not load its weights ({exc.__class__.__name__}: {exc}). Offline, pass a "
-                "cache folder that already holds them, or use --embedder dinov2."
-            ) from None
+        from mudi.evaluate.dreamsim import load_dreamsim
+
+        self.model, self.preprocess = load_dreamsim(cache_dir, device=str(device), dreamsim_type=dreamsim_type)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.name = f"dreamsim-{dreamsim_type}"

@@ -33,7 +33,8 @@ class EvalModels:
         """Load the models ``config`` names on ``device`` (a torch device string)."""
         detector = make_detector(config.detector, device=device, batch_size=config.batch_size,
                                  nms_iou=config.nms_iou())
-        embedder = make_embedder(config.embedder, device=device, batch_size=config.batch_size)
+        embedder = make_embedder(config.embedder, device=device, batch_size=config.batch_size,
+                                 dreamsim_cache=config.dreamsim_cache)
         clip = image_reward = None
         if config.uses_clip():
             from mudi.evaluate.textfid import ClipScorer

@@ -11,7 +11,8 @@ function named by an entry point in the ``mudi.plugins`` group, e.g. in ``pyproj
 Plugins are loaded lazily, the first time a name is not found, so importing mudi never imports
 them. A factory is called as ``factory(model, device=..., batch_size=..., **extra)``: ``model``
 is the model folder or hub id the user gave (``None`` for a plain registered name); detector
-factories also get ``nms_iou``. Factories accept and ignore options they do not use.
+factories also get ``nms_iou``, embedder factories ``dreamsim_cache``. Factories accept and
+ignore options they do not use.
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ def _dinov2(model: str | None, *, device="cpu", batch_size: int = 16, **_):
     return Dinov2Embedder(model, device=device, batch_size=batch_size)
 
 
-def _dreamsim(model: str | None, *, device="cpu", batch_size: int = 16, **_):
+def _dreamsim(model: str | None, *, device="cpu", batch_size: int = 16, dreamsim_cache: str = "", **_):
     from mudi.evaluate.embed import DreamSimEmbedder
 
-    return DreamSimEmbedder(device=device, batch_size=batch_size)
+    return DreamSimEmbedder(device=device, batch_size=batch_size, cache_dir=dreamsim_cache or None)
 
 
 DETECTORS = Registry("detector", "owlv2", {"owlv2": _owlv2})

@@ -109,18 +109,15 @@ class ClipScorer:
 class ImageRewardScorer:
     """ImageReward (Xu et al. 2023) from the optional ``image-reward`` package.
 
-    Raises :class:`MudiError` if the package is not installed; use :func:`image_reward_available`
-    to check first.
+    Raises :class:`MudiError` if the package is not installed, or is installed but fails to import
+    (the message then gives the import error); use :func:`image_reward_available` to check first.
     """
 
     def __init__(self, name: str = "ImageReward-v1.0", *, device: str = "cpu"):
-        try:
-            import ImageReward as RM  # type: ignore
-        except ImportError:
-            raise MudiError(
-                "ImageReward scoring needs the optional 'image-reward' package "
-                "(`pip install 'mudi[imagereward]'`); it is not installed."
-            ) from None
+        from mudi.runtime import import_optional
+
+        RM = import_optional("ImageReward", package="image-reward", extra="imagereward", purpose="--image-reward",
+                             instead="leave out --image-reward")
         try:
             self.model = RM.load(name, device=device)
         except Exception as exc:

@@ -78,11 +78,21 @@ class MetricLogger:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def _tensorboard(self, start_step: int):
+        """A writer into ``OUT/tensorboard``; ``None`` without the tensorboard package. An installed
+        tensorboard that fails (a broken install, an unwritable folder) is reported, not hidden."""
+        import importlib.util
+        import warnings
+
+        if importlib.util.find_spec("tensorboard") is None:
+            return None
         try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            from torch.utils.tensorboard import SummaryWriter
 
             return SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step + 1)
-        except Exception:
+        except Exception as exc:
+            warnings.warn(f"tensorboard is installed but cannot log this run ({exc.__class__.__name__}: {exc}); "
+                          "train_log.jsonl and loss.png are still written. Fix the install (`pip check`) or "
+                          "uninstall tensorboard.", stacklevel=2)
             return None
 
     def log(self, step: int, row: dict) -> None:
