@@ -145,3 +145,13 @@ def test_two_cpu_processes_of_mudi_evaluate(tiny_models, saved_set, tmp_path):
     assert split == one
     assert json.loads((tmp_path / "split" / "scores.json").read_text())["settings"]["processes"] == 2
     assert (tmp_path / "split" / "report.html").is_file()
+
+
+def test_more_processes_than_images(saved_set, tmp_path):
+    from mudi.evaluate import evaluate
+
+    g = write_generation(tmp_path / "G", [GOOD, TWICE])
+    evs = ThreadGroup(3).run(lambda procs: evaluate(_config(saved_set, g, tmp_path / "E"), models=_fake_models(),
+                                                    processes=procs))
+    assert [[r.name for r in ev.results] for ev in evs] == [["0000", "0001"]] * 3  # process 2 had nothing to do
+    assert [p["name"] for p in json.loads((tmp_path / "E" / "per_image.json").read_text())] == ["0000", "0001"]
