@@ -208,3 +208,15 @@ def test_latents_normalized_the_same_way_for_training_and_decoding():
                           shift_factor=0.25)  # no channel statistics: the shift applies (SD3/Flux-style)
     assert torch.allclose(family.to_latents(plain, raw), (raw - 0.25) * 0.5)
     assert torch.allclose(family.from_latents(plain, family.to_latents(plain, raw)), raw, atol=1e-6)
+
+
+def test_fp16_sdxl_pipeline_decodes_with_its_fp32_vae_without_upcasting(tiny_models):
+    """pipe(...) of an fp16 SDXL pipeline hands fp16 latents to the fp32 VAE: it decodes them
+    (inputs cast), without diffusers' deprecated upcast_vae and without casting the VAE back."""
+    pipe = loading.load_pipeline(str(tiny_models / "sdxl"), dtype=torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        image = pipe("a dog", num_inference_steps=2, height=64, width=64, output_type="pil",
+                     generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64) and pipe.vae.dtype == torch.float32
