@@ -220,3 +220,18 @@ def test_fp16_sdxl_pipeline_decodes_with_its_fp32_vae_without_upcasting(tiny_mod
         image = pipe("a dog", num_inference_steps=2, height=64, width=64, output_type="pil",
                      generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64) and pipe.vae.dtype == torch.float32
+
+
+def test_hub_pipeline_with_an_edm_scheduler_is_refused_before_downloading_weights(monkeypatch):
+    from diffusers import DDPMScheduler
+
+    monkeypatch.setattr(loading, "resolve_model", lambda name, kind: name)  # "online": the hub id itself
+    monkeypatch.setattr(loading, "_read_model_index", lambda path: {
+        "_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]})
+    edm = {"_class_name": "EDMDPMSolverMultistepScheduler", "prediction_type": "epsilon"}
+    monkeypatch.setattr(DDPMScheduler, "load_config", classmethod(lambda cls, path, subfolder=None: dict(edm)))
+    with pytest.raises(MudiError, match="playground.*an EDM noise schedule"):
+        loading.inspect_model("playgroundai/playground-v2.5-1024px-aesthetic")
+    edm["_class_name"] = "EulerDiscreteScheduler"
+    assert loading.inspect_model("stabilityai/stable-diffusion-xl-base-1.0") is None

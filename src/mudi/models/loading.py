@@ -111,16 +111,30 @@ def inspect_model(base: str, *, variant: str = AUTO) -> ModelInfo | None:
 
     The weights files that ``variant`` will load (:mod:`mudi.models.variants`) must exist for
     every component. ``None`` for a hub id (its configs are read after loading:
-    ``family.info_of(pipe, base)``).
+    ``family.info_of(pipe, base)``); its scheduler is checked now, from its config alone.
     """
     path = resolve_model(base, "pipeline")
     folder = Path(path)
     if not folder.is_dir():
+        _check_hub_scheduler(path, base)
         return None
     index = read_config(folder / "model_index.json", "the pipeline")
     info = family_for_index(index, base).inspect(folder, index, base)
     check_variant_files(variant, folder_variants(folder, weighted_components(index)), base)
     return info
+
+
+def _check_hub_scheduler(path: str, base: str) -> None:
+    """Refuse a hub pipeline whose scheduler its family does not train, before any weights are
+    downloaded (only the two small configs are read)."""
+    from diffusers import DDPMScheduler
+
+    family = family_for_index(_read_model_index(path), base)
+    try:
+        config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
+    except (OSError, ValueError):
+        return  # no scheduler config to read: info_of checks the loaded one
+    family.check_scheduler(config, base)
 
 
 def _available_variants(path: str, components: list[str]) -> dict[str, set[str]] | None:
