@@ -14,7 +14,8 @@ One function per stage, each with a config dataclass that fully describes its ru
     result = mudi.evaluate(mudi.EvaluateConfig(images="run/gen", subjects="run/subjects", out="run/eval"))
 
 Stages: :func:`prepare` (or :func:`import_subjects`) → :func:`compose` (preview Seg-Mix) →
-:func:`train` → :func:`generate` → :func:`evaluate` / :func:`compare`. Everything the ``mudi``
+(:func:`make_class_set` for prior preservation) → :func:`train` → :func:`generate` →
+:func:`evaluate` / :func:`compare`. Everything the ``mudi``
 command does goes through these functions. The stage packages (``mudi.prepare``,
 ``mudi.train``, ...) hold the parts and are themselves callable: ``mudi.train(config)`` runs
 :func:`mudi.train.train`.
@@ -36,7 +37,7 @@ from mudi.compose import ComposeConfig
 from mudi.evaluate import EvaluateConfig, compare
 from mudi.generate import GenerateConfig
 from mudi.prepare import PrepareConfig, import_subjects
-from mudi.train import TrainConfig
+from mudi.train import PriorsConfig, TrainConfig, make_class_set
 
 __all__ = [
     "ComposeConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "GenerateConfig",
     "MudiError",
     "PrepareConfig",
+    "PriorsConfig",
     "RunOptions",
     "SubjectSet",
     "TrainConfig",
@@ -53,6 +55,7 @@ __all__ = [
     "evaluate",
     "generate",
     "import_subjects",
+    "make_class_set",
     "prepare",
     "train",
 ]

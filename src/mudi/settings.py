@@ -32,7 +32,7 @@ from mudi.errors import MudiError
 from mudi.io import read_user_file
 
 #: Tables a run file may hold, in pipeline order.
-STAGE_SECTIONS = ("prepare", "compose", "train", "generate", "evaluate")
+STAGE_SECTIONS = ("prepare", "compose", "priors", "train", "generate", "evaluate")
 
 S = TypeVar("S", bound="Settings")
 
@@ -277,6 +277,14 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, names: Itera
         parser.add_argument(flag, **kwargs)
 
 
+def add_config_argument(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """``--config FILE``: a run file whose ``[cls.SECTION]`` table gives the settings (flags override
+    it); pass ``args.config`` to :func:`resolve` as ``run_file``."""
+    parser.add_argument("--config", default=None, metavar="TOML",
+                        help=f"run file whose [{cls.SECTION}] table (or top-level keys) gives the settings; "
+                             "flags override it")
+
+
 def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of ``cls`` that the command line set (flags added by :func:`add_arguments`)."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
@@ -317,6 +325,7 @@ __all__ = [
     "STAGE_SECTIONS",
     "Settings",
     "add_arguments",
+    "add_config_argument",
     "coerce",
     "field_help",
     "given_values",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from mudi.compose import ComposeConfig, compose
-from mudi.settings import RunOptions, add_arguments, given_values, resolve, run_options
+from mudi.settings import RunOptions, add_arguments, add_config_argument, given_values, resolve, run_options
 
 HELP = "preview training composites (Seg-Mix / Cut-Mix) of a subject set"
 _OPTIONS = ("subjects", "n", "seed", "out", "size", "mix", "p", "k", "relative_sizes", "low",
@@ -23,8 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "composites (segmented subjects on white), Cut-Mix composites, or plain photos."
         ),
     )
-    p.add_argument("--config", default=None, metavar="TOML",
-                   help="run file whose [compose] table gives the settings (flags override it)")
+    add_config_argument(p, ComposeConfig)
     add_arguments(p, ComposeConfig, _OPTIONS)
     add_arguments(p, RunOptions, ("overwrite", "progress"))
     p.set_defaults(func=run)

@@ -43,7 +43,7 @@ METRIC_FIELDS = ("threshold", "success_threshold", "norm", "nms", "reference_mod
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` verb (flags from :class:`~mudi.evaluate.EvaluateConfig`'s fields)."""
     from mudi.evaluate import EvaluateConfig
-    from mudi.settings import RunOptions, add_arguments
+    from mudi.settings import RunOptions, add_arguments, add_config_argument
 
     p = subparsers.add_parser("evaluate", help=HELP, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,8 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--compare", nargs="+", default=[], metavar="[LABEL=]RUN",
                    help="more runs to put side by side: `mudi evaluate` output folders (read as they are) "
                         "or image folders (evaluated here with the same models, into OUT/compare/LABEL)")
-    g.add_argument("--config", type=Path, metavar="FILE", help="run file (TOML) whose [evaluate] table gives "
-                                                               "the settings; flags override it")
+    add_config_argument(g, EvaluateConfig)
     add_arguments(g, EvaluateConfig, INPUT_FIELDS)
     add_arguments(p.add_argument_group("models"), EvaluateConfig, MODEL_FIELDS)
     add_arguments(p.add_argument_group("metric"), EvaluateConfig, METRIC_FIELDS)

@@ -8,7 +8,7 @@ import warnings
 
 from mudi.generate import GenerateConfig, GenerateWarning, generate, read_prompts_file
 from mudi.generate.layout import LayoutWarning
-from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, given_values, run_options
+from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, add_config_argument, given_values, run_options
 
 _EPILOG = """\
 examples:
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", help="run file (TOML) whose [generate] table gives the settings")
+    add_config_argument(p, GenerateConfig)
     p.add_argument("--prompts", dest="prompts_file", metavar="FILE",
                    help="file with one prompt per line (or a JSON list), added to --prompt")
     for title, names in GROUPS.items():

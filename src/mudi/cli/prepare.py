@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from mudi.prepare import CONTACT_SHEET, FAILURES, PrepareConfig, PrepareReport, failure_table, prepare, results_table
-from mudi.settings import RunOptions, add_arguments, given_values, resolve, run_options
+from mudi.settings import RunOptions, add_arguments, add_config_argument, given_values, resolve, run_options
 
 HELP = "segment reference photos into a subject set (OWLv2 + SAM, or your masks/boxes), or import a set"
 
@@ -46,8 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, metavar="TOML",
-                   help="run file whose [prepare] table gives the settings (flags override it)")
+    add_config_argument(p, PrepareConfig)
     add_arguments(p.add_argument_group("input (one of)"), PrepareConfig, ("source", "subjects"))
     add_arguments(p, PrepareConfig, ("out",))
     add_arguments(p, RunOptions, ("overwrite",))

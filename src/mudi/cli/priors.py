@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, given_values, run_options
+from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, add_config_argument, given_values, resolve, run_options
 
 HELP = "generate segmented class images for prior preservation (mudi train --prior-dir)"
 
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(OWLv2 at threshold 0.4 + SAM) into a class-set folder for `mudi train --prior-dir`."
         ),
     )
+    add_config_argument(p, PriorsConfig)
     add_arguments(p, PriorsConfig, FLAGS)
     add_arguments(p.add_argument_group("how to run"), RunOptions, [n for n in RUN_OPTION_NAMES if n != "resume"])
     p.set_defaults(func=run)
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Generate the class set; print where it is."""
     from mudi.train.priors import PriorsConfig, make_class_set
 
-    config = PriorsConfig().updated(given_values(args, PriorsConfig))
+    config = resolve(PriorsConfig, run_file=args.config, values=given_values(args, PriorsConfig))
     failed: list[str] = []
     cset = make_class_set(config, run_options(args), on_image=lambda cls, i, why: failed.append(f"{cls} #{i}: {why}"))
     counts = ", ".join(f"{c}: {len(v)}" for c, v in cset.photos.items())

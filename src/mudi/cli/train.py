@@ -30,7 +30,7 @@ GROUPS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments
+    from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, add_config_argument
     from mudi.train.config import TrainConfig
 
     p = subparsers.add_parser(
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Multi-GPU: `accelerate launch -m mudi.cli train ...` (no code change)."
         ),
     )
-    p.add_argument("--config", metavar="TOML", help="run file ([train] table or top-level keys); flags override it")
+    add_config_argument(p, TrainConfig)
     for title, names in GROUPS.items():
         group = p.add_argument_group(title)
         add_arguments(group, TrainConfig, names)
