@@ -43,13 +43,21 @@ def main() -> None:
 
     import torch
 
+    from mudi.runtime import quiet_libraries
+
+    torch.set_num_threads(1)
+    with quiet_libraries():
+        run_sweep(args)
+
+
+def run_sweep(args) -> None:
+    """One table row per (guidance, γ, fill) and method."""
     from mudi import toy
     from mudi.toy.demo import METHODS, DemoConfig, evaluate_method, generation_config, generation_options
     from mudi.generate import generate
     from mudi.models.loading import load_pipeline
     from mudi.subjects import SubjectSet
 
-    torch.set_num_threads(1)
     demo = Path(args.demo)
     methods = [m for m in METHODS if m.name in args.methods.split(",")]
     base = toy.base_model_path()
@@ -62,7 +70,7 @@ def main() -> None:
     for g, gamma, fill in itertools.product(args.guidance, args.gamma, args.fill):
         # the demo's own settings with this row's guidance, γ and fill, for every method alike
         cfg = dataclasses.replace(DemoConfig(), guidance=g, gamma=gamma, fill=fill, seed=args.seed,
-                                  images_per_prompt=args.images_per_prompt, steps=args.steps, progress=False)
+                                  images_per_prompt=args.images_per_prompt, steps=args.steps)
         for m in methods:
             if m.init == "none" and (gamma, fill) != (args.gamma[0], args.fill[0]):
                 continue  # γ and fill only matter with initialization
