@@ -172,3 +172,55 @@ def test_failed_class_set_leaves_nothing_behind(tiny_models, subjects, tmp_path)
 def test_priors_config_checks(values, match):
     with pytest.raises(MudiError, match=match):
         PriorsConfig().updated(values).check()
+
+
+def test_priors_device_reaches_detector_segmenter_and_pipeline(tiny_models, subjects, tmp_path, monkeypatch):
+    """`mudi priors --device cuda:1`: OWLv2, SAM and the base pipeline are loaded for cuda:1, not GPU 0
+    (spy loaders record the device and load on the CPU; this machine has no GPU)."""
+    import torch
+
+    import mudi.runtime
+    import mudi.train.priors as priors
+    from mudi.models import loading
+
+    asked = torch.device("cuda", 1)
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(mudi.runtime, "pick_device", lambda name="auto", **kw: asked)
+    for name in ("load_owlv2", "load_sam"):
+        real = getattr(loading, name)
+
+        def spy(model, *, dtype=torch.float32, device="cpu", _real=real, _name=name):
+            seen[_name] = device
+            return _real(model, dtype=dtype, device="cpu")
+
+        monkeypatch.setattr(loading, name, spy)
+
+    def pipeline_spy(base, *, dtype, device, vae=None):
+        seen["load_pipeline"] = (device, dtype)
+        return loading.__dict__["_real_load_pipeline"](base, vae=vae)
+
+    monkeypatch.setitem(loading.__dict__, "_real_load_pipeline", loading.load_pipeline)
+    monkeypatch.setattr(loading, "load_pipeline", pipeline_spy)
+    monkeypatch.setattr(priors, "generate_class_set", lambda pipe, sset, config, options, **kw: (pipe, kw))
+    config = PriorsConfig(base=str(tiny_models / "sd"), subjects=str(subjects), out=str(tmp_path / "c"),
+                          detector=str(tiny_models / "owlv2"), segmenter=str(tiny_models / "sam"))
+    pipe, models = priors.make_class_set(config, RunOptions(device="cuda:1", progress=False))
+    assert seen == {"load_owlv2": asked, "load_sam": asked, "load_pipeline": (asked, torch.float16)}
+    assert models["detector"] is not None and models["segmenter"] is not None
+
+
+def test_priors_batches_decode_one_image_at_a_time_on_a_gpu(tiny_models, subjects, tmp_path, monkeypatch):
+    """With a VAE on a GPU (a CPU VAE made to look like one), a batch of class images is decoded
+    one image at a time; the setting is put back afterwards."""
+    import mudi.models.decode as decode
+    from mudi.models.loading import load_pipeline
+
+    pipe = load_pipeline(str(tiny_models / "sd"))
+    pipe.set_progress_bar_config(disable=True)
+    sizes: list[int] = []
+    real = pipe.vae._decode
+    pipe.vae._decode = lambda z, *a, **k: (sizes.append(int(z.shape[0])), real(z, *a, **k))[1]
+    monkeypatch.setattr(decode, "vae_device_type", lambda vae: "cuda")
+    generate_class_set(pipe, SubjectSet.load(subjects), PriorsConfig(out=str(tmp_path / "c"), n=2, steps=1, batch_size=2),
+                       RunOptions(progress=False), detector=None, segmenter=BoxSegmenter())
+    assert sizes == [1] * 4 and pipe.vae.use_slicing is False

@@ -39,6 +39,7 @@ from mudi.generate.prompts import resolve_prompt
 from mudi.generate.sampling import StepProgress, generate_batch, set_scheduler
 from mudi.generate.sheets import write_contact_sheets
 from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic, write_text_atomic
+from mudi.models.decode import sliced_decode
 from mudi.models.families import family_of
 from mudi.runtime import pick_device, resolve_dtype
 from mudi.settings import RunOptions
@@ -196,15 +197,16 @@ def sample_jobs(pipe, jobs: Sequence[ImageJob], config: GenerateConfig, inputs: 
     pipe.set_progress_bar_config(disable=True)
     bar = StepProgress.for_pipeline(pipe, len(jobs), config.steps, enabled=progress)
     bs = config.batch_size
-    for batch in (jobs[i:i + bs] for i in range(0, len(jobs), bs)):
-        bar.start_batch(batch)
-        results = generate_batch(pipe, batch, inputs.sset, config, height=run.height, width=run.width,
-                                 callback=bar)
-        for job, (image, init) in zip(batch, results):
-            if init is not None and config.save_init:
-                save_image_atomic(init.canvas, inputs.out / f"{job.stem}_init.png")
-            save_image_atomic(image, inputs.out / f"{job.stem}.png")
-            write_json_atomic(inputs.out / f"{job.stem}.json", sidecars[job.index])
+    with sliced_decode(pipe):  # a batch goes through the VAE one image at a time (same pixels, less memory)
+        for batch in (jobs[i:i + bs] for i in range(0, len(jobs), bs)):
+            bar.start_batch(batch)
+            results = generate_batch(pipe, batch, inputs.sset, config, height=run.height, width=run.width,
+                                     callback=bar)
+            for job, (image, init) in zip(batch, results):
+                if init is not None and config.save_init:
+                    save_image_atomic(init.canvas, inputs.out / f"{job.stem}_init.png")
+                save_image_atomic(image, inputs.out / f"{job.stem}.png")
+                write_json_atomic(inputs.out / f"{job.stem}.json", sidecars[job.index])
     bar.close()
 
 

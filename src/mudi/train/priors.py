@@ -31,6 +31,7 @@ from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.io import load_mask, load_rgb, mask_to_image, save_image_atomic, staged_output, write_text_atomic
+from mudi.models.decode import sliced_decode
 from mudi.models.families import family_of
 from mudi.runtime import generator
 from mudi.settings import RunOptions, Settings, setting
@@ -301,8 +302,9 @@ def generate_class_set(
         writer = ClassSetWriter(stage, head)
         sampler = ClassImageSampler(pipe, config, writer, detector=detector, segmenter=segmenter, size=size,
                                     on_image=on_image)
-        for ci, cls in enumerate(dict.fromkeys(classes.values())):
-            sampler.run_class(ci, cls, progress=options.progress)
+        with sliced_decode(pipe):  # on a GPU a batch goes through the VAE one image at a time
+            for ci, cls in enumerate(dict.fromkeys(classes.values())):
+                sampler.run_class(ci, cls, progress=options.progress)
         writer.finish()
     cs = ClassSet.load(config.out)
     cs.info["failures"] = sampler.failures
@@ -339,11 +341,11 @@ def make_class_set(config: PriorsConfig, options: RunOptions | None = None, *,
     options = options or RunOptions()
     # 1. Check everything that needs no model (nothing is loaded or written yet)
     sset, device = check_priors_inputs(config, options)
-    # 2. Detector and segmenter ("none": the central box of each image)
+    # 2. Detector and segmenter ("none": the central box of each image), on the asked device (cuda:N too)
     no_detector = config.detector.lower() == "none"
     detector, segmenter = load_models(
         None if no_detector else (config.detector or None), config.segmenter or None, not no_detector, True,
-        device="cuda" if device.type == "cuda" else "cpu",
+        device=device,
     )
     # 3. The base model
     pipe = load_pipeline(config.base, dtype=resolve_dtype("auto", device), device=device, vae=config.vae or None)
