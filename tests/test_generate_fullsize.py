@@ -97,3 +97,71 @@ def test_cpu_images_are_bitwise_unchanged(sd_pipe, subject_dir, tmp_path, monkey
     monkeypatch.setattr(pipeline_module, "sliced_decode", lambda pipe, **kw: contextlib.nullcontext(False))
     old = generate(cfg(tmp_path / "old", subject_dir, prompts=prompts, n=3, batch_size=2), pipe=sd_pipe)
     assert [p.read_bytes() for p in new] == [p.read_bytes() for p in old]
+
+
+# ------------------------------------------------------------------------------- 2. fused LoRA
+
+def _lora_modules(unet) -> int:
+    return sum(1 for _, m in unet.named_modules() if hasattr(m, "lora_A"))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+def test_fused_lora_matches_unfused_when_mudi_owns_the_pipeline(tiny_models, loras, subject_dir, tmp_path,
+                                                                monkeypatch, scale):
+    import mudi.generate.pipeline as pipeline_module
+
+    calls: list[str] = []
+    for name in ("fuse_lora", "unfuse_lora"):
+        real = getattr(pipeline_module, name)
+        monkeypatch.setattr(pipeline_module, name, lambda pipe, _r=real, _n=name: (calls.append(_n), _r(pipe))[1])
+    runs = {}
+    for mode in ("on", "off"):
+        out = tmp_path / mode
+        runs[mode] = generate(cfg(out, subject_dir, base=str(tiny_models / "sd"), lora=str(loras["sd"]),
+                                  fuse_lora=mode, lora_scale=scale, n=2, batch_size=2))
+        assert sidecar(out, 0)["lora_fused"] is (mode == "on")
+    assert calls == ["fuse_lora", "unfuse_lora"]  # fused for sampling, taken out again at the end
+    plain = generate(cfg(tmp_path / "plain", subject_dir, base=str(tiny_models / "sd"), n=2, batch_size=2))
+    for fused, unfused, base in zip(runs["on"], runs["off"], plain):
+        assert np.abs(img(fused).astype(int) - img(unfused)).max() <= 2  # the same images up to rounding
+        assert np.abs(img(unfused).astype(int) - img(base)).max() > 10  # ... and the LoRA does change them
+
+
+def test_auto_fuses_on_a_gpu_only(tiny_models, loras, subject_dir, tmp_path):
+    from mudi.generate.pipeline import wants_fused_lora
+
+    with_lora = cfg(tmp_path / "o", subject_dir, lora=str(loras["sd"]))
+    assert wants_fused_lora(with_lora, torch.device("cuda", 1), own_pipe=True)
+    assert wants_fused_lora(with_lora, torch.device("mps"), own_pipe=True)
+    assert not wants_fused_lora(with_lora, torch.device("cpu"), own_pipe=True)  # CPU images stay bitwise
+    assert not wants_fused_lora(with_lora, torch.device("cuda"), own_pipe=False)  # a caller's pipeline
+    assert not wants_fused_lora(cfg(tmp_path / "o", subject_dir, lora=str(loras["sd"]), fuse_lora="off"),
+                                torch.device("cuda"), own_pipe=True)
+    assert not wants_fused_lora(cfg(tmp_path / "o", subject_dir, fuse_lora="on"), torch.device("cuda"),
+                                own_pipe=True)  # no LoRA
+    out = tmp_path / "auto"
+    generate(cfg(out, subject_dir, base=str(tiny_models / "sd"), lora=str(loras["sd"]), n=1))
+    assert sidecar(out, 0)["lora_fused"] is False
+
+
+def test_a_callers_pipeline_is_never_fused_and_left_without_the_adapter(sd_pipe, loras, subject_dir, tmp_path):
+    before = {k: v.clone() for k, v in sd_pipe.unet.state_dict().items()}
+    out = tmp_path / "given"
+    generate(cfg(out, subject_dir, lora=str(loras["sd"]), fuse_lora="on", n=1), pipe=sd_pipe)
+    assert sidecar(out, 0)["lora_fused"] is False
+    assert _lora_modules(sd_pipe.unet) == 0
+    after = sd_pipe.unet.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fuse_lora_flag(capsys):
+    from mudi.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--fuse-lora", "sometimes", "--prompt", "x", "--out", "y"])
+    assert exc.value.code == 2 and "--fuse-lora" in capsys.readouterr().err
+    from mudi.errors import MudiError
+    from mudi.generate import GenerateConfig
+
+    with pytest.raises(MudiError, match="--fuse-lora"):
+        GenerateConfig(prompts=["x"], out="y", fuse_lora="yes").check()

@@ -16,6 +16,8 @@ from mudi.settings import Settings, setting
 #: METHOD.md §4 default negative prompt.
 NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
 INIT_MODES = ("mudi", "none")
+#: --fuse-lora choices.
+FUSE_MODES = ("auto", "on", "off")
 
 #: --scheduler names → (diffusers class name, extra config).
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -69,6 +71,9 @@ class GenerateConfig(Settings):
     negative_prompt: str = setting(NEGATIVE_PROMPT, "negative prompt (\"\" for none)")
     scheduler: str = setting("default", "sampler (default: the model's own)", choices=("default", *SCHEDULERS))
     lora_scale: float = setting(1.0, "LoRA strength")
+    fuse_lora: str = setting("auto", "merge the LoRA into the weights while sampling (faster): auto = when the "
+                             "model runs on a GPU; never in a pipeline passed to generate(pipe=...)",
+                             choices=FUSE_MODES)
     vae: str = setting("", "VAE override (e.g. madebyollin/sdxl-vae-fp16-fix)", metavar="MODEL")
     save_init: bool = setting(False, "also save each init canvas (0000_init.png, init_sheet.png)")
     dtype: str = setting("auto", "weights dtype (auto: fp16 on CUDA, fp32 otherwise)", choices=("auto", *DTYPES))
@@ -102,6 +107,8 @@ class GenerateConfig(Settings):
             raise MudiError(f"--guidance must be >= 0, got {self.guidance}.")
         if not math.isfinite(self.lora_scale):
             raise MudiError(f"--lora-scale must be a number, got {self.lora_scale}.")
+        if self.fuse_lora not in FUSE_MODES:
+            raise MudiError(f"--fuse-lora must be one of {', '.join(FUSE_MODES)}; got {self.fuse_lora!r}.")
         if self.scheduler not in ("default", *SCHEDULERS):
             raise MudiError(f"--scheduler must be one of default, {', '.join(SCHEDULERS)}; got {self.scheduler!r}.")
         if self.dtype != "auto" and self.dtype not in DTYPES:

@@ -62,6 +62,7 @@ class ResolvedRun:
             pipeline's name).
         subject_set: the subject-set folder; lora: the LoRA given ("" for none).
         scheduler: class name of the sampler; height, width: the image size; dtype: of the UNet.
+        lora_fused: the LoRA was merged into the weights for sampling (same images up to rounding).
     """
 
     base: str
@@ -71,6 +72,7 @@ class ResolvedRun:
     height: int
     width: int
     dtype: torch.dtype
+    lora_fused: bool = False
 
     @property
     def dtype_name(self) -> str:
@@ -219,6 +221,7 @@ def sidecar(job: ImageJob, config: GenerateConfig, run: ResolvedRun, sset: Subje
         "layout_source": job.layout_source,
         "reference_photos": {k: str(sset.subject(k).photos[i].image_path) for k, i in job.photos.items()},
         "lora_scale": float(config.lora_scale),
+        "lora_fused": run.lora_fused,
         "batch_size": config.batch_size,
         "source_prompt": job.source_prompt,
         "dtype": run.dtype_name,

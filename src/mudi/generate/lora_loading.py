@@ -122,3 +122,15 @@ def load_lora(pipe, lora: str | Path, *, scale: float = 1.0, base: str = "") -> 
         pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
     return weights
 
+
+def fuse_lora(pipe) -> None:
+    """Merge the loaded ``mudi`` adapter into the weights (at its ``--lora-scale``): sampling then
+    runs the plain layers, without the LoRA's extra matmuls. Undo with :func:`unfuse_lora`."""
+    with quiet_libraries():
+        pipe.fuse_lora(adapter_names=[ADAPTER_NAME])
+
+
+def unfuse_lora(pipe) -> None:
+    """Take a fused LoRA back out of the weights (the adapter stays loaded)."""
+    with quiet_libraries():
+        pipe.unfuse_lora()

@@ -34,14 +34,15 @@ from mudi.errors import MudiError
 from mudi.generate.config import GenerateConfig, GenerateWarning
 from mudi.generate.jobs import ImageJob, ResolvedRun, check_layout_file, is_finished, plan_jobs, sidecar
 from mudi.generate.llm_layout import LLMLayoutProvider
-from mudi.generate.lora_loading import load_lora, lora_weights_file, read_train_config
+from mudi.generate.lora_loading import fuse_lora, load_lora, lora_weights_file, read_train_config, unfuse_lora
 from mudi.generate.prompts import resolve_prompt
 from mudi.generate.sampling import StepProgress, generate_batch, set_scheduler
 from mudi.generate.sheets import write_contact_sheets
 from mudi.io import claim_output_dir, save_image_atomic, write_json_atomic, write_text_atomic
 from mudi.models.decode import sliced_decode
 from mudi.models.families import family_of
-from mudi.runtime import pick_device, resolve_dtype
+from mudi.runtime import Processes, pick_device, resolve_dtype
+from mudi.runtime import processes as find_processes
 from mudi.settings import RunOptions
 from mudi.subjects import SubjectSet, parse_subject_values
 
@@ -73,10 +74,11 @@ class RunInputs:
     vae: str = ""
 
 
-def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool = False) -> RunInputs:
+def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool = False,
+                 procs: Processes = Processes()) -> RunInputs:
     """Step 1: validate the config, the options and the files they name; MudiError on the first problem."""
     config.check()
-    device, dtype = check_run_options(options, config)
+    device, dtype = check_run_options(options, config, procs)
     train_cfg: dict[str, Any] = {}
     if config.lora:
         lora_weights_file(config.lora)
@@ -118,13 +120,15 @@ def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: in
     return None
 
 
-def check_run_options(options: RunOptions, config: GenerateConfig) -> tuple[torch.device, torch.dtype]:
+def check_run_options(options: RunOptions, config: GenerateConfig,
+                      procs: Processes = Processes()) -> tuple[torch.device, torch.dtype]:
     """The invocation options and the output folder (checked, not created yet); returns the
-    device and dtype to load the model with."""
+    device (a bare ``cuda`` is this process's GPU under ``accelerate launch``) and dtype to load
+    the model with."""
     if options.resume and options.overwrite:
         raise MudiError("--resume and --overwrite exclude each other: resume keeps finished images, overwrite redoes them.")
     claim_output_dir(config.out, overwrite=options.overwrite, resume=options.resume, what="generate output")
-    device = pick_device(options.device)
+    device = procs.device(pick_device(options.device))
     return device, resolve_dtype(config.dtype, device)
 
 
@@ -154,23 +158,39 @@ def sampling_resolution(pipe, config: GenerateConfig, inputs: RunInputs) -> int:
     return res
 
 
-@contextlib.contextmanager
-def configured_pipeline(pipe, config: GenerateConfig, base: str, *, restore: bool) -> Iterator[str]:
-    """Step 4: set the scheduler and load the LoRA; yields the scheduler's class name.
+def wants_fused_lora(config: GenerateConfig, device: torch.device, *, own_pipe: bool) -> bool:
+    """Whether to merge the LoRA into the weights for sampling: only in a pipeline mudi loaded
+    itself (a caller's pipeline is never changed), with a LoRA, and for ``fuse_lora = "auto"`` only
+    on a GPU (on the CPU the images stay bitwise those of the unfused LoRA)."""
+    if not (own_pipe and config.lora) or config.fuse_lora == "off":
+        return False
+    return config.fuse_lora == "on" or torch.device(device).type != "cpu"
 
-    With ``restore`` (a pipeline the caller gave) the LoRA is unloaded and the scheduler put back
-    on exit, also after an error.
+
+@contextlib.contextmanager
+def configured_pipeline(pipe, config: GenerateConfig, base: str, *, restore: bool,
+                        fuse: bool = False) -> Iterator[tuple[str, bool]]:
+    """Step 4: set the scheduler and load the LoRA (merged into the weights with ``fuse``); yields
+    the scheduler's class name and whether the LoRA is fused.
+
+    On exit a fused LoRA is unfused and unloaded; with ``restore`` (a pipeline the caller gave) the
+    LoRA is unloaded and the scheduler put back; also after an error.
     """
-    lora_loaded = False
+    lora_loaded = fused = False
     old_scheduler = pipe.scheduler
     try:
         scheduler_name = set_scheduler(pipe, config.scheduler)
         if config.lora:
             load_lora(pipe, config.lora, scale=config.lora_scale, base=base)
             lora_loaded = True
-        yield scheduler_name
+            if fuse:
+                fuse_lora(pipe)
+                fused = True
+        yield scheduler_name, fused
     finally:
-        if restore and lora_loaded:
+        if fused:
+            unfuse_lora(pipe)
+        if (restore or fused) and lora_loaded:
             pipe.unload_lora_weights()
         if restore:
             pipe.scheduler = old_scheduler
@@ -210,7 +230,8 @@ def sample_jobs(pipe, jobs: Sequence[ImageJob], config: GenerateConfig, inputs: 
     bar.close()
 
 
-def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=None) -> list[Path]:
+def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=None,
+             procs: Processes | None = None) -> list[Path]:
     """Run a whole ``mudi generate`` job; returns the image paths (in index order).
 
     Args:
@@ -218,12 +239,17 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
         options: how to run it: ``resume`` (keep the images of OUT made with the same settings),
             ``overwrite`` (write into a non-empty OUT), ``device``, ``progress``.
         pipe: an already loaded base pipeline to use instead of loading ``config.base``
-            (its scheduler is replaced if ``config.scheduler`` asks; a LoRA is loaded into it
-            and unloaded again at the end).
+            (its scheduler is replaced if ``config.scheduler`` asks; a LoRA is loaded into it,
+            never fused, and unloaded again at the end).
+        procs: the processes sharing the run (default: :func:`mudi.runtime.processes`, one unless
+            started by ``accelerate launch``/torchrun). Process i samples images i, i+n, ... into
+            the one OUT; the main process writes ``config.toml`` and the contact sheets.
     """
     options = options or RunOptions()
-    # 1. Check inputs (nothing loaded or written yet)
-    inputs = check_inputs(config, options, have_pipe=pipe is not None)
+    procs = procs or find_processes()
+    # 1. Check inputs (nothing loaded or written yet); every process checks OUT before any writes
+    inputs = check_inputs(config, options, have_pipe=pipe is not None, procs=procs)
+    procs.wait()
     # 2. Base model (or the caller's pipeline)
     own_pipe = pipe is None
     if own_pipe:
@@ -232,18 +258,25 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     # 3. Resolution
     res = sampling_resolution(pipe, config, inputs)
     # 4. Scheduler and LoRA
-    with configured_pipeline(pipe, config, base, restore=not own_pipe) as scheduler_name:
+    fuse = wants_fused_lora(config, inputs.device, own_pipe=own_pipe)
+    with configured_pipeline(pipe, config, base, restore=not own_pipe, fuse=fuse) as (scheduler_name, fused):
         run = ResolvedRun(base=base, subject_set=str(Path(inputs.subjects_dir)), lora=str(config.lora or ""),
                           scheduler=scheduler_name, height=res, width=res,
-                          dtype=inputs.dtype if own_pipe else pipe.unet.dtype)
+                          dtype=inputs.dtype if own_pipe else pipe.unet.dtype, lora_fused=fused)
         # 5. Plan one job per image
         jobs = plan_jobs(config, inputs.sset, run.width, run.height, sizes=inputs.sizes, llm=inputs.llm)
         sidecars = {j.index: sidecar(j, config, run, inputs.sset) for j in jobs}
-        # 6. Run config; with --resume, skip finished images
+        # 6. With --resume, skip finished images (every process sees the same folder: nothing sampled
+        #    yet); the main process writes the run config
         todo = [j for j in jobs if not (options.resume and is_finished(inputs.out, j.stem, sidecars[j.index]))]
-        write_run_config(config, inputs, run, options)
-        # 7. Sample
-        sample_jobs(pipe, todo, config, inputs, sidecars, run, progress=options.progress)
-    # 8. Contact sheets
-    write_contact_sheets(inputs.out, jobs, inputs.sset, with_init=config.save_init and config.init == "mudi")
+        if procs.is_main:
+            write_run_config(config, inputs, run, options)
+        procs.wait()
+        # 7. Sample this process's share: images i, i+n, ... of the ones to do
+        sample_jobs(pipe, procs.share(todo), config, inputs, sidecars, run,
+                    progress=options.progress and procs.is_main)
+    # 8. Contact sheets, once every process is done
+    procs.wait()
+    if procs.is_main:
+        write_contact_sheets(inputs.out, jobs, inputs.sset, with_init=config.save_init and config.init == "mudi")
     return [inputs.out / f"{j.stem}.png" for j in jobs]
