@@ -165,3 +165,85 @@ def test_fuse_lora_flag(capsys):
 
     with pytest.raises(MudiError, match="--fuse-lora"):
         GenerateConfig(prompts=["x"], out="y", fuse_lora="yes").check()
+
+
+# ------------------------------------------------------------------------------- 3. several processes
+
+def test_stand_in_processes_split_the_images_into_one_folder(tiny_models, sd_pipe, subject_dir, tmp_path, monkeypatch):
+    """Two stand-in processes (threads, each with its own pipeline): process i samples images
+    i, i+2, ...; every image is made exactly once, the same as one process makes it; the main
+    process alone writes generate_config.json and the contact sheet, after both are done."""
+    import threading
+
+    import mudi.generate.pipeline as pipeline_module
+    from mudi.models.loading import load_pipeline
+    from test_evaluate_processes import ThreadGroup
+
+    pipes = [sd_pipe, load_pipeline(str(tiny_models / "sd"))]
+    made: dict[str, list[str]] = {}
+    real_sample = pipeline_module.sample_jobs
+    real_sheets = pipeline_module.write_contact_sheets
+
+    def sample_spy(pipe, jobs, *args, **kwargs):
+        made[threading.current_thread().name] = [j.stem for j in jobs]
+        return real_sample(pipe, jobs, *args, **kwargs)
+
+    sheets: list[list[str]] = []
+
+    def sheets_spy(out, jobs, *args, **kwargs):
+        sheets.append(sorted(p.name for p in out.glob("0*.png")))
+        return real_sheets(out, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample_jobs", sample_spy)
+    monkeypatch.setattr(pipeline_module, "write_contact_sheets", sheets_spy)
+    prompts = [PROMPT, "{c} and {a}"]
+    out = tmp_path / "shared"
+    results = ThreadGroup(2).run(lambda procs: (threading.current_thread().__setattr__("name", f"p{procs.index}"),
+                                                generate(cfg(out, subject_dir, prompts=prompts, n=3),
+                                                         pipe=pipes[procs.index], procs=procs))[1])
+    assert not any(isinstance(r, BaseException) for r in results), results
+    assert made == {"p0": ["0000", "0002", "0004"], "p1": ["0001", "0003", "0005"]}  # disjoint and complete
+    assert sheets == [[f"{i:04d}.png" for i in range(6)]]  # once, with every image there
+    assert results[0] == results[1] == [out / f"{i:04d}.png" for i in range(6)]
+    assert (out / "generate_config.json").is_file() and (out / "contact_sheet.png").is_file()
+    monkeypatch.undo()
+    alone = generate(cfg(tmp_path / "alone", subject_dir, prompts=prompts, n=3), pipe=sd_pipe)
+    assert [p.read_bytes() for p in alone] == [p.read_bytes() for p in results[0]]
+
+
+def test_resume_is_split_after_skipping_finished_images(sd_pipe, subject_dir, tmp_path, monkeypatch):
+    """With --resume every process skips the same finished images, then takes its share of the rest."""
+    import mudi.generate.pipeline as pipeline_module
+
+    class Alone(Processes):  # a member of a group of 2 whose barrier is a no-op (run one after the other)
+        def wait(self):
+            pass
+
+    out = tmp_path / "r"
+    generate(cfg(out, subject_dir, n=2), pipe=sd_pipe)
+    taken: list[str] = []
+    monkeypatch.setattr(pipeline_module, "sample_jobs", lambda pipe, jobs, *a, **k: taken.extend(j.stem for j in jobs))
+    monkeypatch.setattr(pipeline_module, "write_contact_sheets", lambda *a, **k: None)
+    for index in (0, 1):
+        generate(cfg(out, subject_dir, n=6), RunOptions(resume=True, progress=False), pipe=sd_pipe,
+                 procs=Alone(index, 2))
+    assert taken == ["0002", "0004", "0003", "0005"]
+
+
+def test_two_cpu_processes_generate_one_folder(tiny_models, subject_dir, tmp_path):
+    """`mudi generate` started as two processes (the environment accelerate launch sets): one
+    folder with every image once, the same files as one process writes."""
+    from test_processes import launch
+
+    args = ["-m", "mudi.cli", "generate", "--base", str(tiny_models / "sd"), "--subjects", str(subject_dir),
+            "--prompt", PROMPT, "--n", "3", "--steps", "2", "--no-progress", "--device", "cpu"]
+    two = launch(args + ["--out", str(tmp_path / "two")], n=2)
+    assert all(r.returncode == 0 for r in two), [r.stderr[-2000:] for r in two]
+    one = launch(args + ["--out", str(tmp_path / "one")], n=1)
+    assert one[0].returncode == 0, one[0].stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == ["0000.json", "0000.png", "0001.json", "0001.png", "0002.json", "0002.png", "contact_sheet.png",
+                     "generate_config.json"]
+    for i in range(3):
+        assert (tmp_path / "two" / f"{i:04d}.png").read_bytes() == (tmp_path / "one" / f"{i:04d}.png").read_bytes()

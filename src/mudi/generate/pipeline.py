@@ -5,19 +5,24 @@
 1. :func:`check_inputs` — everything that can be wrong before the model is loaded: options,
    the subject set, the LoRA folder, the prompts' subjects (identifiers), layout files, the
    device, the output folder (never silently overwritten). Nothing is written yet, and the
-   config is never modified (resolved values go into :class:`RunInputs`).
+   config is never modified (resolved values go into :class:`RunInputs`). Under ``accelerate
+   launch`` every process checks, then waits for the others (:class:`mudi.runtime.Processes`).
 2. :func:`load_base_pipeline` (or take the pipeline the caller gives).
 3. :func:`sampling_resolution` — the image side, checked against the model.
-4. :func:`configured_pipeline` — the scheduler and the LoRA (its fit to the base model checked);
-   undone at the end for a pipeline the caller gave.
+4. :func:`configured_pipeline` — the scheduler and the LoRA (its fit to the base model checked;
+   merged into the weights for sampling when :func:`wants_fused_lora`); undone at the end for a
+   pipeline the caller gave (never fused).
 5. :func:`~mudi.generate.jobs.plan_jobs` — one job per image: prompt, per-image seed
    ``seed + index``, the reference photo per subject and the layout, all drawn from that seed.
-6. :func:`write_run_config` (creates the output folder, writes ``config.toml``) and, with ``--resume``, skip the images
-   already made.
-7. :func:`sample_jobs` — per batch: initial latents (:func:`mudi.generate.init.mean_shifted_latents`
+6. :func:`write_run_config` (creates the output folder, writes ``config.toml``; main process
+   only) and, with ``--resume``, skip the images already made.
+7. :func:`sample_jobs` — this process's share (images i, i+n, ... of n processes), per batch
+   (decoded one image at a time on a GPU, :func:`mudi.models.decode.sliced_decode`): initial
+   latents (:func:`mudi.generate.init.mean_shifted_latents`
    or the pipeline's own noise), sample, write ``0000.png`` + ``0000.json`` (the sidecar) and
    optionally ``0000_init.png`` (the init canvas).
-8. :func:`~mudi.generate.sheets.write_contact_sheets` (``contact_sheet.png``, ``init_sheet.png``).
+8. :func:`~mudi.generate.sheets.write_contact_sheets` (``contact_sheet.png``, ``init_sheet.png``),
+   by the main process once every process is done.
 """
 
 from __future__ import annotations
