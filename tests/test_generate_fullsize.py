@@ -172,7 +172,7 @@ def test_fuse_lora_flag(capsys):
 def test_stand_in_processes_split_the_images_into_one_folder(tiny_models, sd_pipe, subject_dir, tmp_path, monkeypatch):
     """Two stand-in processes (threads, each with its own pipeline): process i samples images
     i, i+2, ...; every image is made exactly once, the same as one process makes it; the main
-    process alone writes generate_config.json and the contact sheet, after both are done."""
+    process alone writes config.toml and the contact sheet, after both are done."""
     import threading
 
     import mudi.generate.pipeline as pipeline_module
@@ -205,7 +205,7 @@ def test_stand_in_processes_split_the_images_into_one_folder(tiny_models, sd_pip
     assert made == {"p0": ["0000", "0002", "0004"], "p1": ["0001", "0003", "0005"]}  # disjoint and complete
     assert sheets == [[f"{i:04d}.png" for i in range(6)]]  # once, with every image there
     assert results[0] == results[1] == [out / f"{i:04d}.png" for i in range(6)]
-    assert (out / "generate_config.json").is_file() and (out / "contact_sheet.png").is_file()
+    assert (out / "config.toml").is_file() and (out / "contact_sheet.png").is_file()
     monkeypatch.undo()
     alone = generate(cfg(tmp_path / "alone", subject_dir, prompts=prompts, n=3), pipe=sd_pipe)
     assert [p.read_bytes() for p in alone] == [p.read_bytes() for p in results[0]]
@@ -243,7 +243,7 @@ def test_two_cpu_processes_generate_one_folder(tiny_models, subject_dir, tmp_pat
     assert one[0].returncode == 0, one[0].stderr[-2000:]
     names = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert names == ["0000.json", "0000.png", "0001.json", "0001.png", "0002.json", "0002.png", "contact_sheet.png",
-                     "generate_config.json"]
+    assert names == ["0000.json", "0000.png", "0001.json", "0001.png", "0002.json", "0002.png", "config.toml",
+                     "contact_sheet.png"]
     for i in range(3):
         assert (tmp_path / "two" / f"{i:04d}.png").read_bytes() == (tmp_path / "one" / f"{i:04d}.png").read_bytes()
