@@ -239,6 +239,7 @@ def test_two_cpu_processes_generate_one_folder(tiny_models, subject_dir, tmp_pat
             "--prompt", PROMPT, "--n", "3", "--steps", "2", "--no-progress", "--device", "cpu"]
     two = launch(args + ["--out", str(tmp_path / "two")], n=2)
     assert all(r.returncode == 0 for r in two), [r.stderr[-2000:] for r in two]
+    assert "wrote 3 image(s)" in two[0].stdout and "wrote" not in two[1].stdout  # one report, by the main process
     one = launch(args + ["--out", str(tmp_path / "one")], n=1)
     assert one[0].returncode == 0, one[0].stderr[-2000:]
     names = sorted(p.name for p in (tmp_path / "two").iterdir())

@@ -8,6 +8,7 @@ import warnings
 
 from mudi.generate import GenerateConfig, GenerateWarning, generate, read_prompts_file
 from mudi.generate.layout import LayoutWarning
+from mudi.runtime import processes
 from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, add_config_argument, given_values, run_options
 
 _EPILOG = """\
@@ -92,5 +93,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", GenerateWarning)
         warnings.showwarning = WarningPrinter(warnings.showwarning)
         paths = generate(config, run_options(args))
+    if not processes().is_main:  # under accelerate launch the main process reports for all
+        return 0
     print(f"wrote {len(paths)} image(s) with sidecars to {config.out} (contact sheet: {config.out}/contact_sheet.png)")
     return 0
