@@ -24,6 +24,7 @@ MIX_MODES = ("segmix", "cutmix", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
+REGULARIZATIONS = ("auto", "dco", "prior", "none")
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -72,7 +73,14 @@ class TrainConfig(Settings):
     segmix_margin: float = setting(-1.0, "Seg-Mix margin in px (-1 = automatic: 32 px, S/8 below 256 px)")
     relative_sizes: str = setting("", "fixed relative Seg-Mix sizes, e.g. a=1,b=0.6 (empty = random sizes)",
                                   metavar="NAME=C,...")
-    # prior preservation (METHOD §3)
+    segmix_start_step: int = setting(0, "composites only from this optimizer step on (0 = from the start; "
+                                        "the reference trainer's segmix_start_step)", metavar="N")
+    # regularization: prior preservation (METHOD §3) or DCO (the reference trainer's default)
+    reg: str = setting("auto", "regularization: prior = prior preservation with --prior-dir; dco = Direct "
+                               "Consistency Optimization against the base model (LoRA disabled), as the reference "
+                               "trainer; none; auto = prior with --prior-dir, else none (the paper-faithful "
+                               "default dco comes with issue 12's defaults work)", choices=REGULARIZATIONS)
+    dco_beta: float = setting(1000.0, "DCO beta: loss = -log sigmoid(-beta (MSE_lora - MSE_base))")
     prior_dir: str = setting("", "class set from `mudi priors` (empty = no prior preservation)", metavar="DIR")
     prior_weight: float = setting(1.0, "prior-preservation loss weight")
     # LoRA
@@ -123,6 +131,12 @@ class TrainConfig(Settings):
                       and isinstance(v, bool) else v) for k, v in values.items()}
         return super().updated(values, where=where)
 
+    def resolved_reg(self) -> str:
+        """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``none``."""
+        if self.reg == "auto":
+            return "prior" if self.prior_dir else "none"
+        return self.reg
+
     # ------------------------------------------------------------- validation
     def check(self) -> None:
         """Validate every option that does not need the model; raise MudiError on the first problem."""
@@ -145,6 +159,15 @@ class TrainConfig(Settings):
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
             raise MudiError(f"option adam_beta1/adam_beta2 = {(self.adam_beta1, self.adam_beta2)} is out of range: "
                             "must be in [0, 1).")
+        self._check_regularization()
+
+    def _check_regularization(self) -> None:
+        if self.reg == "prior" and not self.prior_dir:
+            raise MudiError("--reg prior needs a class set: pass --prior-dir DIR (made by `mudi priors`), "
+                            "or choose --reg dco (no class images needed) or --reg none.")
+        if self.reg in ("dco", "none") and self.prior_dir:
+            raise MudiError(f"--prior-dir {self.prior_dir} is given with --reg {self.reg}: the class set is used "
+                            "only with --reg prior (or auto). Drop --prior-dir, or use --reg prior.")
 
     def _rules(self) -> list[tuple[str, bool, str]]:
         """(option, holds, what it must be) for every range rule."""
@@ -154,6 +177,9 @@ class TrainConfig(Settings):
             ("k", self.k >= 2, "a composite holds at least 2 subjects"),
             ("loss_alpha", 0.0 <= self.loss_alpha <= 1.0, "must be in [0, 1] (1 = no mask weighting)"),
             ("segmix_margin", self.segmix_margin >= 0 or self.segmix_margin == -1, "must be >= 0 (or -1 = automatic)"),
+            ("segmix_start_step", self.segmix_start_step >= 0, "must be >= 0 (0 = composites from the start)"),
+            ("reg", self.reg in REGULARIZATIONS, f"choose one of {', '.join(REGULARIZATIONS)}"),
+            ("dco_beta", self.dco_beta > 0 and math.isfinite(self.dco_beta), "must be > 0"),
             ("prior_weight", self.prior_weight >= 0, "must be >= 0"),
             ("rank", self.rank >= 1, "the LoRA rank must be >= 1"),
             ("alpha", self.alpha > 0, "the LoRA alpha must be > 0"),
@@ -181,5 +207,5 @@ class TrainConfig(Settings):
         ]
 
 
-__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "RESUME_SAFE_FIELDS",
-           "TrainConfig", "read_train_table"]
+__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
+           "RESUME_SAFE_FIELDS", "TrainConfig", "read_train_table"]

@@ -126,20 +126,24 @@ class MicroBatchBuilder:
 
     def __init__(self, *, composer, schedule: ExampleSchedule, latents, plain_examples: dict, batch_size: int,
                  p: float, mix: str, loss_alpha: float, num_train_timesteps: int,
-                 class_photos: dict | None = None, class_names: dict | None = None):
+                 class_photos: dict | None = None, class_names: dict | None = None,
+                 segmix_start_step: int = 0, examples_per_step: int = 1):
         self.composer, self.schedule, self.latents = composer, schedule, latents
         self.plain_examples = plain_examples
         self.batch_size, self.p, self.mix, self.loss_alpha = batch_size, p, mix, loss_alpha
         self.num_train_timesteps = num_train_timesteps
         self.class_photos, self.class_names = class_photos, class_names
+        self.segmix_start_step, self.examples_per_step = segmix_start_step, examples_per_step
 
-    def instance_example(self, key: str, idx: int, rng: np.random.Generator):
+    def instance_example(self, key: str, idx: int, rng: np.random.Generator, e: int = 0):
         """Composer.example, with the plain examples taken from the cache.
 
         Same random draws as Composer.example: one ``rng.random()`` decides (always drawn),
-        then Composer.composite draws the rest for a composite.
+        then Composer.composite draws the rest for a composite. Example ``e`` belongs to
+        optimizer step ``e // examples_per_step``; before ``segmix_start_step`` it is plain.
         """
-        if rng.random() < self.p and self.mix != "none":
+        started = e // self.examples_per_step >= self.segmix_start_step
+        if rng.random() < self.p and self.mix != "none" and started:
             return self.composer.composite(key, idx, rng)
         return self.plain_examples[(key, idx)]
 
@@ -150,7 +154,7 @@ class MicroBatchBuilder:
             e = g * self.batch_size + b
             key, idx = self.schedule.item(e)
             rng, gen = self.schedule.numpy_rng(e), self.schedule.torch_generator(e)
-            ex = self.instance_example(key, idx, rng)
+            ex = self.instance_example(key, idx, rng, e)
             pairs = [("instance", ex)]
             if self.class_photos is not None:
                 pairs.append(("class", self.composer.mix_like(self.class_photos, ex, rng, class_names=self.class_names)))

@@ -50,9 +50,23 @@ def write_summary(trainer, finished: bool) -> dict[str, Any]:
         "vae_encodes_training": c.vae_encodes_training,
         "mean_step_time_s": float(np.mean(times)) if times else None,
         "wall_time_s": round(time.time() - trainer.t_start, 3),
+        "reg": cfg.reg,
     }
+    if cfg.reg == "dco":
+        summary["dco"] = dco_summary(cfg.dco_beta, c.dco_rows)
     write_json_atomic(trainer.out / SUMMARY_NAME, summary)
     return summary
 
 
-__all__ = ["SUMMARY_NAME", "export_lora", "write_summary"]
+def dco_summary(beta: float, rows: list[tuple[float, float, float]]) -> dict[str, Any]:
+    """The DCO terms of this invocation's steps: beta, the means and the last step's values of the
+    DCO loss, the LoRA's instance MSE and the base model's (LoRA off) MSE."""
+    out: dict[str, Any] = {"beta": beta, "steps": len(rows)}
+    for i, name in enumerate(("loss", "loss_instance", "loss_reference")):
+        values = [r[i] for r in rows]
+        out[f"mean_{name}"] = float(np.mean(values)) if values else None
+        out[f"last_{name}"] = values[-1] if values else None
+    return out
+
+
+__all__ = ["SUMMARY_NAME", "dco_summary", "export_lora", "write_summary"]

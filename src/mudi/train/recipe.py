@@ -21,7 +21,9 @@ Output folder::
     OUT/pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(OUT)
     OUT/lora_kohya.safetensors             kohya/ComfyUI/A1111 copy (lora_unet_* keys, alpha tensors)
     OUT/config.toml                        the fully resolved run (mudi train --config OUT/config.toml)
-    OUT/train_log.jsonl                    per step: step, loss (instance, prior), lr, grad_norm, time,
+    OUT/train_log.jsonl                    per step: step, loss (instance, prior; with DCO: loss = the DCO
+                                           loss, loss_instance = the LoRA's MSE, loss_reference = the
+                                           base model's MSE), lr, grad_norm, time,
                                            step_time, step_cpu_time, data_time, kinds, text_encoder_calls
     OUT/loss.png                           loss curve (written at validations and at the end)
     OUT/validation/step_XXXXXX.png         validation grids (prompts x images)
@@ -83,6 +85,7 @@ class RunCounters:
     vae_encodes_training: int = 0
     encodes_after_cache: int = 0
     step_times: list[float] = field(default_factory=list)
+    dco_rows: list[tuple[float, float, float]] = field(default_factory=list)  # (DCO loss, LoRA MSE, base MSE)
 
 
 class LoRATrainer:
@@ -121,7 +124,7 @@ class LoRATrainer:
         self.step_fn = TrainStep(unet=self.unet, optimizer=self.optimizer, params=self.params, batches=self.batches,
                                  family=self.family, noise_scheduler=self.noise_scheduler, text_cache=self.text,
                                  precision=self.precision, accelerator=self.accelerator, cfg=self.cfg,
-                                 use_prior=use_prior)
+                                 use_prior=use_prior, dco=self.cfg.reg == "dco")
         self.checkpointer = setup_checkpointer(self)  # 1.8 resume
         self.counters.start_step = self.checkpointer.restore_latest() if self.options.resume else 0
         self.logger = setup_logger(self)
@@ -171,6 +174,9 @@ class LoRATrainer:
                "kinds": result.kinds, "text_encoder_calls": c.text_encoder_calls_training}
         if self.step_fn.use_prior:
             row["loss_prior"] = result.loss_prior
+        if result.loss_reference is not None:  # DCO: loss is the DCO loss, loss_instance the LoRA's MSE
+            row["loss_reference"] = result.loss_reference
+            c.dco_rows.append((result.loss, result.loss_instance, result.loss_reference))
         return row
 
     def maybe_checkpoint(self, done: int) -> None:

@@ -76,7 +76,7 @@ def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, prec
     resolved = cfg.updated({
         "subjects": abs_if_local(cfg.subjects), "base": abs_if_local(cfg.base),
         "prior_dir": abs_if_local(cfg.prior_dir), "vae": abs_if_local(cfg.vae),
-        "mixed_precision": precision.mode, "segmix_margin": margin,
+        "mixed_precision": precision.mode, "segmix_margin": margin, "reg": cfg.resolved_reg(),
     })
     out = Path(cfg.out)
     accelerator.wait_for_everyone()  # every process has validated OUT before the main one writes to it
@@ -179,6 +179,8 @@ def setup_data(trainer):
     batches = MicroBatchBuilder(
         composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
         batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
+        segmix_start_step=cfg.segmix_start_step,
+        examples_per_step=cfg.train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes,
         num_train_timesteps=int(trainer.noise_scheduler.config.num_train_timesteps),
         class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)
     return batches, schedule, use_prior

@@ -1,7 +1,8 @@
 """One optimizer step of DreamBooth-LoRA: micro-batches, loss, backward, clipping, update.
 
 The loss is the denoising MSE of instance examples (mask-weighted with ``loss_alpha < 1``) plus
-``prior_weight`` × that of the class examples (prior preservation). Gradients of the
+``prior_weight`` × that of the class examples (prior preservation); with DCO
+(:mod:`mudi.train.dco`) it is the DCO loss of the instance loss against the base model's. Gradients of the
 micro-batches of one step are accumulated; under DDP only the last one synchronizes.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from mudi.train.config import TrainConfig
+from mudi.train.dco import base_prediction, dco_loss
 from mudi.train.optim import set_learning_rate
 
 
@@ -29,6 +31,7 @@ class StepResult:
     kinds: list[str]
     data_time: float
     text_encoder_calls: int
+    loss_reference: float | None = None  # DCO: the base model's (LoRA off) instance loss
 
 
 class TrainStep:
@@ -36,11 +39,13 @@ class TrainStep:
     every process (and a resumed run) draws exactly its own examples."""
 
     def __init__(self, *, unet, optimizer, params, batches, family, noise_scheduler, text_cache, precision,
-                 accelerator, cfg: TrainConfig, use_prior: bool):
+                 accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False):
         self.unet, self.optimizer, self.params, self.batches = unet, optimizer, params, batches
         self.family, self.noise_scheduler, self.text = family, noise_scheduler, text_cache
         self.precision, self.accelerator, self.cfg, self.use_prior = precision, accelerator, cfg, use_prior
+        self.dco = dco  # DCO regularization (mudi.train.dco): the loss compares with the base model
         self.device = accelerator.device
+        self._data_time, self._calls = 0.0, 0  # per optimizer step, reset by run()
 
     def micro_batches(self, step: int) -> list[int]:
         """The global numbers of the micro-batches of optimizer step ``step`` on this process."""
@@ -75,30 +80,35 @@ class TrainStep:
         cfg, acc = self.cfg, self.accelerator
         lr = set_learning_rate(self.optimizer, step, cfg)
         numbers = self.micro_batches(step)
-        losses: list[torch.Tensor] = []
+        terms: list[list[torch.Tensor]] = []
         kinds: list[str] = []
         self._data_time, self._calls = 0.0, 0
         for j, g in enumerate(numbers):
-            a, b, k = self.micro_step(g, sync=j == len(numbers) - 1)
-            losses += [a, b]
+            values, k = self.micro_step(g, sync=j == len(numbers) - 1)
+            terms.append(values)
             kinds += k
         grad_norm = self.precision.clip(self.optimizer, self.params, cfg.max_grad_norm)
         self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        values = torch.stack([v.float() for v in losses] + [torch.as_tensor(grad_norm, device=self.device).float()])
-        *pairs, norm = values.tolist()  # the one device-to-host transfer of the step
-        li = lp = 0.0
-        for a, b in zip(pairs[0::2], pairs[1::2]):  # summed as before: the logged values are unchanged
-            li += a / len(numbers)
-            lp += b / len(numbers)
+        flat = [v.float() for values in terms for v in values]
+        *flat, norm = torch.stack(flat + [torch.as_tensor(grad_norm, device=self.device).float()]).tolist()
+        width = len(terms[0])  # the one device-to-host transfer of the step is above
+        means = [0.0] * width
+        for i in range(0, len(flat), width):  # summed micro-batch by micro-batch: the logged values are unchanged
+            for n in range(width):
+                means[n] += flat[i + n] / len(numbers)
         if acc.num_processes > 1:  # log the mean over processes
-            li, lp = (float(v) for v in acc.reduce(torch.tensor([li, lp], device=self.device), "mean"))
+            means = [float(v) for v in acc.reduce(torch.tensor(means, device=self.device), "mean")]
+        li, lp, *dco = means
+        if self.dco:
+            return StepResult(dco[1], li, lp, lr, norm, kinds, self._data_time, self._calls, loss_reference=dco[0])
         loss = li + (cfg.prior_weight * lp if self.use_prior else 0.0)
         return StepResult(loss, li, lp, lr, norm, kinds, self._data_time, self._calls)
 
-    def micro_step(self, g: int, sync: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Forward and backward of micro-batch ``g``; returns (instance loss, prior loss, kinds),
-        the losses as detached tensors on the device."""
+    def micro_step(self, g: int, sync: bool) -> tuple[list[torch.Tensor], list[str]]:
+        """Forward and backward of micro-batch ``g``; returns its loss terms as detached tensors on
+        the device (instance loss, prior loss, and with DCO the base model's loss and the DCO
+        loss) and the kinds of its examples."""
         t_data = time.perf_counter()
         batch = self._batch(g)
         self._data_time += time.perf_counter() - t_data
@@ -110,25 +120,41 @@ class TrainStep:
         calls_before = self.text.calls
         embeds = self.text.get(batch.captions)
         self._calls += self.text.calls - calls_before
+
+        def denoise(unet):
+            with self.precision.autocast():
+                return self.family.denoise(unet, noisy.to(self.precision.dtype), t, embeds, self.cfg.resolution)
+
         no_sync = not sync and self.accelerator.num_processes > 1
         with self.accelerator.no_sync(self.unet) if no_sync else contextlib.nullcontext():
-            with self.precision.autocast():
-                pred = self.family.denoise(self.unet, noisy.to(self.precision.dtype), t, embeds, self.cfg.resolution)
+            base = base_prediction(denoise, self.accelerator.unwrap_model(self.unet)) if self.dco else None
+            pred = denoise(self.unet)
             loss_inst, loss_prior = self.losses(pred, target, batch)
-            loss = loss_inst + self.cfg.prior_weight * loss_prior if self.use_prior else loss_inst
+            terms = [loss_inst, loss_prior]
+            if self.dco:
+                loss_base = self.instance_loss(base, target, batch)
+                loss = dco_loss(loss_inst, loss_base, self.cfg.dco_beta)
+                terms += [loss_base, loss]
+            else:
+                loss = loss_inst + self.cfg.prior_weight * loss_prior if self.use_prior else loss_inst
             self.precision.backward(loss / self.cfg.gradient_accumulation_steps)
-        return loss_inst.detach(), loss_prior.detach(), batch.kinds
+        return [v.detach() for v in terms], batch.kinds
 
-    def losses(self, pred: torch.Tensor, target: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instance loss (mask-weighted when the batch has weights) and prior loss (0 without prior)."""
+    def instance_loss(self, pred: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor:
+        """The denoising MSE of the instance rows (mask-weighted when the batch has weights)."""
         err = (pred.float() - target.float()) ** 2
         inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
         if batch.weights:
-            loss_inst = (err[inst] * torch.cat(batch.weights).to(self.device)).mean()
-        else:
-            loss_inst = err[inst].mean()
-        loss_prior = err[~inst].mean() if self.use_prior else torch.zeros((), device=self.device)
-        return loss_inst, loss_prior
+            return (err[inst] * torch.cat(batch.weights).to(self.device)).mean()
+        return err[inst].mean()
+
+    def losses(self, pred: torch.Tensor, target: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instance loss (mask-weighted when the batch has weights) and prior loss (0 without prior)."""
+        loss_inst = self.instance_loss(pred, target, batch)
+        if not self.use_prior:
+            return loss_inst, torch.zeros((), device=self.device)
+        inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
+        return loss_inst, ((pred.float() - target.float()) ** 2)[~inst].mean()
 
 
 __all__ = ["StepResult", "TrainStep"]
