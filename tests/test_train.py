@@ -273,6 +273,10 @@ def test_cli_config_file_and_flag_override(tiny_models, subjects, tmp_path):
         (["--prior-dir", "/nonexistent/priors"], "class set"),
         (["--lr", "-1"], "learning_rate"),
         (["--prior-weight", "-1"], "prior_weight"),
+        (["--reg", "prior"], "--reg prior needs a class set"),
+        (["--reg", "dco", "--prior-dir", "/some/priors"], "used only with --reg prior"),
+        (["--dco-beta", "0"], "dco_beta"),
+        (["--segmix-start-step", "-1"], "segmix_start_step"),
     ],
 )
 def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, message):
@@ -282,7 +286,7 @@ def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, messa
     assert main(args + extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
-    assert not (out / "config.toml").exists()  # failed before any work was written
+    assert not out.exists()  # failed before anything was written
 
 
 def test_bad_subject_set_and_existing_out(tiny_models, tmp_path, capsys, subjects):
