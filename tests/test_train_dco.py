@@ -257,3 +257,16 @@ def test_segmix_start_step_only_changes_the_steps_before_it(tiny_models, subject
         assert torch.equal(a.noise[0], b.noise[0]) and torch.equal(a.timesteps[0], b.timesteps[0])
         if g >= 4:
             assert torch.equal(a.latents[0], b.latents[0]) and a.captions == b.captions
+
+
+def test_dco_with_gradient_checkpointing_and_bf16(tiny_models, subjects, tmp_path):
+    """The no-grad base pass coexists with gradient checkpointing (same LoRA) and bf16 autocast."""
+    kw = dict(max_train_steps=2, p=0.5, learning_rate=1e-2, reg="dco")
+    _train(tiny_models, subjects, tmp_path / "a", **kw)
+    _train(tiny_models, subjects, tmp_path / "b", gradient_checkpointing="on", **kw)
+    a, b = _lora(tmp_path / "a"), _lora(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k or "lora_up" in k)  # it trained
+    _train(tiny_models, subjects, tmp_path / "c", mixed_precision="bf16", **kw)
+    rows = _log(tmp_path / "c")
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["loss_reference"]) for r in rows)
