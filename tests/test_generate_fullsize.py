@@ -197,7 +197,7 @@ def test_stand_in_processes_split_the_images_into_one_folder(tiny_models, sd_pip
     monkeypatch.setattr(pipeline_module, "sample_jobs", sample_spy)
     monkeypatch.setattr(pipeline_module, "write_contact_sheets", sheets_spy)
     prompts = [PROMPT, "{c} and {a}"]
-    out = tmp_path / "given_pipe"
+    out = tmp_path / "one_folder"
     results = ThreadGroup(2).run(lambda procs: (threading.current_thread().__setattr__("name", f"p{procs.index}"),
                                                 generate(cfg(out, subject_dir, prompts=prompts, n=3),
                                                          pipe=pipes[procs.index], procs=procs))[1])
