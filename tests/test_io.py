@@ -18,7 +18,6 @@ from mudi.io import (
     load_mask,
     load_rgb,
     load_rgb_alpha,
-    prepare_output_dir,
     save_image_atomic,
     staged_output,
     write_json_atomic,
@@ -295,16 +294,16 @@ def test_list_images(tmp_path):
         list_images(tmp_path / "b.jpg")
 
 
-def test_prepare_output_dir(tmp_path):
-    out = prepare_output_dir(tmp_path / "new" / "deep")
+def test_claim_output_dir_creates_and_guards(tmp_path):
+    out = claim_output_dir(tmp_path / "new" / "deep", create=True)
     assert out.is_dir()
-    assert prepare_output_dir(out) == out  # empty: fine
+    assert claim_output_dir(out, create=True) == out  # empty: fine
     (out / "x.txt").write_text("keep")
     with pytest.raises(MudiError, match="already has content"):
-        prepare_output_dir(out)
-    assert prepare_output_dir(out, overwrite=True) == out and (out / "x.txt").read_text() == "keep"
+        claim_output_dir(out, create=True)
+    assert claim_output_dir(out, overwrite=True, create=True) == out and (out / "x.txt").read_text() == "keep"
     with pytest.raises(MudiError, match="is a file"):
-        prepare_output_dir(out / "x.txt")
+        claim_output_dir(out / "x.txt", create=True)
 
 
 def test_claim_output_dir_policy(tmp_path):

@@ -256,11 +256,6 @@ def claim_output_dir(
     return path
 
 
-def prepare_output_dir(path: str | Path, *, overwrite: bool = False, what: str = "output") -> Path:
-    """:func:`claim_output_dir` with ``create=True`` (kept for the stages not switched yet)."""
-    return claim_output_dir(path, overwrite=overwrite, what=what, create=True)
-
-
 @contextmanager
 def staged_output(out: str | Path, *, overwrite: bool = False, what: str = "output",
                   option: str = "--out") -> Iterator[Path]:

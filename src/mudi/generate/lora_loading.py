@@ -13,7 +13,8 @@ from typing import Any
 
 from mudi.errors import MudiError
 from mudi.runtime import quiet_libraries
-from mudi.train.config import read_train_table
+from mudi.settings import read_section
+from mudi.train.config import TrainConfig
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 ADAPTER_NAME = "mudi"
@@ -46,7 +47,7 @@ def read_train_config(lora: str | Path) -> dict[str, Any]:
     folder = p if p.is_dir() else p.parent
     for cand in (folder / "config.toml", folder.parent / "config.toml"):
         if cand.is_file():
-            data = read_train_table(cand)
+            data = read_section(cand, TrainConfig.SECTION)
             data["_path"] = str(cand)
             return data
     return {}

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mudi.errors import MudiError
 from mudi.models.families.base import UNetFamily
-from mudi.settings import Settings, read_section, setting
+from mudi.settings import Settings, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -39,11 +38,6 @@ RESUME_SAFE_FIELDS = frozenset(
     {"max_train_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_inference_steps",
      "log_every", "out", "gradient_checkpointing", "tf32"}
 )
-
-
-def read_train_table(path: str | Path) -> dict[str, Any]:
-    """The training settings in a TOML file: its ``[train]`` table, or its top-level keys."""
-    return read_section(path, TrainConfig.SECTION)
 
 
 @dataclass
@@ -208,4 +202,4 @@ class TrainConfig(Settings):
 
 
 __all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
-           "RESUME_SAFE_FIELDS", "TrainConfig", "read_train_table"]
+           "RESUME_SAFE_FIELDS", "TrainConfig"]
