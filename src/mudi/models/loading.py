@@ -23,7 +23,6 @@ Notes for callers (transformers 5 / diffusers 0.42):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,7 @@ def validate_tokenizer(tokenizer: Any, where: str) -> None:
 
 def _read_model_index(path: str) -> dict:
     if _is_local(path):
-        return json.loads((Path(path) / "model_index.json").read_text(encoding="utf-8"))
+        return read_config(Path(path) / "model_index.json", "the pipeline")
     from diffusers import DiffusionPipeline
 
     try:
