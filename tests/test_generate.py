@@ -116,7 +116,8 @@ def test_cli_sdxl_lora_mudi_init(tiny_models, loras, subject_dir, tmp_path):
     assert s0["init"] == "mudi" and s0["gamma"] == 3.0 and s0["steps"] == 2 and s0["guidance_scale"] == 3.0
     assert s0["base"] == str(tiny_models / "sdxl") and s0["lora"] == str(loras["sdxl"])
     assert s0["scheduler"] == "EulerDiscreteScheduler" and (s0["height"], s0["width"]) == (64, 64)
-    assert s0["negative_prompt"] == "sticker, collage, cartoon, abstract glitch, blurry"
+    # SDXL's default negative prompt is the reference code's (github agwmon/MuDI utils/pipe.py)
+    assert s0["negative_prompt"] == "anime, cartoon, graphic, text, painting, crayon, graphite, abstract glitch, blurry"
     assert s0["subject_set"] == str(subject_dir)
     assert sorted(p["key"] for p in s0["layout"]) == ["a", "b"]
     for p in s0["layout"]:

@@ -10,11 +10,14 @@ from mudi.errors import MudiError
 from mudi.generate.init import DEFAULT_GAMMA
 from mudi.generate.layout import DEFAULT_FILL, DEFAULT_JITTER
 from mudi.generate.llm_layout import DEFAULT_LLM_TIMEOUT
+from mudi.models.families.base import METHOD_NEGATIVE_PROMPT, SamplingDefaults
 from mudi.runtime import DTYPES
 from mudi.settings import Settings, setting
 
-#: METHOD.md §4 default negative prompt.
-NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
+#: METHOD.md §4 negative prompt (the SD 1.x/2.x family default; SDXL uses the reference code's).
+NEGATIVE_PROMPT = METHOD_NEGATIVE_PROMPT
+#: ``negative_prompt`` value meaning "the model family's default negative prompt".
+FAMILY_DEFAULT = "default"
 INIT_MODES = ("mudi", "none")
 #: --fuse-lora choices.
 FUSE_MODES = ("auto", "on", "off")
@@ -63,12 +66,15 @@ class GenerateConfig(Settings):
     fill: float = setting(DEFAULT_FILL, "auto layout: share of a slot a subject fills")
     jitter: float = setting(DEFAULT_JITTER, "auto layout: random shift of a box, share of its slot")
     photo: int = setting(-1, "reference photo index per subject on the canvas (-1: random per image)")
-    steps: int = setting(30, "inference steps")
+    steps: int = setting(0, "inference steps (0: the model family's default, 50 for SD and SDXL as their "
+                         "diffusers pipelines; the old default was 30)")
     resolution: int = setting(0, "image side in pixels (0: the LoRA's training resolution, else the "
                               "model's: 1024 SDXL, 512 SD 1.5)")
     seed: int = setting(0, "seed of image 0; image i uses seed + i")
-    guidance: float = setting(7.5, "classifier-free guidance scale")
-    negative_prompt: str = setting(NEGATIVE_PROMPT, "negative prompt (\"\" for none)")
+    guidance: float = setting(-1.0, "classifier-free guidance scale (-1: the model family's default, 5.0 for "
+                              "SDXL and 7.5 for SD; the old default was 7.5)")
+    negative_prompt: str = setting(FAMILY_DEFAULT, "negative prompt (\"\" for none; default: the model family's, "
+                                   "for SDXL the reference code's, for SD METHOD.md's \"sticker, collage, ...\")")
     scheduler: str = setting("default", "sampler (default: the model's own)", choices=("default", *SCHEDULERS))
     lora_scale: float = setting(1.0, "LoRA strength")
     fuse_lora: str = setting("auto", "merge the LoRA into the weights while sampling (faster): auto = when the "
@@ -97,14 +103,14 @@ class GenerateConfig(Settings):
             raise MudiError(f"--init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise MudiError(f"--gamma must be a number >= 0, got {self.gamma}.")
-        if self.steps < 1:
-            raise MudiError(f"--steps must be >= 1, got {self.steps}.")
+        if self.steps < 0:
+            raise MudiError(f"--steps must be >= 1 (or 0 for the model's default), got {self.steps}.")
         if self.resolution < 0:
             raise MudiError(f"--resolution must be > 0 (or 0 for the model's default), got {self.resolution}.")
         if not (0 <= self.seed < 2**63 - 2**32):
             raise MudiError(f"--seed must be in [0, 2**63), got {self.seed}.")
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise MudiError(f"--guidance must be >= 0, got {self.guidance}.")
+        if not math.isfinite(self.guidance) or (self.guidance < 0 and self.guidance != -1):
+            raise MudiError(f"--guidance must be >= 0 (or -1 for the model's default), got {self.guidance}.")
         if not math.isfinite(self.lora_scale):
             raise MudiError(f"--lora-scale must be a number, got {self.lora_scale}.")
         if self.fuse_lora not in FUSE_MODES:
@@ -126,6 +132,16 @@ class GenerateConfig(Settings):
         for p in self.prompts:
             if not p.strip():
                 raise MudiError("an empty prompt was given.")
+
+    def with_sampling_defaults(self, defaults: SamplingDefaults) -> "GenerateConfig":
+        """A copy whose unset sampling values (``steps`` 0, ``guidance`` -1, ``negative_prompt``
+        "default") are the model family's ``defaults`` (``family.sampling``); set values stay."""
+        return self.updated({
+            "steps": self.steps or defaults.steps,
+            "guidance": defaults.guidance_scale if self.guidance == -1 else self.guidance,
+            "negative_prompt": defaults.negative_prompt if self.negative_prompt == FAMILY_DEFAULT
+            else self.negative_prompt,
+        })
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except the LLM API key."""

@@ -8,7 +8,9 @@
    config is never modified (resolved values go into :class:`RunInputs`). Under ``accelerate
    launch`` every process checks, then waits for the others (:class:`mudi.runtime.Processes`).
 2. :func:`load_base_pipeline` (or take the pipeline the caller gives).
-3. :func:`sampling_resolution` — the image side, checked against the model.
+3. :func:`sampling_resolution` — the image side, checked against the model; steps, guidance and
+   negative prompt not given are the model family's (``family.sampling``: SDXL 50 / 5.0 with the
+   reference code's negative prompt, SD 50 / 7.5), recorded in ``config.toml`` and every sidecar.
 4. :func:`configured_pipeline` — the scheduler and the LoRA (its fit to the base model checked;
    merged into the weights for sampling when :func:`wants_fused_lora`); undone at the end for a
    pipeline the caller gave (never fused).
@@ -260,8 +262,9 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     if own_pipe:
         pipe = load_base_pipeline(inputs)
     base = inputs.base if own_pipe else (inputs.base or pipeline_name(pipe))
-    # 3. Resolution
+    # 3. Resolution, and the model family's sampling defaults for what the user left unset
     res = sampling_resolution(pipe, config, inputs)
+    config = config.with_sampling_defaults(family_of(pipe).sampling)
     # 4. Scheduler and LoRA
     fuse = wants_fused_lora(config, inputs.device, own_pipe=own_pipe)
     with configured_pipeline(pipe, config, base, restore=not own_pipe, fuse=fuse) as (scheduler_name, fused):

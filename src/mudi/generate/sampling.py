@@ -15,6 +15,7 @@ from PIL import Image
 from mudi.generate.config import SCHEDULERS, GenerateConfig
 from mudi.generate.init import mean_shifted_latents, schedule_start
 from mudi.generate.jobs import ImageJob
+from mudi.models.families import family_of
 from mudi.runtime import generator
 from mudi.subjects import SubjectSet
 
@@ -46,6 +47,7 @@ def generate_batch(
     and any sampler noise), so an image does not depend on the others in its batch (up to
     floating-point differences of batched kernels).
     """
+    config = config.with_sampling_defaults(family_of(pipe).sampling)  # unset steps/guidance/negative prompt
     gens = [generator(job.seed) for job in jobs]
     inits: list[Any] = [None] * len(jobs)
     latents = None

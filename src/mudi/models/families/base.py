@@ -63,12 +63,22 @@ class TextEmbeds:
         return TextEmbeds(tokens, pooled)
 
 
+#: METHOD.md §4's negative prompt (the default of SD 1.x/2.x families).
+METHOD_NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
+#: The negative prompt of the reference code (github agwmon/MuDI: ``utils/pipe.py`` sampling and
+#: ``generate_prior.py``), used with SDXL.
+REFERENCE_NEGATIVE_PROMPT = "anime, cartoon, graphic, text, painting, crayon, graphite, abstract glitch, blurry"
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """A family's default sampling settings (steps, classifier-free guidance scale)."""
+    """A family's default sampling settings: inference steps, classifier-free guidance scale and
+    negative prompt (``mudi generate`` uses them when the user gives none). The base values are
+    diffusers' ``StableDiffusionPipeline`` call defaults (50 steps, guidance 7.5)."""
 
-    steps: int = 30
+    steps: int = 50
     guidance_scale: float = 7.5
+    negative_prompt: str = METHOD_NEGATIVE_PROMPT
 
 
 @dataclass
@@ -339,4 +349,5 @@ class UNetFamily:
         return f"{type(self).__name__}()"
 
 
-__all__ = ["ModelFamily", "ModelInfo", "SamplingDefaults", "TextEmbeds", "UNetFamily", "read_config"]
+__all__ = ["METHOD_NEGATIVE_PROMPT", "REFERENCE_NEGATIVE_PROMPT", "ModelFamily", "ModelInfo", "SamplingDefaults", "TextEmbeds",
+           "UNetFamily", "read_config"]

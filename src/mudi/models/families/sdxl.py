@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from mudi.models.families.base import TextEmbeds, UNetFamily
+from mudi.models.families.base import REFERENCE_NEGATIVE_PROMPT, SamplingDefaults, TextEmbeds, UNetFamily
 
 
 class SDXLFamily(UNetFamily):
@@ -23,6 +23,9 @@ class SDXLFamily(UNetFamily):
     pipeline_class_name = "StableDiffusionXLPipeline"
     text_encoder_names = ("text_encoder", "text_encoder_2")
     tokenizer_names = ("tokenizer", "tokenizer_2")
+    #: diffusers' ``StableDiffusionXLPipeline`` call defaults (50 steps, guidance 5.0), which the
+    #: reference code samples with, and the reference's negative prompt
+    sampling = SamplingDefaults(50, 5.0, REFERENCE_NEGATIVE_PROMPT)
 
     @classmethod
     def matches(cls, index: dict) -> bool:
