@@ -627,7 +627,7 @@ def test_config_fields_flags_and_run_file(tmp_path):
     from mudi.settings import field_help
 
     assert field_help(EvaluateConfig, "success_threshold") and EvaluateConfig().success_threshold == 0.8
-    assert EvaluateConfig(nms="none").nms_iou() is None and EvaluateConfig().nms_iou() == 0.5
+    assert EvaluateConfig(nms="0.5").nms_iou() == 0.5 and EvaluateConfig().nms_iou() is None  # raw boxes by default
     for bad in ({"batch_size": 0}, {"threshold": 1.5}, {"success_threshold": -0.1}, {"nms": "0"}):
         with pytest.raises(MudiError):
             EvaluateConfig().updated(bad).check()

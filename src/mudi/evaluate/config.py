@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mudi.errors import MudiError
-from mudi.evaluate.dnc import DEFAULT_DETECTION_THRESHOLD, NORMS
+from mudi.evaluate.dnc import DEFAULT_DETECTION_THRESHOLD, DEFAULT_NORM, NORMS
 from mudi.evaluate.embed import ReferenceEmbeddings
 from mudi.evaluate.scoring import DEFAULT_BATCH_SIZE
 from mudi.evaluate.summary import DEFAULT_SUCCESS_THRESHOLD
@@ -48,9 +48,10 @@ class EvaluateConfig(Settings):
     batch_size: int = setting(DEFAULT_BATCH_SIZE, "images per batch", metavar="N")
     threshold: float = setting(DEFAULT_DETECTION_THRESHOLD, "detection score threshold (the paper's)", metavar="T")
     success_threshold: float = setting(DEFAULT_SUCCESS_THRESHOLD, "minimum D&C of a successful image", metavar="X")
-    norm: str = setting("fro", "matrix norm of D&C (fro = Frobenius)", choices=NORMS)
-    nms: str = setting("0.5", "merge overlapping detections above this IoU before counting; 'none' counts raw "
-                              "OWLv2 boxes as the paper's code does", metavar="IOU|none")
+    norm: str = setting(DEFAULT_NORM, "matrix norm of D&C: spectral (the reference demo's ord=2) or fro "
+                                      "(Frobenius, METHOD.md's and mudi's old default)", choices=NORMS)
+    nms: str = setting("none", "'none' counts the raw detector boxes as the reference code does; an IoU (the old "
+                               "default 0.5) merges overlapping detections before counting", metavar="IOU|none")
     reference_mode: str = setting("whole", "embed reference photos whole (paper) or cut out with their masks",
                                   choices=ReferenceEmbeddings.MODES)
     queries: list[str] = setting([], "detection query of a subject, KEY=TEXT (default: its class, e.g. "

@@ -10,8 +10,9 @@ way:
   rows form the K × K matrix ``S_DC`` whose row k is the box matched to subject k;
 - ``S_GT[k, l] = mean_{r in R_k, r' in R_l} cos(r, r')`` with self-pairs (r = r') included —
   :func:`ground_truth_similarity`;
-- ``D&C = 1 − ‖S_GT − S_DC‖`` (Frobenius norm by default, spectral norm as an option) —
-  :func:`dnc_score`;
+- ``D&C = 1 − ‖S_GT − S_DC‖`` with the spectral norm (largest singular value) by default, as
+  the reference demo computes it (``np.linalg.norm(..., ord=2)``); the Frobenius norm (METHOD.md's
+  default, mudi's old one) is an option — :func:`dnc_score`;
 - count rule: if m ≠ K the score is 0 and the image is a *count error* ("missing" if m < K,
   "duplicate" if m > K) — :func:`detect_and_compare`.
 
@@ -21,9 +22,12 @@ subjects can score below 0 (below a count error), which is faithful to the formu
 Crops are cut from the image and padded with white to a square (:func:`crop_box`) before they
 are embedded; reference photos are embedded whole.
 
-Worked examples from the paper (S_GT = [[0.78, 0.28], [0.28, 0.71]]): matched
+Worked examples from the paper's appendix figure (S_GT = [[0.78, 0.28], [0.28, 0.71]]): matched
 S_DC = [[0.72, 0.26], [0.29, 0.71]] → 0.93; [[0.64, 0.28], [0.32, 0.70]] → 0.86;
-[[0.27, 0.74], [0.25, 0.71]] → 0.31; three boxes for two subjects → 0.
+[[0.27, 0.74], [0.25, 0.71]] → 0.31; three boxes for two subjects → 0 (either norm). The figure's
+"severely mixed" (0.56) and three-subject "mixed" (0.62) values come out of neither norm from the
+printed matrices, and its three-subject "good" 0.84 only from the Frobenius norm
+(tests/test_defaults.py computes all of them).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from mudi.geometry import pixel_box
 
 Norm = Literal["fro", "spectral"]
 NORMS: tuple[str, ...] = ("fro", "spectral")
+#: The reference demo's norm (``np.linalg.norm(..., ord=2)``, the spectral norm); "fro" was the old default.
+DEFAULT_NORM: Norm = "spectral"
 
 #: OWLv2 score threshold used by the paper for D&C.
 DEFAULT_DETECTION_THRESHOLD = 0.4
@@ -127,7 +133,7 @@ def greedy_match(s_raw: np.ndarray) -> list[int]:
     return match
 
 
-def matrix_norm(a: np.ndarray, norm: Norm = "fro") -> float:
+def matrix_norm(a: np.ndarray, norm: Norm = DEFAULT_NORM) -> float:
     """Frobenius (``"fro"``) or spectral (``"spectral"``, largest singular value) norm."""
     if norm == "fro":
         return float(np.linalg.norm(a, "fro"))
@@ -136,7 +142,7 @@ def matrix_norm(a: np.ndarray, norm: Norm = "fro") -> float:
     raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 
-def dnc_score(s_gt: np.ndarray, s_dc: np.ndarray, norm: Norm = "fro") -> float:
+def dnc_score(s_gt: np.ndarray, s_dc: np.ndarray, norm: Norm = DEFAULT_NORM) -> float:
     """``1 − ‖S_GT − S_DC‖`` for a matched K × K ``S_DC`` (row k = box matched to subject k)."""
     s_gt = np.asarray(s_gt, dtype=np.float64)
     s_dc = np.asarray(s_dc, dtype=np.float64)
@@ -167,7 +173,7 @@ class DncResult:
     s_dc: np.ndarray | None = None
     matched: list[int] | None = None
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-    norm: str = "fro"
+    norm: str = DEFAULT_NORM
 
     @property
     def count_error(self) -> str | None:
@@ -219,14 +225,15 @@ class DncResult:
         raw = a(d.get("S_DC_raw"))
         return cls(float(d["dnc"]), bool(d["count_ok"]), int(d["n_boxes"]), k, a(d.get("S_GT")),
                    raw if raw is not None else np.zeros((0, k)), a(d.get("S_DC")), d.get("matched"),
-                   [tuple(float(v) for v in b) for b in d.get("boxes") or []], d.get("norm", "fro"))
+                   [tuple(float(v) for v in b) for b in d.get("boxes") or []],
+                   d.get("norm", "fro"))  # files without "norm" predate the spectral default
 
 
 def detect_and_compare(
     s_dc_raw: np.ndarray,
     s_gt: np.ndarray,
     *,
-    norm: Norm = "fro",
+    norm: Norm = DEFAULT_NORM,
     boxes: Sequence[Sequence[float]] | None = None,
 ) -> DncResult:
     """Apply the count rule, greedy matching and the score to an m × K box/subject matrix."""
@@ -252,7 +259,7 @@ def detect_and_compare_embeddings(
     box_embeddings: np.ndarray,
     reference_embeddings: Sequence[np.ndarray],
     *,
-    norm: Norm = "fro",
+    norm: Norm = DEFAULT_NORM,
     boxes: Sequence[Sequence[float]] | None = None,
     s_gt: np.ndarray | None = None,
 ) -> DncResult:
@@ -273,6 +280,7 @@ def _dim(refs: Sequence[np.ndarray]) -> int:
 
 __all__ = [
     "DEFAULT_DETECTION_THRESHOLD",
+    "DEFAULT_NORM",
     "DncResult",
     "NORMS",
     "box_similarity",

@@ -23,6 +23,7 @@ from mudi.version import __version__
 from mudi.errors import MudiError
 from mudi.evaluate.dnc import (
     DEFAULT_DETECTION_THRESHOLD,
+    DEFAULT_NORM,
     NORMS,
     DncResult,
     crop_box,
@@ -52,7 +53,7 @@ class DetectAndCompare:
         subject_set: the subjects (reference photos, classes).
         detector, embedder: any implementations of the protocols.
         threshold: detection score threshold (paper: 0.4).
-        norm: ``"fro"`` (default) or ``"spectral"``.
+        norm: ``"spectral"`` (default, the reference demo's ``ord=2``) or ``"fro"`` (Frobenius).
         queries: optional ``{key: text}`` detection queries; default the subject's class
             (identifier removed), e.g. "corgi". Identical queries are asked once.
         reference_mode: ``"whole"`` (paper) or ``"masked"``; see :class:`~mudi.evaluate.embed.ReferenceEmbeddings`.
@@ -63,7 +64,7 @@ class DetectAndCompare:
     """
 
     def __init__(self, subject_set, detector: Detector, embedder: Embedder, *,
-                 threshold: float = DEFAULT_DETECTION_THRESHOLD, norm: str = "fro",
+                 threshold: float = DEFAULT_DETECTION_THRESHOLD, norm: str = DEFAULT_NORM,
                  queries: dict[str, str] | None = None, reference_mode: str = "whole",
                  references: ReferenceEmbeddings | None = None, diagnose_count_errors: bool = True,
                  diagnose_max_boxes: int = 6):
@@ -271,7 +272,7 @@ def _settings(engine: DetectAndCompare, success_threshold: float, clip, image_re
 
 def evaluate_items(items: Sequence[EvalItem], subject_set, detector: Detector, embedder: Embedder, *,
                    clip=None, image_reward=None, threshold: float = DEFAULT_DETECTION_THRESHOLD,
-                   success_threshold: float = DEFAULT_SUCCESS_THRESHOLD, norm: str = "fro",
+                   success_threshold: float = DEFAULT_SUCCESS_THRESHOLD, norm: str = DEFAULT_NORM,
                    batch_size: int = DEFAULT_BATCH_SIZE, queries: dict[str, str] | None = None,
                    reference_mode: str = "whole", engine: DetectAndCompare | None = None,
                    progress: bool = False, label: str = "run", settings: dict | None = None) -> Evaluation:
