@@ -466,7 +466,7 @@ def test_composer_relative_sizes_and_bad_options():
 
 def test_mix_like_prior_composite_follows_instance():
     sset = synthetic_set()
-    comp = Composer(sset, 256, p=1.0)
+    comp = Composer(sset, 256, p=1.0, class_layout="instance")  # the old layout (default: the reference's)
     class_photos = {
         "a": [photo(50, 70, YELLOW, caption="a photo of a corgi, simple background")],
         "b": [photo(70, 50, GREY, caption="a photo of a chow chow, simple background"),

@@ -48,6 +48,8 @@ class CallSpy:
     def __call__(self, pipe, *args, **kwargs):
         from types import SimpleNamespace
 
+        if args:  # the prompt may come positionally
+            kwargs = {"prompt": args[0], **kwargs}
         self.calls.append(kwargs)
         n = len(kwargs["prompt"]) if isinstance(kwargs.get("prompt"), list) else 1
         size = (kwargs.get("width") or 64, kwargs.get("height") or 64)
@@ -221,3 +223,144 @@ def test_dnc_defaults_reach_the_detector_and_the_scorer(tiny_models):
     sset = SubjectSet.from_arrays([(k, f"{k}x thing", [(np.full((8, 8, 3), 200, np.uint8), np.ones((8, 8), bool), "")])
                                    for k in ("a", "b")])
     assert DetectAndCompare(sset, models.detector, models.embedder).norm == "spectral"
+
+
+# ----------------------------------------------------------------------------- priors
+
+class CornerBoxDetector:
+    """One box at (10, 10, 30, 30) for every image: a stand-in for OWLv2."""
+
+    def detect(self, images, queries, threshold):
+        from mudi.protocols import Detection
+
+        return [[Detection((10.0, 10.0, 30.0, 30.0), 0.9, 0)] for _ in images]
+
+
+class BoxSegmenter:
+    """Fills the box it is prompted with and records it: a stand-in for SAM."""
+
+    def __init__(self):
+        self.boxes = []
+
+    def segment(self, image, box):
+        self.boxes.append(tuple(float(v) for v in box))
+        m = np.zeros((image.height, image.width), bool)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        m[y0:y1, x0:x1] = True
+        return m
+
+
+def test_priors_config_defaults_are_the_reference_ones():
+    from mudi.train.priors import PriorsConfig
+
+    config = PriorsConfig()
+    assert (config.steps, config.guidance_scale, config.negative_prompt) == (50, 5.0, REF_NEGATIVE)
+    assert config.caption == "A photo of a {cls}" and config.margin == 0.0
+    assert config.prompt == ("a photo of a {cls}, simple background, full body view, award winning photography, "
+                             "highly detailed")
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_priors_defaults_reach_the_generation_the_masks_and_the_captions(tiny_models, subject_dir, tmp_path,
+                                                                        monkeypatch, old):
+    from mudi.models.loading import load_pipeline
+    from mudi.train.priors import ClassSet, PriorsConfig, generate_class_set
+
+    pipe = load_pipeline(str(tiny_models / "sd"))
+    spy = CallSpy()
+    monkeypatch.setattr(type(pipe), "__call__", spy.method())
+    values = {"steps": 30, "guidance_scale": 7.5, "negative_prompt": "", "caption": "", "margin": 0.05} if old else {}
+    config = PriorsConfig(out=str(tmp_path / "p"), n=1, resolution=40, **values)
+    seg = BoxSegmenter()
+    generate_class_set(pipe, SubjectSet.load(subject_dir), config, RunOptions(progress=False),
+                       detector=CornerBoxDetector(), segmenter=seg)
+    assert len(spy.calls) == 2  # one per class
+    call = spy.calls[0]
+    assert call["prompt"] == [config.prompt.format(cls="corgi")]
+    assert (call["num_inference_steps"], call["guidance_scale"]) == ((30, 7.5) if old else (50, 5.0))
+    assert call["negative_prompt"] == (None if old else [REF_NEGATIVE])
+    # the mask comes from the detector's box as it is (old: enlarged by 5 % of 40 px = 2 px per side)
+    assert seg.boxes[0] == ((8.0, 8.0, 32.0, 32.0) if old else (10.0, 10.0, 30.0, 30.0))
+    cs = ClassSet.load(tmp_path / "p")
+    caption = cs.photos["corgi"][0].caption
+    assert caption == (config.prompt.format(cls="corgi") if old else "A photo of a corgi")
+    assert cs.info["negative_prompt"] == ("" if old else REF_NEGATIVE) and cs.info["margin"] == config.margin
+
+
+@pytest.mark.parametrize("values, flag", [({"caption": "a photo"}, "--caption"), ({"margin": 0.5}, "--margin"),
+                                          ({"margin": -0.1}, "--margin")])
+def test_priors_config_checks_the_new_options(values, flag):
+    from mudi.errors import MudiError
+    from mudi.train.priors import PriorsConfig
+
+    with pytest.raises(MudiError, match=flag):
+        PriorsConfig().updated(values).check()
+
+
+# ----------------------------------------------------------------------------- class composites
+
+def _segmented(w: int, h: int, value: int, caption: str):
+    from mudi.subjects import SegmentedPhoto
+
+    return SegmentedPhoto(np.full((h, w, 3), value, np.uint8), np.ones((h, w), bool), caption, Path(f"{value}.png"))
+
+
+def _three_subjects() -> SubjectSet:
+    spec = []
+    for key, phrase, value, (w, h) in [("a", "olis corgi", 40, (30, 50)), ("b", "hta chow chow", 90, (50, 30)),
+                                       ("c", "ult cat", 140, (40, 40))]:
+        img = np.full((h, w, 3), value, np.uint8)
+        spec.append((key, phrase, [(img, np.ones((h, w), bool), f"a photo of a {phrase}")] * 2))
+    return SubjectSet.from_arrays(spec)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_class_composites_reference_layout(k):
+    """Class A on the left (then the others in caption order), one shared random top edge, random
+    scales also in relative-size mode -- whatever the instance composite did."""
+    from mudi.compose import Composer
+
+    sset = _three_subjects()
+    comp = Composer(sset, 256, p=1.0, k=k, relative_sizes={"a": 1.0, "b": 0.5, "c": 0.7})
+    assert comp.class_layout == "reference"
+    classes = {"a": [_segmented(60, 90, 200, "A photo of a corgi")],
+               "b": [_segmented(90, 60, 210, "A photo of a chow chow"), _segmented(40, 80, 220, "x")],
+               "c": [_segmented(50, 50, 230, "A photo of a cat")]}
+    rng = np.random.default_rng(5)
+    slots_seen, tops_differ, scale_ratios = set(), 0, set()
+    for i in range(40):
+        key = "abc"[i % 3]
+        inst = comp.example(key, i, rng)
+        cls = comp.mix_like(classes, inst, rng)
+        assert cls.subjects == inst.subjects and cls.subjects[0] == key
+        assert [pl.slot for pl in cls.placements] == list(range(k))  # class A left, then caption order
+        assert len({pl.box[1] for pl in cls.placements}) == 1  # one shared top edge
+        assert max(pl.box[3] for pl in cls.placements) <= 256
+        slots_seen.add(tuple(pl.slot for pl in inst.placements))
+        tops_differ += len({pl.box[1] for pl in inst.placements}) > 1
+        if key == "a":
+            scale_ratios.add(round(cls.placements[0].scale, 6))
+    assert len(slots_seen) > 1 and tops_differ > 0  # the instance composites did vary both
+    assert len(scale_ratios) > 3  # random class scales although the instances use fixed relative sizes
+    # the class scales are drawn in [0.75 m, m]; instance composites keep their fixed relative sizes m·c
+    from mudi.compose.segmix import max_scale
+
+    dims = {"a": (30, 50), "b": (50, 30), "c": (40, 40)}
+    rel = {"a": 1.0, "b": 0.5, "c": 0.7}
+    m_a = max_scale(60, 90, 256, k, comp.margin)
+    assert all(0.75 * m_a - 1e-9 <= sc <= m_a + 1e-9 for sc in scale_ratios if sc)
+    inst = comp.composite("b", 0, np.random.default_rng(0))
+    for pl in inst.placements:
+        assert pl.scale == pytest.approx(max_scale(*dims[pl.key], 256, k, comp.margin) * rel[pl.key])
+
+
+def test_class_layout_option_reaches_the_trainer_and_is_checked():
+    from mudi.compose import Composer
+    from mudi.errors import MudiError
+    from mudi.train.config import TrainConfig
+
+    assert TrainConfig().class_layout == "reference"
+    with pytest.raises(MudiError, match="class_layout|class-layout"):
+        TrainConfig().updated({"class_layout": "left"})
+    with pytest.raises(MudiError, match="class layout"):
+        Composer(_three_subjects(), 256, class_layout="left")

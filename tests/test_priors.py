@@ -70,7 +70,7 @@ def test_generated_class_set(class_set: Path, subjects: Path):
     assert {c: len(v) for c, v in cs.photos.items()} == {"corgi": 2, "chow chow": 2}
     ph = cs.photos["chow chow"][0]
     assert ph.image.shape == (64, 64, 3) and ph.mask.shape == (64, 64) and ph.mask.any()
-    assert ph.caption == PRIOR_PROMPT.format(cls="chow chow")
+    assert ph.caption == "A photo of a chow chow"  # the reference's class caption (generated from PRIOR_PROMPT)
     assert (class_set / "chow_chow_0000.png").is_file() and (class_set / "mask_chow_chow_0000.png").is_file()
     assert (class_set / "contact_sheet.png").is_file()
     head = json.loads((class_set / "metadata.jsonl").read_text().splitlines()[0])

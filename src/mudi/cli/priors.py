@@ -15,8 +15,8 @@ from mudi.settings import RUN_OPTION_NAMES, RunOptions, add_arguments, add_confi
 HELP = "generate segmented class images for prior preservation (mudi train --prior-dir)"
 
 #: The PriorsConfig fields that are flags, in ``--help`` order.
-FLAGS = ("base", "subjects", "out", "n", "detector", "segmenter", "threshold", "prompt", "resolution", "steps",
-         "guidance_scale", "batch_size", "seed", "vae", "max_tries")
+FLAGS = ("base", "subjects", "out", "n", "detector", "segmenter", "threshold", "margin", "prompt", "negative_prompt",
+         "caption", "resolution", "steps", "guidance_scale", "batch_size", "seed", "vae", "max_tries")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

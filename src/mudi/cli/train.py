@@ -16,7 +16,7 @@ HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and
 GROUPS = {
     "data and model": ("subjects", "base", "out", "vae", "variant", "resolution"),
     "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin", "segmix_start_step"),
-    "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "dco_beta"),
+    "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "class_layout", "dco_beta"),
     "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),
     "optimisation": ("max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "weight_decay",
                      "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "train_batch_size",

@@ -14,6 +14,9 @@ from mudi.errors import MudiError
 from mudi.subjects import SegmentedPhoto, SubjectSet, parse_subject_values
 
 MIX_KINDS = ("segmix", "cutmix", "none")
+#: How class (prior) composites are laid out: "reference" (the reference trainer: class A left, one
+#: shared random height, random scales) or "instance" (mudi's old: copy the instance's slots and heights).
+CLASS_LAYOUTS = ("reference", "instance")
 RELATIVE_SIZE_MEANING = "a fraction of the largest allowed scale; give the biggest subject 1, e.g. a=1,b=0.6"
 
 ClassPhotos = Mapping[str, Sequence[SegmentedPhoto]]
@@ -40,7 +43,8 @@ class Composer:
 
     Options: ``low`` (0.75), ``margin`` (32; S/8 below 256 px), ``edge_range`` (S // (2k)), ``relative_sizes``
     (mapping key/identifier/phrase → c in (0, 1]; unlisted subjects get 1; enables
-    relative-size mode for every composite).
+    relative-size mode for every instance composite), ``class_layout`` (:data:`CLASS_LAYOUTS`, see
+    :meth:`mix_like`).
     """
 
     def __init__(
@@ -55,9 +59,12 @@ class Composer:
         margin: float | None = None,
         edge_range: int | None = None,
         relative_sizes: Mapping[str, float] | None = None,
+        class_layout: str = "reference",
     ):
         if mix not in MIX_KINDS:
             raise MudiError(f"unknown mix {mix!r}; choose one of {', '.join(MIX_KINDS)}.")
+        if class_layout not in CLASS_LAYOUTS:
+            raise MudiError(f"unknown class layout {class_layout!r}; choose one of {', '.join(CLASS_LAYOUTS)}.")
         if not 0 <= p <= 1:
             raise MudiError(f"the composite probability p must be in [0, 1] (got {p}).")
         n = len(subject_set)
@@ -72,6 +79,7 @@ class Composer:
         self.p = float(p)
         self.k = int(k)
         self.low = float(low)
+        self.class_layout = class_layout
         self.margin = default_margin(size) if margin is None else float(margin)
         self.relative: dict[str, float] | None = None
         if relative_sizes:
@@ -98,14 +106,16 @@ class Composer:
 
     def _compose(self, kind: str, photos: Sequence[SegmentedPhoto | Crop], phrases: Sequence[str],
                  keys: Sequence[str], indices: Sequence[int], rng: np.random.Generator, *,
-                 slots: Sequence[int] | None = None, y_tops: Sequence[int] | None = None) -> Example:
-        """One composite of ``kind`` with this composer's settings (Cut-Mix needs whole photos)."""
+                 slots: Sequence[int] | None = None, y_tops: Sequence[int] | None = None,
+                 relative: bool = True, same_top: bool = False) -> Example:
+        """One composite of ``kind`` with this composer's settings (Cut-Mix needs whole photos);
+        ``relative=False`` draws random scales even in relative-size mode."""
         if kind == "cutmix":
             return cut_mix(photos, phrases, self.size, rng, keys=keys, slots=slots, photo_indices=indices)
-        rel = [self.relative.get(key, 1.0) for key in keys] if self.relative else None
+        rel = [self.relative.get(key, 1.0) for key in keys] if self.relative and relative else None
         return seg_mix(
             photos, phrases, self.size, rng, keys=keys, relative=rel, low=self.low, margin=self.margin,
-            edge_range=self.edge_range, slots=slots, y_tops=y_tops, photo_indices=indices,
+            edge_range=self.edge_range, slots=slots, y_tops=y_tops, photo_indices=indices, same_top=same_top,
         )
 
     # ------------------------------------------------------------------ API
@@ -146,12 +156,19 @@ class Composer:
 
         ``class_photos`` maps each subject key to its segmented class images (or is a
         SubjectSet with the same keys). One class image per subject is chosen uniformly. For a
-        composite instance example, the class images are composed with the same mix kind, the
-        same horizontal slots and the same top edges (clamped so each fits) -- scales, offsets
-        and the top/bottom coin are drawn afresh -- and captioned
-        ``a photo of a {class A} and a {class B}, simple background.`` (class names default to the
-        subjects' descriptive classes). For a plain instance example the result is the chosen
-        class image of the example's subject as a plain example with its own caption.
+        composite instance example, the class images of the same subjects are composed with the
+        same mix kind and captioned ``a photo of a {class A} and a {class B}, simple background.``
+        (class A = the example's subject; class names default to the subjects' descriptive
+        classes), laid out by ``class_layout``:
+
+        - ``"reference"`` (default, the reference trainer's class composites): class A in the left
+          slot and the others in caption order, one shared random top edge for all, random scales
+          (also in relative-size mode);
+        - ``"instance"`` (mudi's old layout): the instance's horizontal slots and top edges (clamped
+          so each fits), scales as the instance's mode.
+
+        Offsets and the paste order are drawn afresh. For a plain instance example the result is
+        the chosen class image of the example's subject as a plain example with its own caption.
         """
         names = {s.key: s.cls for s in self.set}
         if class_names:
@@ -165,10 +182,13 @@ class Composer:
         if not example.is_composite:
             i, ph = chosen[0]
             return plain(ph, self.size, ph.caption, key=keys[0], photo_index=i)
+        photos, phrases, indices = [ph for _, ph in chosen], [names[key] for key in keys], [i for i, _ in chosen]
+        if self.class_layout == "reference":
+            return self._compose(example.kind, photos, phrases, keys, indices, rng, slots=list(range(len(keys))),
+                                 relative=False, same_top=True)
         slots = [pl.slot for pl in example.placements]
         y_tops = [pl.box[1] for pl in example.placements] if example.kind != "cutmix" else None
-        return self._compose(example.kind, [ph for _, ph in chosen], [names[key] for key in keys], keys,
-                             [i for i, _ in chosen], rng, slots=slots, y_tops=y_tops)
+        return self._compose(example.kind, photos, phrases, keys, indices, rng, slots=slots, y_tops=y_tops)
 
 
 def _class_photos(class_photos: ClassPhotos | SubjectSet, key: str) -> Sequence[SegmentedPhoto]:
@@ -182,4 +202,4 @@ def _class_photos(class_photos: ClassPhotos | SubjectSet, key: str) -> Sequence[
     return ph
 
 
-__all__ = ["MIX_KINDS", "ClassPhotos", "Composer", "parse_relative_sizes"]
+__all__ = ["CLASS_LAYOUTS", "MIX_KINDS", "ClassPhotos", "Composer", "parse_relative_sizes"]

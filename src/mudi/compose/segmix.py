@@ -20,7 +20,9 @@ for k = 2 subjects.
 
    For k = 2 this is exactly "left subject's left edge at U{1..S/4}; right subject's right edge
    at S − U{1..S/4}". Boxes are clamped to the canvas (never needed with the default parameters).
-4. Vertical position: top edge uniform in ``U{0..S − h'}`` (the subject always fits).
+4. Vertical position: top edge uniform in ``U{0..S − h'}`` (the subject always fits); with
+   ``same_top`` one draw ``U{0..S − max h'}`` is every subject's top edge (the reference trainer's
+   class composites).
 5. Overlap is allowed; a random permutation decides the paste order, the last pasted is on top
    (k = 2: a fair coin). Only mask pixels are pasted; everything else is pure white.
 6. Caption: ``a photo of a {A} and a {B}, simple background.``; for k ≥ 3
@@ -106,14 +108,16 @@ def seg_mix(
     slots: Sequence[int] | None = None,
     y_tops: Sequence[int] | None = None,
     photo_indices: Sequence[int | None] | None = None,
+    same_top: bool = False,
 ) -> Example:
     """Seg-Mix composite of k = len(photos) segmented subjects on a white S×S canvas.
 
     ``photos[0]`` is the current subject (its phrase comes first in the caption). ``relative``
     gives fixed scale ratios c (scale = m·c, 0 < c <= 1) instead of random scales; ``slots``
     fixes which horizontal slot each subject takes and ``y_tops`` its top edge (clamped so the
-    subject fits) -- used to compose a class example "like" an instance example. See the module
-    docstring for the exact geometry and the order of random draws.
+    subject fits) -- used to compose a class example "like" an instance example; ``same_top`` draws
+    one top edge shared by every subject. See the module docstring for the exact geometry and the
+    order of random draws.
     """
     # 0. check inputs
     k = len(photos)
@@ -129,7 +133,7 @@ def seg_mix(
     # 3. horizontal slots
     slot_of = assign_slots(k, rng, slots, "seg_mix")
     # 4. vertical positions
-    ys = _tops(sizes, size, y_tops, rng)
+    ys = _tops(sizes, size, y_tops, rng, same_top)
     # 3 (cont.). horizontal offsets inside the slots
     xs = _lefts(sizes, slot_of, size, edge, rng)
     # 5. paste order (last on top) and pasting
@@ -170,8 +174,12 @@ def _scales(crops: Sequence[Crop], size: int, margin: float, low: float,
     return scales
 
 
-def _tops(sizes: Sequence[Size], size: int, y_tops: Sequence[int] | None, rng: np.random.Generator) -> list[int]:
-    """Top edges: uniform in U{0..S − h'} (one draw each), or ``y_tops`` clamped so each fits."""
+def _tops(sizes: Sequence[Size], size: int, y_tops: Sequence[int] | None, rng: np.random.Generator,
+          same_top: bool = False) -> list[int]:
+    """Top edges: uniform in U{0..S − h'} (one draw each), one shared draw in U{0..S − max h'}
+    (``same_top``), or ``y_tops`` clamped so each fits."""
+    if y_tops is None and same_top:
+        return [int(rng.integers(0, size - max(nh for _, nh in sizes) + 1))] * len(sizes)
     if y_tops is None:
         return [int(rng.integers(0, size - nh + 1)) for (_, nh) in sizes]
     if len(y_tops) != len(sizes):

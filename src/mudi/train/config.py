@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from mudi.compose.composer import CLASS_LAYOUTS
 from mudi.errors import MudiError
 from mudi.models.families.base import UNetFamily
 from mudi.settings import Settings, setting
@@ -77,6 +78,9 @@ class TrainConfig(Settings):
     dco_beta: float = setting(1000.0, "DCO beta: loss = -log sigmoid(-beta (MSE_lora - MSE_base))")
     prior_dir: str = setting("", "class set from `mudi priors` (empty = no prior preservation)", metavar="DIR")
     prior_weight: float = setting(1.0, "prior-preservation loss weight")
+    class_layout: str = setting("reference", "class composites: reference = class A left, one shared random "
+                                "height, random scales (the reference trainer); instance = the instance composite's "
+                                "slots and heights (the old default)", choices=CLASS_LAYOUTS)
     # LoRA
     rank: int = setting(32, "LoRA rank")
     alpha: float = setting(32.0, "LoRA alpha")

@@ -173,7 +173,7 @@ def setup_data(trainer):
     cfg, plan = trainer.cfg, trainer.plan
     relative = parse_relative_sizes(cfg.relative_sizes) if cfg.relative_sizes else None
     composer = Composer(plan.subject_set, cfg.resolution, mix=cfg.mix, p=cfg.p, k=cfg.k, margin=cfg.segmix_margin,
-                        relative_sizes=relative)
+                        relative_sizes=relative, class_layout=cfg.class_layout)
     schedule = ExampleSchedule(plan.subject_set, cfg.seed)
     use_prior = plan.class_photos is not None and cfg.prior_weight > 0
     batches = MicroBatchBuilder(
