@@ -14,7 +14,8 @@ One function per stage, each with a config dataclass that fully describes its ru
     result = mudi.evaluate(mudi.EvaluateConfig(images="run/gen", subjects="run/subjects", out="run/eval"))
 
 Stages: :func:`prepare` (or :func:`import_subjects`) → :func:`compose` (preview Seg-Mix) →
-(:func:`make_class_set` for prior preservation) → :func:`train` → :func:`generate` →
+(:func:`make_class_set` for prior preservation) → :func:`train` (or one LoRA per subject, then
+:func:`merge` and a short :func:`train` with ``init_lora``) → :func:`generate` →
 :func:`evaluate` / :func:`compare`. Everything the ``mudi``
 command does goes through these functions. The stage packages (``mudi.prepare``,
 ``mudi.train``, ...) hold the parts and are themselves callable: ``mudi.train(config)`` runs
@@ -37,12 +38,13 @@ from mudi.compose import ComposeConfig
 from mudi.evaluate import EvaluateConfig, compare
 from mudi.generate import GenerateConfig
 from mudi.prepare import PrepareConfig, import_subjects
-from mudi.train import PriorsConfig, TrainConfig, make_class_set
+from mudi.train import MergeConfig, PriorsConfig, TrainConfig, make_class_set, merge
 
 __all__ = [
     "ComposeConfig",
     "EvaluateConfig",
     "GenerateConfig",
+    "MergeConfig",
     "MudiError",
     "PrepareConfig",
     "PriorsConfig",
@@ -56,6 +58,7 @@ __all__ = [
     "generate",
     "import_subjects",
     "make_class_set",
+    "merge",
     "prepare",
     "train",
 ]

@@ -23,6 +23,7 @@ COMMANDS = [
     "prepare",
     "compose",
     "train",
+    "merge",
     "priors",
     "generate",
     "evaluate",

@@ -14,7 +14,7 @@ HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and
 
 #: TrainConfig fields as flags, by argument group.
 GROUPS = {
-    "data and model": ("subjects", "base", "out", "vae", "variant", "resolution"),
+    "data and model": ("subjects", "only", "base", "out", "vae", "variant", "resolution", "init_lora"),
     "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin", "segmix_start_step"),
     "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "class_layout", "dco_beta"),
     "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),

@@ -60,6 +60,11 @@ class TrainConfig(Settings):
                            "force_upcast); METHOD.md trains SDXL in fp16 with madebyollin/sdxl-vae-fp16-fix",
                        metavar="MODEL")
     resolution: int = setting(0, "training resolution (0 = the model's: 1024 SDXL, 512 SD)")
+    only: list[str] = setting([], "train on these subjects of the set only (repeatable; e.g. one LoRA per subject "
+                                  "for `mudi merge`); empty = every subject", metavar="KEY")
+    init_lora: str = setting("", "start from this LoRA (a `mudi merge` or `mudi train` folder) instead of a fresh "
+                                 "one; its rank, alpha and targets replace --rank/--alpha/--target-modules",
+                             metavar="DIR")
     # Seg-Mix (METHOD §2)
     mix: str = setting("segmix", "composition: segmix (MuDI), cutmix or none (DreamBooth)", choices=MIX_MODES)
     p: float = setting(0.3, "probability that an example is a composite")

@@ -49,6 +49,8 @@ def class_captions(class_photos: dict[str, list], class_names: dict[str, str], k
 def default_validation_prompts(subject_set, k: int) -> list[str]:
     """"a photo of a {A} and a {B}" for the first k subjects, then each subject alone."""
     phrases = [s.phrase for s in subject_set]
+    if len(phrases) == 1:  # a single-subject run (--only)
+        return [f"a photo of a {phrases[0]}"]
     first = phrases[: max(2, min(k, len(phrases)))]
     body = ", ".join(f"a {p}" for p in first[:-1]) + f" and a {first[-1]}"
     return [f"a photo of {body}"] + [f"a photo of a {p}" for p in phrases]

@@ -63,8 +63,13 @@ def _load_data(cfg: TrainConfig):
     from mudi.subjects import SubjectSet
 
     sset = SubjectSet.load(cfg.subjects)
+    if cfg.only:
+        picked = list(dict.fromkeys(sset.subject(name).key for name in cfg.only))
+        sset = SubjectSet([sset.subject(key) for key in picked], sset.root)
     if cfg.mix != "none" and cfg.k > len(sset):
-        raise MudiError(f"--k {cfg.k} subjects per composite, but {cfg.subjects} has only {len(sset)} subjects.")
+        hint = " (one subject per LoRA: add --mix none)" if len(sset) == 1 else ""
+        raise MudiError(f"--k {cfg.k} subjects per composite, but {cfg.subjects} has only {len(sset)} "
+                        f"subject(s) to train{hint}.")
     if cfg.relative_sizes:
         from mudi.compose import parse_relative_sizes
 
@@ -94,6 +99,41 @@ def _check_model(cfg: TrainConfig) -> tuple[TrainConfig, ModelInfo | None]:
     return cfg, info
 
 
+def init_lora_shape(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the rank, alpha and UNet targets of its ``--init-lora`` (checked: a readable
+    UNet LoRA of the same base model); a note when they replace other values."""
+    from mudi.models.lora_files import read_diffusers_lora
+    from mudi.settings import read_section
+
+    path = Path(cfg.init_lora)
+    weights = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise MudiError(f"--init-lora {cfg.init_lora}: no pytorch_lora_weights.safetensors there; pass the folder "
+                        "of a finished `mudi merge` or `mudi train` run.")
+    table = read_diffusers_lora(weights)
+    other = sorted({n.split(".", 1)[0] for n in table.modules} - {"unet"})
+    if other:
+        raise MudiError(f"--init-lora {cfg.init_lora}: it holds {', '.join(other)} LoRA weights; only a UNet LoRA "
+                        "can start a run.")
+    saved = weights.parent / "config.toml"
+    base = read_section(saved, TrainConfig.SECTION).get("base") if saved.is_file() else None
+    if base and str(base) != cfg.base and Path(str(base)).resolve() != Path(cfg.base).resolve():
+        raise MudiError(f"--init-lora {cfg.init_lora} was made on base model {base!r}, not --base {cfg.base!r}; "
+                        "pass the base it was trained on.")
+    ranks = {m.rank for m in table.modules.values()}
+    if len(ranks) != 1:
+        raise MudiError(f"--init-lora {cfg.init_lora}: its modules have different ranks {sorted(ranks)}.")
+    meta = table.adapter_config("unet")
+    rank = ranks.pop()
+    shape = {"rank": rank, "alpha": float(meta.get("lora_alpha", rank)),
+             "target_modules": sorted(meta.get("target_modules") or cfg.target_modules)}
+    changed = [f"{k} {getattr(cfg, k)} -> {v}" for k, v in shape.items()
+               if (sorted(getattr(cfg, k)) if k == "target_modules" else getattr(cfg, k)) != v]
+    if changed:
+        print(f"mudi train: from --init-lora: {'; '.join(map(str, changed))}.", file=sys.stderr)
+    return cfg.updated(shape)
+
+
 def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPlan:
     """Validate a run without loading weights and without writing anything.
 
@@ -105,6 +145,8 @@ def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPl
     cfg = resolve_resume(config) if options.resume else config
     cfg.check()
     _check_output_folder(Path(cfg.out), options)
+    if cfg.init_lora:
+        cfg = init_lora_shape(cfg)
     sset, class_photos, class_names = _load_data(cfg)
     cfg, info = _check_model(cfg)
     return RunPlan(cfg, options, sset, class_photos, class_names, info)

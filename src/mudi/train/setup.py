@@ -75,7 +75,7 @@ def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, prec
     margin = cfg.segmix_margin if cfg.segmix_margin >= 0 else float(default_margin(cfg.resolution))
     resolved = cfg.updated({
         "subjects": abs_if_local(cfg.subjects), "base": abs_if_local(cfg.base),
-        "prior_dir": abs_if_local(cfg.prior_dir), "vae": abs_if_local(cfg.vae),
+        "prior_dir": abs_if_local(cfg.prior_dir), "vae": abs_if_local(cfg.vae), "init_lora": abs_if_local(cfg.init_lora),
         "mixed_precision": precision.mode, "segmix_margin": margin, "reg": cfg.resolved_reg(),
     })
     out = Path(cfg.out)
@@ -135,12 +135,33 @@ def setup_lora(unet, cfg: TrainConfig, checkpointing: bool = False) -> list[torc
 
     params = add_unet_lora(unet, rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules,
                            dropout=cfg.lora_dropout)
+    if cfg.init_lora:  # after the random init, so every later random stream is the same as without it
+        load_init_lora(unet, cfg.init_lora)
     for p in params:
         p.data = p.data.float()
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
     return params
+
+
+def load_init_lora(unet, path: str) -> None:
+    """Copy the factors of a LoRA file (``--init-lora``, rank/alpha/targets already taken from it)
+    into the freshly attached adapter."""
+    from mudi.errors import MudiError
+    from mudi.models.lora import load_lora_state_dict
+    from mudi.models.lora_files import read_diffusers_lora
+
+    p = Path(path)
+    table = read_diffusers_lora(p / "pytorch_lora_weights.safetensors" if p.is_dir() else p)
+    state = {}
+    for name, m in table.modules.items():
+        module = name.split(".", 1)[1]
+        state[f"{module}.lora_A.weight"], state[f"{module}.lora_B.weight"] = m.a, m.b
+    try:
+        load_lora_state_dict(unet, state)
+    except ValueError as exc:
+        raise MudiError(f"--init-lora {path}: its modules do not fit this UNet ({exc}).") from None
 
 
 def setup_caches(trainer):
@@ -211,6 +232,6 @@ def setup_validator(trainer) -> Validator:
     return Validator(trainer.pipe, trainer.family, trainer.text, settings, trainer.out, trainer.precision.autocast)
 
 
-__all__ = ["make_noise_scheduler", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
+__all__ = ["load_init_lora", "make_noise_scheduler", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
            "setup_checkpointer", "setup_data", "setup_logger", "setup_lora", "setup_model", "setup_output_folder",
            "setup_runtime", "setup_validator", "validation_prompts"]
