@@ -17,6 +17,8 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 #: Stage subpackages in pipeline order.
 STAGES = ("prepare", "compose", "train", "generate", "evaluate", "report")
+#: Packages that chain stages (iterative training): they may use every stage, no stage uses them.
+WORKFLOWS = ("workflows",)
 #: Modules every stage may use; they import no stage, no command and not the toy world.
 SHARED = ("errors", "protocols", "subjects", "metadata", "io", "viz", "geometry", "runtime", "settings", "stage", "version",
           "models")
@@ -132,6 +134,8 @@ def test_imports_point_down(name):
             assert to != "toy", f"{name} imports {target}: the product never imports the toy world"
         if area in SHARED:
             assert to in SHARED or to == "", f"{name} (shared) imports {target}: shared modules import no stage"
+        if area in STAGES or area in SHARED:
+            assert to not in WORKFLOWS, f"{name} imports a workflow ({target}): workflows sit above the stages"
         if area in STAGES and to in STAGES:
             assert STAGES.index(to) <= STAGES.index(area), f"{name} imports a later stage: {target}"
         if area != "cli":

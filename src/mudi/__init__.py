@@ -15,7 +15,8 @@ One function per stage, each with a config dataclass that fully describes its ru
 
 Stages: :func:`prepare` (or :func:`import_subjects`) → :func:`compose` (preview Seg-Mix) →
 (:func:`make_class_set` for prior preservation) → :func:`train` (or one LoRA per subject, then
-:func:`merge` and a short :func:`train` with ``init_lora``) → :func:`generate` →
+:func:`merge` and a short :func:`train` with ``init_lora``; :func:`iterate` adds rounds of
+training on its own best images) → :func:`generate` →
 :func:`evaluate` / :func:`compare`. Everything the ``mudi``
 command does goes through these functions. The stage packages (``mudi.prepare``,
 ``mudi.train``, ...) hold the parts and are themselves callable: ``mudi.train(config)`` runs
@@ -39,6 +40,7 @@ from mudi.evaluate import EvaluateConfig, compare
 from mudi.generate import GenerateConfig
 from mudi.prepare import PrepareConfig, import_subjects
 from mudi.train import MergeConfig, PriorsConfig, TrainConfig, make_class_set, merge
+from mudi.workflows import iterate
 
 __all__ = [
     "ComposeConfig",
@@ -57,6 +59,7 @@ __all__ = [
     "evaluate",
     "generate",
     "import_subjects",
+    "iterate",
     "make_class_set",
     "merge",
     "prepare",

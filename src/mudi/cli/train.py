@@ -14,7 +14,7 @@ HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and
 
 #: TrainConfig fields as flags, by argument group.
 GROUPS = {
-    "data and model": ("subjects", "only", "base", "out", "vae", "variant", "resolution", "init_lora"),
+    "data and model": ("subjects", "only", "base", "out", "vae", "variant", "resolution", "init_lora", "extra_examples"),
     "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin", "segmix_start_step"),
     "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "class_layout", "dco_beta"),
     "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),
@@ -22,6 +22,8 @@ GROUPS = {
                      "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "train_batch_size",
                      "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "tf32", "use_8bit_adam",
                      "seed"),
+    "iterative training (the run file's [generate] and [evaluate] tables set the rounds' sampling and scoring)":
+        ("rounds", "round_steps", "round_images", "round_prompts", "keep_threshold"),
     "checkpoints, validation, logging": ("checkpoint_every", "keep_checkpoints", "validate_every",
                                          "validation_prompts", "validation_negative_prompt",
                                          "validation_inference_steps", "validation_guidance_scale",
@@ -80,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.stop_after < 0:
         raise MudiError(f"--stop-after {args.stop_after}: must be >= 0 (0 = run to the end).")
-    result = train(build_config(args), run_options(args), stop_after=args.stop_after)
+    config, options = build_config(args), run_options(args)
+    if config.rounds or (options.resume and _saved_rounds(config.out)):
+        return _run_rounds(args, config, options)
+    result = train(config, options, stop_after=args.stop_after)
     if int(os.environ.get("RANK", "0")) != 0:  # under `accelerate launch`: report once
         return 0
     out, summary = result.out, result.summary
@@ -91,4 +96,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"mudi train: stopped after step {summary.get('step')} of {summary.get('max_train_steps')}; "
               f"continue with: mudi train --out {out} --resume")
+    return 0
+
+
+def _saved_rounds(out: str) -> int:
+    """The ``rounds`` of the run saved in OUT (0 without one)."""
+    from pathlib import Path
+
+    from mudi.settings import read_section
+
+    saved = Path(out) / "config.toml" if out else None
+    return int(read_section(saved, "train").get("rounds") or 0) if saved and saved.is_file() else 0
+
+
+def _run_rounds(args: argparse.Namespace, config, options) -> int:
+    """``mudi train --rounds N``: iterative training (:func:`mudi.workflows.iterate`)."""
+    from mudi.errors import MudiError
+    from mudi.evaluate import EvaluateConfig
+    from mudi.generate import GenerateConfig
+    from mudi.workflows import iterate
+
+    if args.stop_after:
+        raise MudiError("--stop-after does not combine with --rounds; stop the run any time and continue it "
+                        "with `mudi train --out OUT --resume`.")
+    run_file = getattr(args, "config", None)
+    generate = GenerateConfig.from_toml(run_file) if run_file else None
+    evaluate = EvaluateConfig.from_toml(run_file) if run_file else None
+    result = iterate(config, options, generate=generate, evaluate=evaluate)
+    for row in result.rounds:
+        print(f"round {row['round']}: {row['images']} images, kept {row['kept']}, mean D&C {row['dnc_mean']}, "
+              f"success rate {row['success_rate']}")
+    print(f"mudi train: final LoRA written to {result.lora} (rounds under {result.out}/rounds/).")
     return 0

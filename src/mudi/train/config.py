@@ -62,6 +62,9 @@ class TrainConfig(Settings):
     resolution: int = setting(0, "training resolution (0 = the model's: 1024 SDXL, 512 SD)")
     only: list[str] = setting([], "train on these subjects of the set only (repeatable; e.g. one LoRA per subject "
                                   "for `mudi merge`); empty = every subject", metavar="KEY")
+    extra_examples: list[str] = setting([], "folder of extra whole-image examples (examples.jsonl: image, mask, "
+                                             "caption), e.g. the images an iterative round kept (repeatable)",
+                                        metavar="DIR")
     init_lora: str = setting("", "start from this LoRA (a `mudi merge` or `mudi train` folder) instead of a fresh "
                                  "one; its rank, alpha and targets replace --rank/--alpha/--target-modules",
                              metavar="DIR")
@@ -114,6 +117,16 @@ class TrainConfig(Settings):
     variant: str = setting("auto", "weights variant of the base model: auto = fp16 when training in fp16 and the "
                                    "folder has *.fp16.safetensors files (or when it has only those), none = the "
                                    "plain files, or a variant name such as fp16", metavar="NAME")
+    # iterative training (METHOD §5): run by mudi.iterate / `mudi train --rounds N`
+    rounds: int = setting(0, "iterative training: after training, N rounds of generate (with initialization) -> "
+                             "D&C -> keep the good images -> fine-tune on them too (0 = off)")
+    round_steps: int = setting(200, "optimizer steps of each round's fine-tune")
+    round_images: int = setting(8, "images generated per round prompt")
+    round_prompts: list[str] = setting([], "prompt of the round images, {a}, {b}, ... for the subjects (repeatable; "
+                                           "default: the multi-subject validation prompt)", flag="--round-prompt",
+                                       metavar="PROMPT")
+    keep_threshold: float = setting(-1.0, "keep round images with D&C >= this (-1 = the images the evaluation "
+                                          "counts as successes)")
     # bookkeeping
     checkpoint_every: int = setting(500, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = setting(2, "checkpoints kept")
@@ -204,6 +217,11 @@ class TrainConfig(Settings):
             ("validation_inference_steps", self.validation_inference_steps >= 1, "must be >= 1"),
             ("validation_images", self.validation_images >= 1, "must be >= 1"),
             ("log_every", self.log_every >= 1, "must be >= 1"),
+            ("rounds", self.rounds >= 0, "must be >= 0 (0 = no iterative rounds)"),
+            ("round_steps", self.round_steps >= 1, "must be >= 1"),
+            ("round_images", self.round_images >= 1, "must be >= 1"),
+            ("keep_threshold", self.keep_threshold == -1 or -1 < self.keep_threshold <= 1,
+             "a D&C value in (-1, 1], or -1 = the evaluation's successes"),
             ("seed", 0 <= self.seed < 2**63, "must be in [0, 2**63)"),
             ("variant", bool(self.variant) and "/" not in self.variant and "." not in self.variant,
              "auto, none or a weights variant name such as fp16"),

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
+from mudi.train.extra import EXTRA_KEY, EXTRA_KIND
+
 
 # ============================================================================ captions
 
@@ -74,8 +76,9 @@ class ExampleSchedule:
     step reproduces the uninterrupted run exactly.
     """
 
-    def __init__(self, subject_set, seed: int):
+    def __init__(self, subject_set, seed: int, extra: int = 0):
         self.items = [(s.key, i) for s in subject_set for i in range(len(subject_set.photos(s.key)))]
+        self.items += [(EXTRA_KEY, i) for i in range(extra)]  # whole-image examples (--extra-examples)
         self.seed = int(seed)
         self._perm: tuple[int, np.ndarray] | None = None
 
@@ -145,6 +148,8 @@ class MicroBatchBuilder:
         optimizer step ``e // examples_per_step``; before ``segmix_start_step`` it is plain.
         """
         started = e // self.examples_per_step >= self.segmix_start_step
+        if key == EXTRA_KEY:  # a kept whole image: always as it is
+            return self.plain_examples[(key, idx)]
         if rng.random() < self.p and self.mix != "none" and started:
             return self.composer.composite(key, idx, rng)
         return self.plain_examples[(key, idx)]
@@ -180,7 +185,7 @@ class MicroBatchBuilder:
 
     def _distribution(self, role: str, x):
         """The VAE latent distribution of an example: cached for plain photos, encoded for composites."""
-        if x.kind != "plain":
+        if x.kind not in ("plain", EXTRA_KIND):
             return self.latents.distribution(x.image)
         pl = x.placements[0]
         owner = pl.key if role == "instance" else self.class_names[pl.key]

@@ -31,6 +31,7 @@ class RunPlan:
     class_photos: dict | None = None
     class_names: dict | None = None
     model: ModelInfo | None = None  # None for a hub id: read after loading
+    extra: list = dataclasses.field(default_factory=list)  # ExtraExample of --extra-examples
 
     @property
     def out(self) -> Path:
@@ -141,6 +142,9 @@ def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPl
     base model folder, resolution, LoRA target modules.
     """
     check_launch_environment()
+    if config.rounds:
+        raise MudiError(f"rounds = {config.rounds}: iterative training runs through mudi.iterate(config) "
+                        "(or `mudi train --rounds N`), not train().")
     options = _resume_decision(config, options or RunOptions())
     cfg = resolve_resume(config) if options.resume else config
     cfg.check()
@@ -149,7 +153,12 @@ def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPl
         cfg = init_lora_shape(cfg)
     sset, class_photos, class_names = _load_data(cfg)
     cfg, info = _check_model(cfg)
-    return RunPlan(cfg, options, sset, class_photos, class_names, info)
+    extra = []
+    if cfg.extra_examples:
+        from mudi.train.extra import load_extra
+
+        extra = load_extra(cfg.extra_examples, sset.keys)
+    return RunPlan(cfg, options, sset, class_photos, class_names, info, extra)
 
 
 __all__ = ["RunPlan", "prepare_run"]

@@ -76,6 +76,7 @@ def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, prec
     resolved = cfg.updated({
         "subjects": abs_if_local(cfg.subjects), "base": abs_if_local(cfg.base),
         "prior_dir": abs_if_local(cfg.prior_dir), "vae": abs_if_local(cfg.vae), "init_lora": abs_if_local(cfg.init_lora),
+        "extra_examples": [abs_if_local(p) for p in cfg.extra_examples],
         "mixed_precision": precision.mode, "segmix_margin": margin, "reg": cfg.resolved_reg(),
     })
     out = Path(cfg.out)
@@ -169,7 +170,7 @@ def setup_caches(trainer):
     cfg, plan, c = trainer.cfg, trainer.plan, trainer.counters
     sset = plan.subject_set
     text = TextCache(trainer.pipe, trainer.family, trainer.accelerator.device, trainer.precision.dtype)
-    captions = subject_captions(sset, cfg.k, cfg.mix)
+    captions = subject_captions(sset, cfg.k, cfg.mix) + [ex.photo.caption for ex in plan.extra]
     if plan.class_photos is not None:
         captions += class_captions(plan.class_photos, plan.class_names, sset.keys, cfg.k, cfg.mix)
     if text.fill(captions, validation_prompts(trainer), cfg.validation_negative_prompt):
@@ -177,6 +178,12 @@ def setup_caches(trainer):
     c.text_encoder_calls_setup, c.captions_cached = text.calls, len(text.cond)
     latents = LatentEncoder(trainer.pipe.vae, trainer.family, trainer.accelerator.device)
     plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names)
+    if plan.extra:
+        from mudi.train.extra import plain_extra
+
+        for key, ex in plain_extra(plan.extra, cfg.resolution).items():
+            plain_examples[key] = ex
+            latents.cached(("instance", *key), ex.image)
     c.latents_cached, c.encodes_after_cache = len(latents.cache), latents.encodes
     return text, latents, plain_examples
 
@@ -195,7 +202,7 @@ def setup_data(trainer):
     relative = parse_relative_sizes(cfg.relative_sizes) if cfg.relative_sizes else None
     composer = Composer(plan.subject_set, cfg.resolution, mix=cfg.mix, p=cfg.p, k=cfg.k, margin=cfg.segmix_margin,
                         relative_sizes=relative, class_layout=cfg.class_layout)
-    schedule = ExampleSchedule(plan.subject_set, cfg.seed)
+    schedule = ExampleSchedule(plan.subject_set, cfg.seed, extra=len(plan.extra))
     use_prior = plan.class_photos is not None and cfg.prior_weight > 0
     batches = MicroBatchBuilder(
         composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
