@@ -41,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
     subjects = ", ".join(result.info["subjects"].values()) or "unknown subjects"
     print(f"mudi merge: {len(config.loras)} LoRAs ({subjects}) merged by {config.rule} into {result.out} "
           f"(rank {result.rank}).")
-    print(f"  fine-tune with: mudi train --init-lora {result.out} --mix segmix --subjects SUBJECTS --out OUT")
+    subjects_dir = {s.get("subjects_dir") for s in result.info["sources"]}
+    where = config.subjects or (subjects_dir.pop() if len(subjects_dir) == 1 else "") or "SUBJECTS"
+    print(f"  fine-tune with: mudi train --init-lora {result.out} --mix segmix --subjects {where} --steps 200 --out OUT")
     return 0
