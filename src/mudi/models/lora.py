@@ -210,7 +210,7 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
     original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
     base-model version A1111 reads.
     """
-    from safetensors.torch import save_file
+    from mudi.models.lora_files import save_safetensors_atomic
 
     out_path = Path(out_path)
     model = _unwrap(unet)
@@ -225,15 +225,7 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
         "ss_sd_model_name": str(base),
         "mudi_lora_config": json.dumps(meta),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_path
+    return save_safetensors_atomic(sd, metadata, out_path)
 
 
 def _unwrap(model):

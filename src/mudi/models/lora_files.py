@@ -30,6 +30,7 @@ from mudi.errors import MudiError
 
 #: The safetensors header entry where diffusers keeps the adapter config.
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 _DIFFUSERS_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 _KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight")
 
@@ -138,7 +139,18 @@ def read_kohya_lora(path: str | Path) -> LoraTable:
     return table
 
 
-def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], out_path: Path) -> Path:
+def lora_file(path: str | Path, option: str) -> Path:
+    """The diffusers LoRA file of a ``mudi train``/``mudi merge`` folder (or the file itself);
+    MudiError naming ``option`` when there is none."""
+    p = Path(path)
+    weights = p / DIFFUSERS_FILE if p.is_dir() else p
+    if not weights.is_file():
+        raise MudiError(f"{option} {path}: no {DIFFUSERS_FILE} there; pass the folder of a finished `mudi train` "
+                        "or `mudi merge` run.")
+    return weights
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], out_path: Path) -> Path:
     """safetensors file written atomically (temporary file beside it, then a rename)."""
     from safetensors.torch import save_file
 
@@ -168,7 +180,7 @@ def write_diffusers_lora(table: LoraTable, out_path: str | Path, adapter_config:
             raise ValueError(f"{name}: rank {m.rank} / scale {m.scale} do not match the adapter config {cfg}")
         tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"] = m.a, m.b
     header = {ADAPTER_METADATA_KEY: json.dumps(meta, indent=2, sort_keys=True), "format": "pt"}
-    return _save(tensors, header, Path(out_path))
+    return save_safetensors_atomic(tensors, header, Path(out_path))
 
 
 def write_kohya_lora(table: LoraTable, out_path: str | Path, metadata: dict[str, str]) -> Path:
@@ -177,8 +189,8 @@ def write_kohya_lora(table: LoraTable, out_path: str | Path, metadata: dict[str,
     for name, m in table.modules.items():
         tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"] = m.a, m.b
         tensors[f"{name}.alpha"] = torch.tensor(float(m.scale * m.rank))
-    return _save(tensors, dict(metadata), Path(out_path))
+    return save_safetensors_atomic(tensors, dict(metadata), Path(out_path))
 
 
-__all__ = ["ADAPTER_METADATA_KEY", "LoraModule", "LoraTable", "read_diffusers_lora", "read_kohya_lora",
-           "write_diffusers_lora", "write_kohya_lora"]
+__all__ = ["ADAPTER_METADATA_KEY", "DIFFUSERS_FILE", "LoraModule", "LoraTable", "lora_file", "read_diffusers_lora",
+           "read_kohya_lora", "save_safetensors_atomic", "write_diffusers_lora", "write_kohya_lora"]

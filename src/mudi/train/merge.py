@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 
 from mudi.errors import MudiError
-from mudi.models.lora_files import (LoraModule, LoraTable, read_diffusers_lora, read_kohya_lora, write_diffusers_lora,
+from mudi.models.lora_files import (LoraModule, LoraTable, lora_file, read_diffusers_lora, read_kohya_lora, write_diffusers_lora,
                                     write_kohya_lora)
 from mudi.settings import RunOptions, Settings, read_section, setting
 from mudi.train.checkpoints import CONFIG_NAME, abs_if_local
@@ -101,11 +101,7 @@ class MergeSource:
 
     @classmethod
     def load(cls, spec: str) -> "MergeSource":
-        path = Path(spec)
-        weights = path / LORA_WEIGHTS if path.is_dir() else path
-        if not weights.is_file():
-            raise MudiError(f"--lora {spec}: no {LORA_WEIGHTS} there. Pass the output folder of a finished "
-                            "`mudi train` (or `mudi merge`) run.")
+        weights = lora_file(spec, "--lora")
         folder = weights.parent
         kohya = read_kohya_lora(folder / KOHYA_WEIGHTS) if (folder / KOHYA_WEIGHTS).is_file() else None
         train = read_section(folder / CONFIG_NAME, TrainConfig.SECTION) if (folder / CONFIG_NAME).is_file() else {}

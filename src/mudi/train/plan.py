@@ -103,14 +103,10 @@ def _check_model(cfg: TrainConfig) -> tuple[TrainConfig, ModelInfo | None]:
 def init_lora_shape(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the rank, alpha and UNet targets of its ``--init-lora`` (checked: a readable
     UNet LoRA of the same base model); a note when they replace other values."""
-    from mudi.models.lora_files import read_diffusers_lora
+    from mudi.models.lora_files import lora_file, read_diffusers_lora
     from mudi.settings import read_section
 
-    path = Path(cfg.init_lora)
-    weights = path / "pytorch_lora_weights.safetensors" if path.is_dir() else path
-    if not weights.is_file():
-        raise MudiError(f"--init-lora {cfg.init_lora}: no pytorch_lora_weights.safetensors there; pass the folder "
-                        "of a finished `mudi merge` or `mudi train` run.")
+    weights = lora_file(cfg.init_lora, "--init-lora")
     table = read_diffusers_lora(weights)
     other = sorted({n.split(".", 1)[0] for n in table.modules} - {"unet"})
     if other:

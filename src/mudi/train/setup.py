@@ -151,10 +151,9 @@ def load_init_lora(unet, path: str) -> None:
     into the freshly attached adapter."""
     from mudi.errors import MudiError
     from mudi.models.lora import load_lora_state_dict
-    from mudi.models.lora_files import read_diffusers_lora
+    from mudi.models.lora_files import lora_file, read_diffusers_lora
 
-    p = Path(path)
-    table = read_diffusers_lora(p / "pytorch_lora_weights.safetensors" if p.is_dir() else p)
+    table = read_diffusers_lora(lora_file(path, "--init-lora"))
     state = {}
     for name, m in table.modules.items():
         module = name.split(".", 1)[1]
