@@ -125,7 +125,7 @@ def _train_round(cfg: TrainConfig, k: int, out: Path, options: RunOptions) -> No
 
 
 def _generate_round(cfg: TrainConfig, k: int, out: Path, template: GenerateConfig, sset,
-                    options: RunOptions) -> Path:
+                    options: RunOptions, pipe=None) -> Path:
     from mudi.generate import generate
 
     folder = round_dir(out, k) / "images"
@@ -133,11 +133,12 @@ def _generate_round(cfg: TrainConfig, k: int, out: Path, template: GenerateConfi
                             "prompts": _prompts(cfg, sset), "n": cfg.round_images, "out": str(folder),
                             "seed": template.seed + SEED_STRIDE * k, "base": cfg.base})
     gen.check()
-    generate(gen, RunOptions(resume=True, device=options.device, progress=options.progress))
+    generate(gen, RunOptions(resume=True, device=options.device, progress=options.progress), pipe=pipe)
     return folder
 
 
-def _evaluate_round(cfg: TrainConfig, k: int, out: Path, template: EvaluateConfig, options: RunOptions) -> Evaluation:
+def _evaluate_round(cfg: TrainConfig, k: int, out: Path, template: EvaluateConfig, options: RunOptions,
+                    models=None) -> Evaluation:
     from mudi.evaluate import evaluate
 
     folder = round_dir(out, k) / "eval"
@@ -145,7 +146,7 @@ def _evaluate_round(cfg: TrainConfig, k: int, out: Path, template: EvaluateConfi
         return Evaluation.load(folder)
     ev = template.updated({"images": str(round_dir(out, k) / "images"), "subjects": cfg.subjects, "out": str(folder)})
     ev.check()
-    return evaluate(ev, RunOptions(overwrite=True, device=options.device, progress=options.progress))
+    return evaluate(ev, RunOptions(overwrite=True, device=options.device, progress=options.progress), models=models)
 
 
 def _kept_mask(result, sidecar: dict, size: tuple[int, int]) -> tuple[np.ndarray, str]:
@@ -229,7 +230,7 @@ def _save_run(out: Path, config: TrainConfig, generate: GenerateConfig, evaluate
 
 
 def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate: GenerateConfig | None = None,
-            evaluate: EvaluateConfig | None = None) -> RoundsResult:
+            evaluate: EvaluateConfig | None = None, pipe=None, eval_models=None) -> RoundsResult:
     """Iterative training (see the module docstring).
 
     Args:
@@ -239,6 +240,9 @@ def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate:
         generate: template of the rounds' generation settings (prompts, n, out, lora are set
             per round); default :class:`GenerateConfig`'s defaults (initialization on).
         evaluate: template of the rounds' evaluation settings (detector, embedder, thresholds).
+        pipe: an already loaded base pipeline for the rounds' generation (as ``generate(pipe=)``;
+            the LoRA is loaded into it and unloaded again); training loads its own.
+        eval_models: already loaded detector/embedder for the rounds' evaluation (as ``evaluate(models=)``).
 
     Raises:
         MudiError: a user mistake, found before anything is written.
@@ -256,8 +260,8 @@ def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate:
     _train_round(config, 0, out, options)
     rows = []
     for k in range(1, config.rounds + 1):
-        _generate_round(config, k, out, generate, sset, options)
-        evaluation = _evaluate_round(config, k, out, evaluate, options)
+        _generate_round(config, k, out, generate, sset, options, pipe)
+        evaluation = _evaluate_round(config, k, out, evaluate, options, eval_models)
         kept = _keep_round(config, k, out, evaluation)
         _train_round(config, k, out, options)
         values = evaluation.dnc_values
