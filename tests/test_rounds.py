@@ -49,8 +49,14 @@ def _log_kinds(folder: Path) -> set[str]:
 
 
 def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects, tmp_path, monkeypatch):
-    whole = tmp_path / "whole"
-    result = iterate(_config(tiny_models, subjects, whole), QUIET, **_templates(tiny_models))
+    from mudi.evaluate.pipeline import load_models
+    from mudi.models.loading import load_pipeline
+
+    whole = tmp_path / "whole"  # with the caller's loaded pipeline and evaluation models
+    templates = _templates(tiny_models)
+    pipe, models = load_pipeline(str(tiny_models / "sd")), load_models(templates["evaluate"])
+    result = iterate(_config(tiny_models, subjects, whole), QUIET, **templates, pipe=pipe, eval_models=models)
+    assert not getattr(pipe.unet, "peft_config", None)  # the rounds' LoRA was unloaded from the caller's pipeline
     r1 = whole / "rounds" / "1"
     assert len(list((r1 / "images").glob("[0-9][0-9][0-9][0-9].png"))) == 2
     assert (r1 / "eval" / "scores.json").is_file()
@@ -74,7 +80,7 @@ def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects,
     assert read_section(whole / "config.toml", "train")["rounds"] == 1
     assert read_section(whole / "config.toml", "evaluate")["detector"] == str(tiny_models / "owlv2")
 
-    # the same run, stopped right after round 1's images were made, then resumed
+    # the same run (models loaded by mudi), stopped right after round 1's images were made, then resumed
     stopped = tmp_path / "stopped"
     real = iterate_module._evaluate_round
 
@@ -95,7 +101,7 @@ def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects,
     assert json.loads((stopped / "rounds.json").read_text())["rounds"] == rounds
 
 
-def test_cli_rounds_options_and_mistakes(tiny_models, subjects, tmp_path, capsys):
+def test_cli_rounds_options_and_mistakes(tiny_models, subjects, tmp_path, capsys, monkeypatch):
     base = ["train", "--subjects", str(subjects), "--base", str(tiny_models / "sd"), "--resolution", "64",
             "--steps", "2", "--validate-every", "-1", "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "a"), "--rounds", "1", "--stop-after", "1"]) == 2
@@ -104,7 +110,11 @@ def test_cli_rounds_options_and_mistakes(tiny_models, subjects, tmp_path, capsys
     assert "keep_threshold" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "c"), "--extra-examples", str(tmp_path)]) == 2
     assert "no examples.jsonl" in capsys.readouterr().err
-    assert not any((tmp_path / n).exists() for n in "abc")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main([*base, "--out", str(tmp_path / "e"), "--rounds", "1"]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert not any((tmp_path / n).exists() for n in "abce")
     with pytest.raises(MudiError, match="mudi.iterate"):
         train(_config(tiny_models, subjects, tmp_path / "d"), QUIET)
 

@@ -34,6 +34,7 @@ on a CPU a resumed run ends with the same LoRA as an uninterrupted one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ def _check(cfg: TrainConfig, options: RunOptions) -> None:
     from mudi.train.plan import prepare_run
 
     cfg.check()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise MudiError("iterative training (--rounds) runs in one process; start it without `accelerate launch` / "
+                        "torchrun (each round's training then uses one device).")
     if cfg.rounds < 1:
         raise MudiError("iterative training needs rounds >= 1 (--rounds N).")
     out = Path(cfg.out)
