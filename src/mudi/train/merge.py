@@ -197,8 +197,9 @@ def _adapter_config(source: MergeSource, merged: LoraTable) -> dict[str, dict]:
         comp = name.split(".", 1)[0]
         if comp not in out:
             cfg = dict(source.table.adapter_config(comp))
-            targets = sorted({n.split(".", 1)[1].rsplit(".", 1)[-1] for n in merged.modules if n.startswith(comp)})
-            cfg.setdefault("target_modules", targets)
+            if "target_modules" not in cfg:  # a file without an adapter config: the modules' short names
+                parts = [n.split(".") for n in merged.modules if n.startswith(comp + ".")]
+                cfg["target_modules"] = sorted({".".join(p[-2:]) if p[-1].isdigit() else p[-1] for p in parts})
             cfg.update({"r": m.rank, "lora_alpha": float(m.rank)})
             cfg.setdefault("lora_dropout", 0.0)
             cfg.setdefault("init_lora_weights", "gaussian")
