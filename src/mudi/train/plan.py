@@ -69,8 +69,9 @@ def _load_data(cfg: TrainConfig):
         sset = SubjectSet([sset.subject(key) for key in picked], sset.root)
     if cfg.mix != "none" and cfg.k > len(sset):
         hint = " (one subject per LoRA: add --mix none)" if len(sset) == 1 else ""
+        picked = f" (--only picks {len(sset)})" if cfg.only else ""
         raise MudiError(f"--k {cfg.k} subjects per composite, but {cfg.subjects} has only {len(sset)} "
-                        f"subject(s) to train{hint}.")
+                        f"subject{'s' if len(sset) != 1 else ''}{picked}{hint}.")
     if cfg.relative_sizes:
         from mudi.compose import parse_relative_sizes
 
