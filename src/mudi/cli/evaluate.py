@@ -36,7 +36,8 @@ DESCRIPTION = (
     "Writes scores.csv, per_image.json, scores.json, config.toml and report.html."
 )
 INPUT_FIELDS = ("subjects", "out", "prompt", "subject_keys")
-MODEL_FIELDS = ("detector", "embedder", "dreamsim_cache", "clip", "image_reward", "batch_size")
+MODEL_FIELDS = ("detector", "embedder", "dreamsim_cache", "clip", "dino_model", "clip_i_model", "image_reward",
+                "batch_size")
 METRIC_FIELDS = ("threshold", "success_threshold", "norm", "nms", "reference_mode", "queries", "report")
 
 

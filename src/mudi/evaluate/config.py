@@ -44,6 +44,14 @@ class EvaluateConfig(Settings):
                                       "downloaded; the error says what to put there)", metavar="DIR")
     clip: str = setting(DEFAULT_CLIP, "CLIP model folder or hub id for the CLIP score; 'none' to skip",
                         metavar="M|none")
+    dino_model: str = setting("auto", "backbone of the DINO metric (CLS token, whole image vs references): a ViT "
+                                      "folder or hub id; auto = facebook/dino-vits16 (DINO ViT-S/16, as DreamBench) "
+                                      "with --embedder dinov2, else the D&C embedder; embedder = the D&C embedder; "
+                                      "none = skip", metavar="M|auto|embedder|none")
+    clip_i_model: str = setting("auto", "CLIP model of CLIP-I and CLIP-T: a folder or hub id; auto = "
+                                        "openai/clip-vit-base-patch32 (ViT-B/32) with the default --clip, else the "
+                                        "--clip model; clip = the --clip model; none = skip",
+                                metavar="M|auto|clip|none")
     image_reward: bool = setting(False, "also compute ImageReward (needs the optional image-reward package)")
     batch_size: int = setting(DEFAULT_BATCH_SIZE, "images per batch", metavar="N")
     threshold: float = setting(DEFAULT_DETECTION_THRESHOLD, "detection score threshold (the paper's)", metavar="T")

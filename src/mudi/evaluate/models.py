@@ -24,6 +24,8 @@ class EvalModels:
     clip: Any = None
     image_reward: Any = None
     device: str = "cpu"
+    #: DINO / CLIP-I / CLIP-T of whole images (:class:`~mudi.evaluate.global_metrics.ImageMetrics`)
+    metrics: Any = None
     #: how each component was asked for (saved in scores.json)
     names: dict[str, str | None] = field(default_factory=dict)
     _references: dict[tuple[str, str], ReferenceEmbeddings] = field(default_factory=dict, repr=False, init=False)
@@ -46,7 +48,8 @@ class EvalModels:
             image_reward = ImageRewardScorer(device=device)
         names = {"detector": _describe(detector, config.detector), "embedder": getattr(embedder, "name", None)
                  or config.embedder, "clip": getattr(clip, "name", None)}
-        return cls(detector, embedder, clip, image_reward, str(device), names)
+        metrics = image_metrics(config, embedder, clip, device)
+        return cls(detector, embedder, clip, image_reward, str(device), names=names, metrics=metrics)
 
     def references(self, subject_set, mode: str) -> ReferenceEmbeddings:
         """The reference embeddings of ``subject_set`` (one object per set folder and mode)."""
@@ -60,6 +63,38 @@ class EvalModels:
         return {**self.names, "device": self.device}
 
 
+def image_metrics(config: EvaluateConfig, embedder: Embedder, clip, device: str):
+    """The DINO / CLIP-I / CLIP-T models ``config.dino_model`` and ``config.clip_i_model`` ask for
+    (``None`` when both are off); ``auto`` picks the papers' backbones next to mudi's default
+    models and otherwise reuses the models already loaded, so local and offline runs need nothing more."""
+    from mudi.evaluate.dino import DEFAULT_DINO_V1, DEFAULT_METRIC_CLIP, DinoEmbedder
+    from mudi.evaluate.global_metrics import ImageMetrics
+    from mudi.models.loading import DEFAULT_CLIP
+
+    dino_spec, clip_spec = config.dino_model.strip(), config.clip_i_model.strip()
+    dino = clip_i = None
+    names: dict[str, str | None] = {}
+    if dino_spec == "auto":
+        dino_spec = DEFAULT_DINO_V1 if config.embedder == "dinov2" else "embedder"
+    if dino_spec == "embedder":
+        dino, names["dino"] = embedder, f"{getattr(embedder, 'name', None) or config.embedder} (the D&C embedder)"
+    elif dino_spec.lower() not in ("", "none"):
+        dino = DinoEmbedder(dino_spec, device=device, batch_size=config.batch_size)
+        names["dino"] = dino.name
+    if clip_spec == "auto":
+        clip_spec = DEFAULT_METRIC_CLIP if config.clip == DEFAULT_CLIP else "clip"
+    if clip_spec == "clip":
+        clip_i = clip
+    elif clip_spec.lower() not in ("", "none"):
+        from mudi.evaluate.textfid import ClipScorer
+
+        clip_i = ClipScorer(clip_spec, device=device, batch_size=config.batch_size)
+    names["clip"] = getattr(clip_i, "name", None) if clip_i is not None else None
+    if dino is None and clip_i is None:
+        return None
+    return ImageMetrics(dino, clip_i, names=names)
+
+
 def _describe(detector: Detector, spec: str) -> str:
     """``name (nms_iou=X)`` for a model-backed detector, else the name it was asked for."""
     name = getattr(detector, "name", None)
@@ -68,4 +103,4 @@ def _describe(detector: Detector, spec: str) -> str:
     return f"{name} (nms_iou={getattr(detector, 'nms_iou', None)})"
 
 
-__all__ = ["EvalModels"]
+__all__ = ["EvalModels", "image_metrics"]

@@ -91,7 +91,8 @@ class EvaluationJob:
                                 clip=models.clip, image_reward=models.image_reward,
                                 success_threshold=config.success_threshold, batch_size=config.batch_size,
                                 engine=engine, progress=self.options.progress and procs.is_main, label=self.label,
-                                settings=dict(models.settings(), images=str(config.images)))
+                                settings=dict(models.settings(), images=str(config.images)),
+                                metrics=models.metrics)
         except MudiError as exc:
             if procs.count == 1:
                 raise

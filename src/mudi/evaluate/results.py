@@ -27,7 +27,8 @@ from mudi.protocols import Detection
 
 CSV_COLUMNS = [
     "name", "k", "subjects", "dnc", "success", "count_ok", "count_error", "n_boxes",
-    "identities_ok", "layout_iou", "clip_score", "image_reward", "prompt", "fidelity_prompt", "seed", "path", "error",
+    "identities_ok", "layout_iou", "clip_score", "image_reward", "dino", "clip_i", "clip_t", "identity", "missing",
+    "duplicate", "prompt", "fidelity_prompt", "seed", "path", "error",
 ]
 #: Files :meth:`Evaluation.save` writes.
 SCORES_JSON, PER_IMAGE_JSON, SCORES_CSV = "scores.json", "per_image.json", "scores.csv"
@@ -66,6 +67,16 @@ class ImageResult:
     meta: dict = field(default_factory=dict)
     #: mean IoU of each subject's matched box with its box in the sidecar's layout (None if n/a)
     layout_iou: float | None = None
+    #: DINO / CLIP-I (whole image vs the references), CLIP-T (raw cosine to the fidelity prompt)
+    dino: float | None = None
+    clip_i: float | None = None
+    clip_t: float | None = None
+    #: detect-then-compare identity score (mean over subjects; per subject, 0 when absent)
+    identity: float | None = None
+    identity_per_subject: dict = field(default_factory=dict)
+    #: subjects without a box, and boxes beyond the first of a subject
+    missing: int | None = None
+    duplicate: int | None = None
 
     @property
     def k(self) -> int:
@@ -90,6 +101,13 @@ class ImageResult:
             "layout_iou": rounded(self.layout_iou),
             "clip_score": rounded(self.clip_score),
             "image_reward": rounded(self.image_reward),
+            "dino": rounded(self.dino),
+            "clip_i": rounded(self.clip_i),
+            "clip_t": rounded(self.clip_t),
+            "identity": rounded(self.identity),
+            "identity_per_subject": dict(self.identity_per_subject),
+            "missing": self.missing,
+            "duplicate": self.duplicate,
             "error": self.error,
             "seed": self.meta.get("seed"),
             "detections": [
@@ -110,7 +128,9 @@ class ImageResult:
         meta = {"seed": d["seed"]} if d.get("seed") is not None else {}
         return cls(d["name"], list(d.get("subjects") or []), d.get("prompt"), d.get("fidelity_prompt"), d.get("path"),
                    DncResult.from_dict(d) if d.get("dnc") is not None else None, dets, d.get("clip_score"),
-                   d.get("image_reward"), d.get("success"), d.get("error"), meta, d.get("layout_iou"))
+                   d.get("image_reward"), d.get("success"), d.get("error"), meta, d.get("layout_iou"),
+                   d.get("dino"), d.get("clip_i"), d.get("clip_t"), d.get("identity"),
+                   dict(d.get("identity_per_subject") or {}), d.get("missing"), d.get("duplicate"))
 
     def to_row(self) -> dict:
         """One row of ``scores.csv``."""

@@ -32,6 +32,7 @@ from mudi.evaluate.dnc import (
 )
 from mudi.evaluate.embed import ReferenceEmbeddings
 from mudi.evaluate.folder import EvalItem, collect_folder, make_items
+from mudi.evaluate.global_metrics import apply_detection_metrics
 from mudi.evaluate.results import Evaluation, ImageResult
 from mudi.evaluate.summary import DEFAULT_SUCCESS_THRESHOLD, summarize
 from mudi.geometry import box_iou
@@ -187,7 +188,8 @@ def _load(chunk: Sequence[EvalItem], subject_set, results: list[ImageResult]) ->
     return loaded
 
 
-def _score_batch(engine: DetectAndCompare, loaded: list[Loaded], clip, image_reward, nothing_worked_yet: bool) -> None:
+def _score_batch(engine: DetectAndCompare, loaded: list[Loaded], clip, image_reward, nothing_worked_yet: bool,
+                 metrics=None) -> None:
     """Score loaded images; on a failure retry one by one so one bad image cannot stop the run.
 
     If every image fails before any image of the run has worked, the problem is the setup (a
@@ -196,7 +198,7 @@ def _score_batch(engine: DetectAndCompare, loaded: list[Loaded], clip, image_rew
     if not loaded:
         return
     try:
-        _score_group(engine, loaded, clip, image_reward)
+        _score_group(engine, loaded, clip, image_reward, metrics)
         return
     except MudiError:
         raise
@@ -205,7 +207,7 @@ def _score_batch(engine: DetectAndCompare, loaded: list[Loaded], clip, image_rew
     failures: list[BaseException] = []
     for one in loaded:
         try:
-            _score_group(engine, [one], clip, image_reward)
+            _score_group(engine, [one], clip, image_reward, metrics)
         except MudiError:
             raise
         except Exception as exc:
@@ -219,7 +221,7 @@ def _score_batch(engine: DetectAndCompare, loaded: list[Loaded], clip, image_rew
         ) from exc
 
 
-def _score_group(engine: DetectAndCompare, loaded: list[Loaded], clip, image_reward) -> None:
+def _score_group(engine: DetectAndCompare, loaded: list[Loaded], clip, image_reward, metrics=None) -> None:
     ims = [im for _, im, _ in loaded]
     dnc = engine.score(ims, [res.subjects for _, _, res in loaded])
     texts = [res.fidelity_prompt for _, _, res in loaded]
@@ -231,6 +233,9 @@ def _score_group(engine: DetectAndCompare, loaded: list[Loaded], clip, image_rew
         ir_scores = image_reward.score([ims[i] for i in with_text], [texts[i] for i in with_text])
     for j, (_, _, res) in enumerate(loaded):
         res.dnc, res.detections = dnc[j]
+        apply_detection_metrics(res)
+    if metrics is not None:
+        metrics.apply(engine.subject_set, ims, [res for _, _, res in loaded])
     for n, i in enumerate(with_text):
         if clip_scores is not None:
             loaded[i][2].clip_score = float(clip_scores[n])
@@ -249,7 +254,8 @@ def _finish(loaded: list[Loaded], success_threshold: float) -> int:
     return n
 
 
-def _settings(engine: DetectAndCompare, success_threshold: float, clip, image_reward, given: dict | None) -> dict:
+def _settings(engine: DetectAndCompare, success_threshold: float, clip, image_reward, given: dict | None,
+              metrics=None) -> dict:
     """What the run used (saved in scores.json)."""
     sset = engine.subject_set
     s = dict(given or {})
@@ -266,7 +272,10 @@ def _settings(engine: DetectAndCompare, success_threshold: float, clip, image_re
         "subject_set": str(sset.root) if sset.root else None,
         "subjects": {s_.key: s_.phrase for s_ in sset},
         "mudi_version": __version__,
+        "identity_embedder": s.get("embedder") or repr(engine.embedder),
     })
+    s.update(metrics.settings() if metrics is not None else {"dino_model": None, "clip_i_model": None,
+                                                              "clip_t_model": None})
     return s
 
 
@@ -275,9 +284,11 @@ def evaluate_items(items: Sequence[EvalItem], subject_set, detector: Detector, e
                    success_threshold: float = DEFAULT_SUCCESS_THRESHOLD, norm: str = DEFAULT_NORM,
                    batch_size: int = DEFAULT_BATCH_SIZE, queries: dict[str, str] | None = None,
                    reference_mode: str = "whole", engine: DetectAndCompare | None = None,
-                   progress: bool = False, label: str = "run", settings: dict | None = None) -> Evaluation:
+                   progress: bool = False, label: str = "run", settings: dict | None = None,
+                   metrics=None) -> Evaluation:
     """Score :class:`~mudi.evaluate.folder.EvalItem` s in batches; a bad image becomes an error
-    entry, never an abort. ``engine`` reuses a :class:`DetectAndCompare` (and its references)."""
+    entry, never an abort. ``engine`` reuses a :class:`DetectAndCompare` (and its references);
+    ``metrics`` (:class:`~mudi.evaluate.global_metrics.ImageMetrics`) adds DINO, CLIP-I, CLIP-T."""
     # 1. check the settings
     if not 0.0 <= float(success_threshold) <= 1.0:
         raise MudiError(f"success threshold must be in [0, 1], got {success_threshold}.")
@@ -294,14 +305,14 @@ def evaluate_items(items: Sequence[EvalItem], subject_set, detector: Detector, e
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         loaded = _load(chunk, subject_set, results)
-        _score_batch(engine, loaded, clip, image_reward, n_ok == 0)
+        _score_batch(engine, loaded, clip, image_reward, n_ok == 0, metrics)
         n_ok += _finish(loaded, success_threshold)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
     # 4. summary and settings
-    s = _settings(engine, success_threshold, clip, image_reward, settings)
+    s = _settings(engine, success_threshold, clip, image_reward, settings, metrics)
     s["seconds"] = round(time.perf_counter() - t0, 2)
     return Evaluation(results, summarize(results, success_threshold), s, label)
 

@@ -26,6 +26,8 @@ from mudi.evaluate.results import ImageResult
 
 #: Minimum D&C of a successful image (see the module docstring for the reasoning).
 DEFAULT_SUCCESS_THRESHOLD = 0.8
+#: Per-image metrics beside D&C whose means the summary holds (``dino_mean``, ...).
+METRICS = ("dino", "clip_i", "clip_t", "identity", "missing", "duplicate")
 
 
 def _stats(values: Sequence[float]) -> dict:
@@ -64,6 +66,8 @@ def _group_summary(rs: Sequence[ImageResult]) -> dict:
         "clip_score_mean": clip["mean"],
         "clip_score_std": clip["std"],
         "image_reward_mean": ir["mean"],
+        **{f"{name}_mean": _stats([getattr(r, name) for r in scored if getattr(r, name) is not None])["mean"]
+           for name in METRICS},
     }
 
 
