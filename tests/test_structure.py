@@ -18,7 +18,7 @@ MAX_FUNCTION_LINES = 80
 #: Stage subpackages in pipeline order.
 STAGES = ("prepare", "compose", "train", "generate", "evaluate", "report")
 #: Packages that chain stages (iterative training): they may use every stage, no stage uses them.
-WORKFLOWS = ("workflows",)
+WORKFLOWS = ("workflows", "bench")
 #: Modules every stage may use; they import no stage, no command and not the toy world.
 SHARED = ("errors", "protocols", "subjects", "metadata", "io", "viz", "geometry", "runtime", "settings", "stage", "version",
           "models")

@@ -32,7 +32,7 @@ from mudi.errors import MudiError
 from mudi.io import read_user_file
 
 #: Tables a run file may hold, in pipeline order.
-STAGE_SECTIONS = ("prepare", "compose", "priors", "train", "merge", "generate", "evaluate")
+STAGE_SECTIONS = ("prepare", "compose", "priors", "train", "merge", "generate", "evaluate", "bench")
 
 S = TypeVar("S", bound="Settings")
 

@@ -27,6 +27,7 @@ COMMANDS = [
     "priors",
     "generate",
     "evaluate",
+    "bench",
     "tiny_models",
 ]
 
