@@ -17,7 +17,8 @@ Stages: :func:`prepare` (or :func:`import_subjects`) → :func:`compose` (previe
 (:func:`make_class_set` for prior preservation) → :func:`train` (or one LoRA per subject, then
 :func:`merge` and a short :func:`train` with ``init_lora``; :func:`iterate` adds rounds of
 training on its own best images) → :func:`generate` →
-:func:`evaluate` / :func:`compare`. Everything the ``mudi``
+:func:`evaluate` / :func:`compare`, and :func:`bench` (a prompt suite, evaluated into one
+table). Everything the ``mudi``
 command does goes through these functions. The stage packages (``mudi.prepare``,
 ``mudi.train``, ...) hold the parts and are themselves callable: ``mudi.train(config)`` runs
 :func:`mudi.train.train`.
@@ -30,11 +31,13 @@ from mudi.version import __version__
 
 # The stage packages are callable (mudi.stage.make_callable): mudi.train(config) runs the stage,
 # mudi.train.TrainConfig and `import mudi.train.recipe` keep working.
+import mudi.bench as bench
 import mudi.compose as compose
 import mudi.evaluate as evaluate
 import mudi.generate as generate
 import mudi.prepare as prepare
 import mudi.train as train
+from mudi.bench import BenchConfig
 from mudi.compose import ComposeConfig
 from mudi.evaluate import EvaluateConfig, compare
 from mudi.generate import GenerateConfig
@@ -43,6 +46,7 @@ from mudi.train import MergeConfig, PriorsConfig, TrainConfig, make_class_set, m
 from mudi.workflows import iterate
 
 __all__ = [
+    "BenchConfig",
     "ComposeConfig",
     "EvaluateConfig",
     "GenerateConfig",
@@ -54,6 +58,7 @@ __all__ = [
     "SubjectSet",
     "TrainConfig",
     "__version__",
+    "bench",
     "compare",
     "compose",
     "evaluate",

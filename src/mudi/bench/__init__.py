@@ -9,6 +9,7 @@ multi-subject prompt rule), :mod:`~mudi.bench.importer`, :mod:`~mudi.bench.runne
 :mod:`~mudi.bench.table` (means, bootstrap intervals, CSV/JSON/HTML).
 """
 
+from mudi.stage import make_callable
 from mudi.bench.config import BenchConfig
 from mudi.bench.importer import import_images, plan_import
 from mudi.bench.runner import BenchResult, bench
@@ -17,3 +18,5 @@ from mudi.bench.table import bootstrap_ci
 
 __all__ = ["BenchConfig", "BenchResult", "Suite", "bench", "bootstrap_ci", "import_images", "load_suite",
            "multi_subject_prompt", "plan_import", "shipped_suites"]
+
+make_callable(__name__, bench)  # mudi.bench(...) runs bench(...); the package stays importable
