@@ -47,12 +47,19 @@ class Dinov2Embedder:
         batch_size: images per forward pass.
     """
 
+    #: what ``model=None`` loads (``None``: facebook/dinov2-base), and the kind named in loading errors
+    DEFAULT_MODEL: str | None = None
+    KIND = "dinov2"
+    #: ``mean`` of all output tokens (D&C-DINO) or the ``cls`` token alone (DreamBench's DINO)
+    POOLING = "mean"
+
     def __init__(self, model=None, *, device: str = "cpu", batch_size: int = 16):
         import torch
 
         from mudi.models.loading import DEFAULT_DINO, load_dinov2, model_pair
 
-        self.model, self.processor, self.name = model_pair(model, load_dinov2, default=DEFAULT_DINO, kind="dinov2",
+        default = self.DEFAULT_MODEL or DEFAULT_DINO
+        self.model, self.processor, self.name = model_pair(model, load_dinov2, default=default, kind=self.KIND,
                                                            device=device)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
@@ -72,7 +79,8 @@ class Dinov2Embedder:
                 inputs = self.processor(images=list(chunk), return_tensors="pt")
                 pixel_values = inputs["pixel_values"].to(self.device, dtype)
                 hidden = self.model(pixel_values=pixel_values).last_hidden_state  # (B, T, D)
-                out.append(hidden.float().mean(dim=1).cpu().numpy())
+                pooled = hidden[:, 0].float() if self.POOLING == "cls" else hidden.float().mean(dim=1)
+                out.append(pooled.cpu().numpy())
         self.n_embedded += len(images)
         return _l2(np.concatenate(out, axis=0))
 
