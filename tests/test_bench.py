@@ -160,3 +160,30 @@ def test_bench_scores_an_imported_folder_through_the_cli(toy_world, tmp_path, ca
     assert main(common + ["--images", str(folder), "--suite", "nope", "--out", str(tmp_path / "B5")]) == 2
     assert "not in the subject set" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in ("B2", "B3", "B4", "B5"))
+
+
+def test_bench_splits_the_images_across_processes(toy_world, tmp_path):
+    """Two stand-in processes (threads) give the one-process table, written once."""
+    from test_evaluate_processes import ThreadGroup
+
+    from mudi.evaluate import EvalModels, EvaluateConfig
+    from mudi.evaluate.global_metrics import ImageMetrics
+    from mudi.toy.vision import ToyDetector, ToyEmbedder
+
+    sset_dir, scene, subjects = toy_world
+    folder = _foreign_folder(tmp_path, scene, subjects)
+
+    def run(out, procs=None):
+        models = EvalModels(ToyDetector(), ToyEmbedder(), metrics=ImageMetrics(ToyEmbedder(), names={"dino": "toy"}))
+        config = BenchConfig(out=str(out), subjects=[str(sset_dir)], images=[str(folder)])
+        return bench(config, RunOptions(progress=False), evaluate_config=EvaluateConfig(success_threshold=0.7),
+                     models=models, procs=procs)
+
+    alone = run(tmp_path / "one")
+    split = ThreadGroup(2).run(lambda procs: run(tmp_path / "two", procs))
+    assert not [r for r in split if isinstance(r, BaseException)], split
+    assert all(r.rows == alone.rows for r in split)
+    assert alone.rows[0]["dino"] is not None and alone.rows[0]["n_scored"] == 3
+    per = "cases/imported__toy_pair__k2/eval/per_image.json"
+    assert (tmp_path / "two" / per).read_text() == (tmp_path / "one" / per).read_text().replace("/one/", "/two/")
+    assert (tmp_path / "two" / "bench.json").is_file()

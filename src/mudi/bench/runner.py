@@ -166,6 +166,7 @@ def bench(config: BenchConfig, options: RunOptions | None = None, *, generate_co
     cases = plan_cases(config, suite)
     procs = procs or processes()
     claim_output_dir(config.out, overwrite=options.overwrite, resume=options.resume, what="bench")
+    procs.wait()  # every process checked OUT before any writes
     # 2-3. images and evaluation, case by case
     models_box = [models] if models is not None else []
     done = []
