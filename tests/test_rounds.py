@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 from safetensors.torch import load_file
 
@@ -32,7 +33,7 @@ def subjects(data_dir: Path) -> Path:
 
 def _config(tiny_models, subjects, out, **kw) -> TrainConfig:
     values = dict(FAST, subjects=str(subjects), base=str(tiny_models / "sd"), out=str(out), rounds=1, round_steps=2,
-                  round_images=2, keep_threshold=0.0)
+                  round_images=3, keep_threshold=-0.5)
     values.update(kw)
     return TrainConfig(**values)
 
@@ -43,30 +44,62 @@ def _templates(tiny_models):
                                         clip="none", report=False))
 
 
+class HalvesDetector:
+    """Stand-in detector: subject 0 in the left half, subject 1 in the right half of every image
+    (no count errors, so D&C is computed with the real embedder), except image 0001, which shows
+    one subject only (a count error: never kept)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def detect(self, images, queries, threshold):
+        from mudi.protocols import Detection
+
+        out = []
+        for im in images:
+            w, h = im.size
+            boxes = [Detection((2.0, 4.0, w / 2 - 2, h - 4.0), 0.9, 0), Detection((w / 2 + 2, 4.0, w - 2.0, h - 4.0), 0.9, 1)]
+            out.append(boxes[:1] if self.calls == 1 else boxes)
+            self.calls += 1
+        return out
+
+
+def _models(tiny_models, evaluate: EvaluateConfig):
+    from mudi.evaluate import EvalModels
+    from mudi.evaluate.pipeline import load_models
+
+    real = load_models(evaluate)
+    return EvalModels(HalvesDetector(), real.embedder, names={"detector": "halves", "embedder": "tiny dinov2"})
+
+
 def _log_kinds(folder: Path) -> set[str]:
     rows = [json.loads(ln) for ln in (folder / "train_log.jsonl").read_text().splitlines()]
     return {k for r in rows for k in r["kinds"]}
 
 
 def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects, tmp_path, monkeypatch):
-    from mudi.evaluate.pipeline import load_models
     from mudi.models.loading import load_pipeline
 
-    whole = tmp_path / "whole"  # with the caller's loaded pipeline and evaluation models
+    whole = tmp_path / "whole"  # with the caller's loaded pipeline
     templates = _templates(tiny_models)
-    pipe, models = load_pipeline(str(tiny_models / "sd")), load_models(templates["evaluate"])
-    result = iterate(_config(tiny_models, subjects, whole), QUIET, **templates, pipe=pipe, eval_models=models)
+    pipe = load_pipeline(str(tiny_models / "sd"))
+    result = iterate(_config(tiny_models, subjects, whole), QUIET, **templates, pipe=pipe,
+                     eval_models=_models(tiny_models, templates["evaluate"]))
     assert not getattr(pipe.unet, "peft_config", None)  # the rounds' LoRA was unloaded from the caller's pipeline
     r1 = whole / "rounds" / "1"
-    assert len(list((r1 / "images").glob("[0-9][0-9][0-9][0-9].png"))) == 2
+    assert len(list((r1 / "images").glob("[0-9][0-9][0-9][0-9].png"))) == 3
     assert (r1 / "eval" / "scores.json").is_file()
     kept = [json.loads(ln) for ln in (r1 / "kept" / "examples.jsonl").read_text().splitlines()]
     per_image = {d["name"]: d for d in json.loads((r1 / "eval" / "per_image.json").read_text())}
-    assert [k["file_name"] for k in kept] == [f"{n}.png" for n, d in per_image.items() if d["dnc"] >= 0.0]
-    assert kept, "the tiny detector's scores keep at least one image at threshold 0"
+    assert per_image["0001"]["count_error"] and per_image["0000"]["count_ok"]
+    assert [k["file_name"] for k in kept] == [f"{n}.png" for n, d in per_image.items()
+                                              if d["count_ok"] and d["dnc"] >= -0.5]
+    assert kept and "0001.png" not in [k["file_name"] for k in kept]
     for item in kept:
         assert item["text"] == "a photo of a olis corgi and a hta chow chow" and item["subjects"] == ["a", "b"]
-        assert (r1 / "kept" / item["mask_path"]).is_file()
+        assert item["mask_source"] == "detections"
+        mask = np.asarray(Image.open(r1 / "kept" / item["mask_path"])) > 127
+        assert mask[32, 10] and mask[32, 50] and not mask[32, 32] and not mask[1, 10]  # the two boxes
     # round 1's fine-tune starts from round 0's LoRA and draws the kept images as whole examples
     saved = TrainConfig.from_toml(r1 / "train" / "config.toml")
     assert saved.init_lora == str((whole / "rounds" / "0" / "train").resolve())
@@ -75,7 +108,7 @@ def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects,
     final = load_file(str(result.lora))
     assert all(torch.equal(final[k], v) for k, v in load_file(str(r1 / "train" / "pytorch_lora_weights.safetensors")).items())
     rounds = json.loads((whole / "rounds.json").read_text())["rounds"]
-    assert rounds[0]["kept"] == len(kept) and rounds[0]["images"] == 2
+    assert rounds[0]["kept"] == len(kept) and rounds[0]["images"] == 3
     # OUT/config.toml holds the [train] table (read by mudi generate) and the rounds' templates
     assert read_section(whole / "config.toml", "train")["rounds"] == 1
     assert read_section(whole / "config.toml", "evaluate")["detector"] == str(tiny_models / "owlv2")
@@ -90,12 +123,13 @@ def test_rounds_then_resume_mid_round_gives_the_same_lora(tiny_models, subjects,
     monkeypatch.setattr(iterate_module, "_evaluate_round", killed)
     with pytest.raises(KeyboardInterrupt):
         iterate(_config(tiny_models, subjects, stopped), QUIET, **_templates(tiny_models))
-    assert len(list((stopped / "rounds" / "1" / "images").glob("*.png"))) >= 2
+    assert len(list((stopped / "rounds" / "1" / "images").glob("[0-9][0-9][0-9][0-9].png"))) == 3
     assert not (stopped / "rounds" / "1" / "train").exists()
     monkeypatch.setattr(iterate_module, "_evaluate_round", real)
     with pytest.raises(MudiError, match="--resume"):  # no silent restart over a stopped run
         iterate(_config(tiny_models, subjects, stopped), QUIET, **_templates(tiny_models))
-    resumed = iterate(TrainConfig(out=str(stopped)), RunOptions(resume=True, progress=False))  # saved settings
+    resumed = iterate(TrainConfig(out=str(stopped)), RunOptions(resume=True, progress=False),  # saved settings
+                      eval_models=_models(tiny_models, _templates(tiny_models)["evaluate"]))
     again = load_file(str(resumed.lora))
     assert set(again) == set(final) and all(torch.equal(again[k], final[k]) for k in final)
     assert json.loads((stopped / "rounds.json").read_text())["rounds"] == rounds
@@ -122,8 +156,6 @@ def test_cli_rounds_options_and_mistakes(tiny_models, subjects, tmp_path, capsys
 def test_extra_examples_enter_the_schedule_as_whole_images(tiny_models, subjects, tmp_path):
     """An examples folder made by hand: its images are drawn as they are (never cut into composites),
     a subject the set lacks is refused."""
-    from PIL import Image
-
     from mudi.subjects import SubjectSet
     from mudi.train.data import ExampleSchedule
     from mudi.train.extra import EXTRA_KEY, load_extra, write_examples

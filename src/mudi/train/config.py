@@ -125,8 +125,8 @@ class TrainConfig(Settings):
     round_prompts: list[str] = setting([], "prompt of the round images, {a}, {b}, ... for the subjects (repeatable; "
                                            "default: the multi-subject validation prompt)", flag="--round-prompt",
                                        metavar="PROMPT")
-    keep_threshold: float = setting(-1.0, "keep round images with D&C >= this (-1 = the images the evaluation "
-                                          "counts as successes)")
+    keep_threshold: float = setting(-1.0, "keep round images with D&C >= this and no count error (-1 = the images "
+                                          "the evaluation counts as successes)")
     # bookkeeping
     checkpoint_every: int = setting(500, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = setting(2, "checkpoints kept")

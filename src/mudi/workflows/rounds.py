@@ -8,7 +8,8 @@ each round k = 1..N:
    table of the run file; seed = its seed + 1000·k, so every round draws new images);
 2. **evaluate** them with Detect-and-Compare (the ``evaluate`` template / ``[evaluate]`` table
    names the detector and embedder);
-3. **keep** the images with D&C ≥ ``keep_threshold`` (default: the evaluation's successes).
+3. **keep** the images with D&C ≥ ``keep_threshold`` (default: the evaluation's successes);
+   an image with a count error (a subject missing or drawn twice, D&C 0) is never kept.
    Each kept image gets a mask: the union of the boxes the detector matched to the subjects, or
    the layout boxes of the initialization when the detector found none (no segmenter is run:
    the mask only matters for ``--loss-alpha`` < 1);
@@ -168,6 +169,14 @@ def _kept_mask(result, sidecar: dict, size: tuple[int, int]) -> tuple[np.ndarray
     return mask, source
 
 
+def keep_image(result, threshold: float) -> bool:
+    """Whether a round image is kept: every subject detected once (no count error), and a success
+    of the evaluation (``threshold`` -1) or a D&C of at least ``threshold``."""
+    if result.dnc is None or not result.dnc.count_ok:
+        return False
+    return bool(result.success) if threshold == -1 else result.score >= threshold
+
+
 def _keep_round(cfg: TrainConfig, k: int, out: Path, evaluation: Evaluation) -> int:
     """Copy the images above the threshold, with their masks, into ``OUT/rounds/k/kept``; returns how many."""
     from PIL import Image
@@ -182,8 +191,7 @@ def _keep_round(cfg: TrainConfig, k: int, out: Path, evaluation: Evaluation) -> 
     folder.mkdir(parents=True, exist_ok=True)
     items = []
     for r in evaluation.results:
-        keep = r.success if cfg.keep_threshold == -1 else (r.score is not None and r.score >= cfg.keep_threshold)
-        if not keep:
+        if not keep_image(r, cfg.keep_threshold):
             continue
         image = Path(r.path) if r.path else images / f"{r.name}.png"
         sidecar = read_json(image.with_suffix(".json"), "image sidecar") if image.with_suffix(".json").is_file() else {}
