@@ -87,3 +87,29 @@ def test_demo_summary_records_sampling_settings(tmp_path, tiny_models):
     report = (out / "report.html").read_text()
     assert "D&amp;C ≥ 0.6" in report
     assert "γ = 4, layout fill 0.5" in report and "Initialization canvases" in report
+
+
+def test_demo_with_three_subjects(tmp_path, tiny_models):
+    """--subjects 3: three subjects in the set, the prompts and every init layout; composites of 3;
+    the library versions are recorded."""
+    out = tmp_path / "three"
+    rc = main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--subjects", "3", *FAST])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["subjects"] == 3
+    assert list(summary["subjects"]) == ["a", "b", "c"]
+    assert all(p.startswith("a photo of a wip circle, a jam circle and a tok circle") for p in summary["prompts"])
+    assert {"torch", "diffusers", "transformers", "peft"} <= set(summary["versions"])
+    sidecar = json.loads(sorted((out / "gen" / "mudi").glob("[0-9][0-9][0-9][0-9].json"))[0].read_text())
+    assert sorted(p["key"] for p in sidecar["layout"]) == ["a", "b", "c"]
+    config = (out / "lora_segmix" / "config.toml").read_text()
+    assert "k = 3" in config and "segmix_margin = 2.0" in config
+    report = (out / "report.html").read_text()
+    assert "Three similar subjects" in report and f"torch {summary['versions']['torch']}" in report
+
+
+def test_demo_rejects_bad_subject_count(tmp_path, capsys):
+    rc = main(["demo", "--out", str(tmp_path / "x"), "--subjects", "5"])
+    assert rc == 2
+    assert "--subjects must be 2, 3 or 4" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

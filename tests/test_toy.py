@@ -212,3 +212,35 @@ def test_detector_never_splits_a_single_object():
         sc = world.sample_scene(rng, n_objects=1)
         img, _ = world.render_scene(sc)
         assert len(det.objects(np.asarray(img, np.float32))) == 1, sc.objects[0]
+
+
+def test_three_and_four_similar_subjects(tmp_path):
+    """--subjects 3|4: the extra subjects share class and colour, the first two are unchanged, the
+    prompts name them all in the toy grammar, and the toy detector/embedder tell all four apart."""
+    from mudi.toy import demo_prompts, similar_subjects
+
+    assert similar_subjects(2) == SUBJECTS
+    four = similar_subjects(4)
+    assert len({(s.shape, s.colour) for s in four}) == 1 and len({s.texture for s in four}) == 4
+    assert len({s.identifier for s in four}) == 4
+    with pytest.raises(ValueError):
+        similar_subjects(5)
+    assert demo_prompts(2) == __import__("mudi.toy", fromlist=["DEMO_PROMPTS"]).DEMO_PROMPTS
+    assert demo_prompts(3)[0] == "a photo of a wip circle, a jam circle and a tok circle on grass"
+    # the photos of wip and jam do not change when more subjects join the set
+    two = make_subject_set(tmp_path / "two", seed=2)
+    out = make_subject_set(tmp_path / "four", seed=2, subjects=four)
+    assert json.loads((out / "metadata.jsonl").read_text().splitlines()[0])["id"] == {
+        "a": "wip circle", "b": "jam circle", "c": "tok circle", "d": "bez circle"}
+    assert (two / "b04.png").read_bytes() == (out / "b04.png").read_bytes()
+    emb = ToyEmbedder()
+    refs = [emb.embed([Image.open(out / f"{k}{i:02d}.png") for i in range(5)]).mean(0) for k in "abcd"]
+    # four subjects side by side at the size a 4-subject layout gives them (a 16 px slot)
+    scene = world.Scene(tuple(world.subject_object(s, 8 + 16 * i, 32, 13) for i, s in enumerate(four)), "grass", 1)
+    img, _ = world.render_scene(scene)
+    dets = ToyDetector().detect([Image.fromarray(img)], ["wip circle"], 0.3)[0]
+    assert len(dets) == 4
+    crops = emb.embed([Image.fromarray(img[22:42, 16 * i:16 * i + 16]) for i in range(4)])
+    for i in range(4):
+        sims = [float(crops[i] @ r) for r in refs]
+        assert int(np.argmax(sims)) == i, (i, sims)

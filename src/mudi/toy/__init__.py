@@ -8,7 +8,8 @@ Public API (used by ``mudi demo``):
   folder, 64 x 64 px).
 - :class:`ToyDetector`, :class:`ToyEmbedder` -- drop-in replacements for OWLv2 / DINOv2 on
   toy images (:mod:`mudi.protocols`).
-- :data:`DEMO_PROMPTS` -- prompts for the demo; :data:`SUBJECTS`, :data:`CLASSES`.
+- :data:`DEMO_PROMPTS` -- prompts for the demo (:func:`demo_prompts` for 3 or 4 subjects);
+  :data:`SUBJECTS`, :func:`similar_subjects` (2-4 similar subjects), :data:`CLASSES`.
 - :func:`register` -- makes ``--detector toy`` / ``--embedder toy`` known to ``mudi evaluate``
   (called through the ``mudi.plugins`` entry point, so the product never imports the toy world).
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 from mudi.errors import MudiError
 from mudi.toy.subject_set import make_subject_set
 from mudi.toy.vision import ToyDetector, ToyEmbedder, class_word
-from mudi.toy.world import CLASSES, SUBJECTS
+from mudi.toy.world import CLASSES, MAX_SUBJECTS, SUBJECTS, similar_subjects
 
 #: Prompts for generating both demo subjects together (identifier + class, toy grammar).
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -29,6 +30,19 @@ DEMO_PROMPTS: tuple[str, ...] = (
     "a photo of a wip circle and a jam circle on water",
     "a photo of a wip circle and a jam circle on wood",
 )
+#: Backgrounds of the demo prompts, in order (caption suffixes of the toy grammar).
+DEMO_BACKGROUNDS: tuple[str, ...] = (" on grass", ", simple background", " on water", " on wood")
+
+
+def demo_prompts(n_subjects: int = 2) -> tuple[str, ...]:
+    """Prompts naming the first ``n_subjects`` similar subjects together, in the toy grammar
+    ("a photo of a wip circle, a jam circle and a tok circle on grass"); n = 2 gives DEMO_PROMPTS."""
+    from mudi.toy.captions import join_phrases
+
+    names = join_phrases([s.phrase for s in similar_subjects(n_subjects)])
+    return tuple(f"a photo of {names}{bg}" for bg in DEMO_BACKGROUNDS)
+
+
 #: Prompt for class-prior images (prior preservation) of the demo class.
 PRIOR_PROMPT = "a photo of a circle, simple background"
 #: Sampling settings that work for the base model.
@@ -66,7 +80,9 @@ def register() -> None:
 
 __all__ = [
     "CLASSES",
+    "DEMO_BACKGROUNDS",
     "DEMO_PROMPTS",
+    "MAX_SUBJECTS",
     "PRIOR_PROMPT",
     "SAMPLING",
     "SUBJECTS",
@@ -74,6 +90,8 @@ __all__ = [
     "ToyEmbedder",
     "base_model_path",
     "class_word",
+    "demo_prompts",
     "make_subject_set",
     "register",
+    "similar_subjects",
 ]

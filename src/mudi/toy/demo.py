@@ -31,6 +31,7 @@ from mudi.runtime import quiet_libraries
 from mudi.settings import RunOptions, Settings, setting
 from mudi.io import claim_output_dir, write_json_atomic, write_text_atomic
 from mudi.toy.demo_report import render_demo_report
+from mudi.toy.world import MAX_SUBJECTS as MAX_TOY_SUBJECTS
 
 #: Success threshold for D&C with the toy detector and embedder. The toy embedder scores blurred
 #: objects lower than sharp ones: renders of both subjects passed through the toy model's VAE
@@ -77,11 +78,15 @@ class DemoConfig(Settings):
 
     out: str = setting("mudi-demo", "output folder")
     seed: int = setting(0, "seed for everything (same seed, same numbers)")
+    subjects: int = setting(2, "number of similar toy subjects (2, 3 or 4); every prompt and composite shows all of them")
     base: str = setting("", "toy-world base model folder (default: the one shipped with mudi)")
     train_steps: int = setting(500, "optimizer steps per LoRA")
     rank: int = setting(8, "LoRA rank")
     learning_rate: float = setting(4e-3, "learning rate", flag="--lr")
     p: float = setting(0.3, "Seg-Mix / Cut-Mix probability")
+    segmix_margin: float = setting(
+        -1.0, "Seg-Mix margin in px (-1 = automatic: Seg-Mix's own S/8 for 2 subjects, 2 px for 3-4, whose "
+              "slots are narrow at 64 px)")
     gradient_accumulation_steps: int = setting(1, "micro-batches per optimizer step")
     images_per_prompt: int = setting(8, "images per prompt and method")
     steps: int = setting(20, "sampling steps")
@@ -98,6 +103,11 @@ class DemoConfig(Settings):
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise MudiError(f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}.")
+        if not 2 <= self.subjects <= MAX_TOY_SUBJECTS:
+            raise MudiError(f"--subjects must be 2, 3 or 4: the toy world has {MAX_TOY_SUBJECTS} similar subjects "
+                            f"(got {self.subjects}).")
+        if self.segmix_margin < 0 and self.segmix_margin != -1:
+            raise MudiError(f"--segmix-margin must be >= 0 or -1 for automatic (got {self.segmix_margin}).")
         for name in ("train_steps", "rank", "images_per_prompt", "steps"):
             if getattr(self, name) < 1:
                 raise MudiError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
@@ -111,6 +121,13 @@ class DemoConfig(Settings):
             raise MudiError(f"--guidance must be >= 0 (got {self.guidance}).")
         if self.learning_rate <= 0:
             raise MudiError(f"--lr must be positive (got {self.learning_rate}).")
+
+
+    def resolved_segmix_margin(self) -> float:
+        """The Seg-Mix margin the demo trains with (-1 keeps the trainer's automatic S/8 for 2 subjects)."""
+        if self.segmix_margin != -1 or self.subjects == 2:
+            return self.segmix_margin
+        return 2.0
 
 
 def _say(msg: str) -> None:
@@ -145,7 +162,7 @@ def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_di
     from mudi.generate import GenerateConfig
 
     return GenerateConfig(
-        prompts=list(toy.DEMO_PROMPTS), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
+        prompts=list(toy.demo_prompts(config.subjects)), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
         subjects=str(demo_dir / "subjects"), n=config.images_per_prompt, init=method.init, gamma=config.gamma,
         fill=config.fill, steps=config.steps, resolution=demo_resolution(), seed=config.seed,
         guidance=config.guidance, dtype="float32", save_init=method.init == "mudi",
@@ -200,7 +217,7 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
     t_start = time.perf_counter()
     # 1. subjects, 2. one LoRA per training mix, 3. images per method, 4. D&C per method
     timings["prepare"] = _stage(out / "subjects", options.resume, "1/4 prepare the toy subjects",
-                                lambda: _make_subjects(out, config.seed))
+                                lambda: _make_subjects(out, config.seed, config.subjects))
     sset = SubjectSet.load(out / "subjects")
     for mix in dict.fromkeys(m.mix for m in methods):
         timings[f"train_{mix}"] = _stage(out / f"lora_{mix}", options.resume, f"2/4 train LoRA --mix {mix}",
@@ -224,12 +241,12 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
     return summary
 
 
-def _make_subjects(out: Path, seed: int) -> None:
+def _make_subjects(out: Path, seed: int, n_subjects: int = 2) -> None:
     """The toy photos (rendered) and the subject set imported from them (contact sheet included)."""
     from mudi import toy
     from mudi.prepare import import_subjects
 
-    toy.make_subject_set(out / "toy_photos", seed=seed, overwrite=True)
+    toy.make_subject_set(out / "toy_photos", seed=seed, overwrite=True, subjects=toy.similar_subjects(n_subjects))
     import_subjects(out / "toy_photos", out / "subjects", RunOptions(overwrite=True))
 
 
@@ -240,7 +257,7 @@ def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: 
     lora_dir = out / f"lora_{mix}"
     train(TrainConfig(
         subjects=str(out / "subjects"), base=str(base), out=str(lora_dir), resolution=demo_resolution(),
-        mix=mix, p=config.p, rank=config.rank, alpha=float(config.rank),
+        mix=mix, p=config.p, k=config.subjects, segmix_margin=config.resolved_segmix_margin(), rank=config.rank, alpha=float(config.rank),
         learning_rate=config.learning_rate, max_train_steps=config.train_steps,
         gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
         checkpoint_every=max(50, config.train_steps // 2), validate_every=-1,
@@ -288,6 +305,20 @@ def _compare(runs, out: Path) -> None:
     write_comparison_plot(comparison, out)
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries (and Python) whose kernels produce the demo's numbers."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "peft", "numpy", "scipy", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def _summary(config: DemoConfig, base: Path, sset, methods, runs, timings: dict[str, float]) -> dict:
     from mudi import toy
 
@@ -296,7 +327,8 @@ def _summary(config: DemoConfig, base: Path, sset, methods, runs, timings: dict[
         "config": asdict(config),
         "base_model": str(base),
         "subjects": {s.key: s.phrase for s in sset},
-        "prompts": list(toy.DEMO_PROMPTS),
+        "prompts": list(toy.demo_prompts(config.subjects)),
+        "versions": library_versions(),
         "methods": {},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

@@ -36,6 +36,10 @@ def _method_grid(out: Path, method: str, cell: int = 128):
     return grid(images, labels=labels, cols=cols, cell=cell)
 
 
+def _count_word(n: int) -> str:
+    return {2: "Two", 3: "Three", 4: "Four"}.get(n, str(n))
+
+
 def render_demo_report(out: Path, summary: dict, methods) -> str:
     """A self-contained HTML page: subjects, per-method image grids, the table and the plot."""
     from mudi.viz import grid
@@ -58,7 +62,7 @@ def render_demo_report(out: Path, summary: dict, methods) -> str:
         )
     parts = [
         "<h1>mudi demo — identity decoupling on the toy world</h1>",
-        "<p>Two similar subjects of the same class that differ only in their markings were learned "
+        f"<p>{_count_word(len(summary['subjects']))} similar subjects of the same class that differ only in their markings were learned "
         "by one LoRA per training mode from five photos each, then drawn together. Detect-and-Compare "
         "(D&amp;C) scores each image with the toy detector and embedder: 1 is perfect, 0 a count error "
         f"(a missing or duplicated subject). Success: right count and D&amp;C ≥ {summary['config']['success_threshold']}.</p>",
@@ -94,6 +98,9 @@ def render_demo_report(out: Path, summary: dict, methods) -> str:
                          "their latents, scaled by γ, shift the initial noise):</p>"
                          f"<img class=grid src='data:image/png;base64,{_png_b64(sheet)}'>")
     parts.append("<h2>Prompts</h2><ul>" + "".join(f"<li>{esc(p)}</li>" for p in summary["prompts"]) + "</ul>")
+    versions = summary.get("versions") or {}
+    parts.append("<p><small>Library versions: " + ", ".join(f"{esc(k)} {esc(v)}" for k, v in versions.items())
+                 + "</small></p>")
     parts.append("<h2>Timings (s)</h2><p>" + ", ".join(f"{esc(k)}: {v}" for k, v in summary["timings_s"].items()) + "</p>")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"

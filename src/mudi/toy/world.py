@@ -122,6 +122,22 @@ SUBJECTS: tuple[SubjectSpec, ...] = (
     SubjectSpec("a", "wip", "circle", "yellow", "striped"),
     SubjectSpec("b", "jam", "circle", "yellow", "dotted"),
 )
+#: The third and fourth similar subjects (``mudi demo --subjects 3|4``): the remaining markings of
+#: the same yellow circle. Their identifiers are, like "wip" and "jam", single-token made-up words
+#: of the kind the base model's captions used as meaningless modifiers.
+MORE_SUBJECTS: tuple[SubjectSpec, ...] = (
+    SubjectSpec("c", "tok", "circle", "yellow", "checkered"),
+    SubjectSpec("d", "bez", "circle", "yellow", "plain"),
+)
+#: How many similar subjects the toy world has at most.
+MAX_SUBJECTS = len(SUBJECTS) + len(MORE_SUBJECTS)
+
+
+def similar_subjects(n: int = 2) -> tuple[SubjectSpec, ...]:
+    """The first ``n`` (2..4) similar toy subjects: wip (striped), jam (dotted), tok (checkered), bez (plain)."""
+    if not 2 <= n <= MAX_SUBJECTS:
+        raise ValueError(f"the toy world has 2 to {MAX_SUBJECTS} similar subjects (asked for {n})")
+    return (SUBJECTS + MORE_SUBJECTS)[:n]
 #: Words `made_up_word` never returns (kept unseen by the base model's training captions).
 RESERVED_WORDS: frozenset[str] = frozenset({"olis", "hta"})
 
