@@ -113,3 +113,61 @@ def test_demo_rejects_bad_subject_count(tmp_path, capsys):
     assert rc == 2
     assert "--subjects must be 2, 3 or 4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_reduced_demo_on_the_shipped_toy_model_is_deterministic(tmp_path):
+    """The demo's numbers are a function of the seed: a shortened demo on the shipped toy model, run
+    twice, gives the same LoRA bytes, images and figures (no expected scores are hard-coded)."""
+    argv = ["--train-steps", "6", "--images-per-prompt", "2", "--steps", "4", "--methods", "dreambooth,mudi",
+            "--seed", "1", "--no-progress"]
+    runs = []
+    for name in ("first", "second"):
+        assert main(["demo", "--out", str(tmp_path / name), *argv]) == 0
+        runs.append(tmp_path / name)
+    a, b = (json.loads((r / "summary.json").read_text()) for r in runs)
+    assert a["methods"] == b["methods"] and a["versions"] == b["versions"]
+    assert all(m["n_images"] == 8 for m in a["methods"].values())
+    for rel in ("lora_segmix/pytorch_lora_weights.safetensors", "lora_none/pytorch_lora_weights.safetensors",
+                "gen/mudi/0007.png", "gen/dreambooth/0000.png"):
+        assert (runs[0] / rel).read_bytes() == (runs[1] / rel).read_bytes(), rel
+    per_image = [json.loads((r / "eval" / "mudi" / "per_image.json").read_text()) for r in runs]
+    assert [d.get("dnc") for d in per_image[0]] == [d.get("dnc") for d in per_image[1]]
+
+
+def test_full_demo_writes_curves_and_spread(tmp_path, tiny_models, monkeypatch, capsys):
+    """--full: the comparison over several seeds with its spread, success rate vs number of subjects,
+    mean D&C vs γ; plots and report written; --resume redoes nothing (curves reduced for speed)."""
+    from mudi.toy import demo_full
+
+    monkeypatch.setattr(demo_full, "FULL_SEEDS", 2)
+    monkeypatch.setattr(demo_full, "FULL_SUBJECTS", (2, 3))
+    monkeypatch.setattr(demo_full, "FULL_GAMMAS", (0.0, 5.0))
+    out = tmp_path / "full"
+    argv = ["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--full", *FAST]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "over seeds 0, 1 (mean ± std)" in printed and "mean D&C vs γ" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["per_seed"]) == {"0", "1"}
+    for m in ("dreambooth", "mudi"):
+        vals = [summary["per_seed"][s][m]["dnc_mean"] for s in ("0", "1")]
+        spread = summary["spread"][m]
+        assert abs(spread["dnc_mean_mean"] - sum(vals) / 2) < 1e-3
+        assert abs(spread["dnc_mean_std"] - abs(vals[0] - vals[1]) / 2 ** 0.5) < 1e-3
+    assert set(summary["success_vs_subjects"]) == {"2", "3"}
+    three = json.loads((out / "subjects_3" / "summary.json").read_text())
+    assert summary["success_vs_subjects"]["3"]["mudi"]["dnc_mean"] == three["methods"]["mudi"]["dnc_mean"]
+    assert set(summary["dnc_vs_gamma"]) == {"0", "5"}
+    # γ = 5 is the demo's own setting: the curve's point equals the seed run's MuDI row
+    assert summary["dnc_vs_gamma"]["5"]["dnc_mean"] == summary["per_seed"]["0"]["mudi"]["dnc_mean"]
+    for name in ("success_vs_subjects.png", "dnc_vs_gamma.png", "report.html", "seed_1/report.html"):
+        assert (out / name).stat().st_size > 0
+    assert main([*argv, "--resume"]) == 0
+    assert "already done" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["spread"] == summary["spread"]
+
+
+def test_full_demo_needs_dreambooth_and_mudi(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "x"), "--full", "--methods", "mudi,segmix"]) == 2
+    assert "keep dreambooth and mudi" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

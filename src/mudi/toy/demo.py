@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, TypeVar
 
 from mudi.errors import MudiError
 from mudi.runtime import quiet_libraries
@@ -41,6 +41,7 @@ from mudi.toy.world import MAX_SUBJECTS as MAX_TOY_SUBJECTS
 TOY_SUCCESS_THRESHOLD = 0.7
 
 DONE = ".done"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class DemoConfig(Settings):
     fill: float = setting(0.7, "initialization layout: each subject's box fills this fraction of its slot")
     success_threshold: float = setting(
         TOY_SUCCESS_THRESHOLD, "D&C at or above which an image with the right count is a success (toy embedder)")
+    full: bool = setting(False, "also the curves (success rate vs number of subjects, mean D&C vs γ) and the comparison "
+                                "repeated over 3 seeds with its spread (about 15 CPU-minutes; see demo_full.py)")
     methods: list[str] = setting([m.name for m in METHODS], "comma-separated subset of the methods",
                                  separator=",")
 
@@ -103,6 +106,8 @@ class DemoConfig(Settings):
         unknown = [m for m in self.methods if m not in known]
         if unknown:
             raise MudiError(f"unknown demo method(s) {', '.join(unknown)}; choose from {', '.join(sorted(known))}.")
+        if self.full and not {"dreambooth", "mudi"} <= set(self.methods):
+            raise MudiError("--full draws DreamBooth vs MuDI curves: keep dreambooth and mudi in --methods.")
         if not 2 <= self.subjects <= MAX_TOY_SUBJECTS:
             raise MudiError(f"--subjects must be 2, 3 or 4: the toy world has {MAX_TOY_SUBJECTS} similar subjects "
                             f"(got {self.subjects}).")
@@ -184,23 +189,39 @@ def evaluate_method(config: DemoConfig, gen_dir: Path, subject_set, label: str):
                            settings={"detector": "toy", "embedder": "toy"})
 
 
+def stable_kernels():
+    """The demo's attention runs through PyTorch's reference ("math") attention: plain matmuls and a
+    softmax, instead of the fused CPU kernel that torch picks by default and that has changed between
+    releases. The toy models are small, so it costs little time, and the demo's numbers depend on
+    one library internal less (training amplifies 1e-6 differences into different images)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def run_demo(config: DemoConfig, options: RunOptions | None = None) -> dict:
     """Run the demo; returns the summary (also written to OUT/summary.json).
 
     ``options``: ``resume`` skips the stages already complete in OUT, ``overwrite`` allows a
     non-empty OUT, ``progress`` shows progress bars (the library ones too); the device is the CPU.
     """
-    import torch
-
     options = options or RunOptions()
     config.check()
+    return run_isolated(lambda: _run_demo(config, options), progress=options.progress)
+
+
+def run_isolated(work: Callable[[], T], *, progress: bool = False) -> T:
+    """``work()`` the way the demo runs everything: one CPU thread, quiet libraries, the reference
+    attention kernel (:func:`stable_kernels`); the thread count is restored afterwards."""
+    import torch
+
     # The toy models are small: one thread is as fast as two, and it stays fast when other work
     # shares the CPU (OpenMP threads spin-waiting for a descheduled peer cost seconds per step).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with quiet_libraries(progress_bars=options.progress):
-            return _run_demo(config, options)
+        with quiet_libraries(progress_bars=progress), stable_kernels():
+            return work()
     finally:
         torch.set_num_threads(threads)
 
