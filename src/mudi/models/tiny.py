@@ -1,7 +1,7 @@
 """Tiny random-weight models, saved as ordinary local model folders.
 
 :func:`build_tiny_models` writes one folder per model family that mudi uses (SDXL and SD
-pipelines, OWLv2, SAM, DINOv2, CLIP). Each folder is a normal ``save_pretrained`` checkpoint
+pipelines, OWLv2, SAM, DINOv2, CLIP, and the FLUX.1 and SD3 pipelines of :mod:`mudi.models.tiny_dit`). Each folder is a normal ``save_pretrained`` checkpoint
 (safetensors), so the loaders in :mod:`mudi.models.loading` open it exactly like a real checkpoint.
 The weights are random (seeded), so outputs are meaningless, but every code path runs on
 CPU in a fraction of a second: this is what the tests and ``mudi tiny-models`` smoke tests use.
@@ -27,9 +27,10 @@ import torch
 
 from mudi.errors import MudiError
 from mudi.models.clip_tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
+from mudi.models.tiny_dit import build_flux, build_sd3
 from mudi.runtime import forked_rng, quiet_libraries
 
-ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip")
+ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip", "flux", "sd3")
 
 #: Stable Diffusion v1/v2/XL's training noise schedule (used by the tiny and the toy pipelines).
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -256,6 +257,8 @@ _BUILDERS = {
     "sam": _build_sam,
     "dinov2": _build_dinov2,
     "clip": _build_clip,
+    "flux": lambda out: build_flux(out, _text_config(projection_dim=32)),
+    "sd3": lambda out: build_sd3(out, _text_config(projection_dim=32)),
 }
 
 
@@ -281,7 +284,7 @@ def build_tiny_models(
         out_dir: folder to write into (created if needed); each part goes to ``out_dir/<part>``.
             Existing part folders are overwritten; callers guarding user outputs should use
             :func:`mudi.io.claim_output_dir` first.
-        parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip`` to build.
+        parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip, flux, sd3`` to build.
         seed: every part's weights are a deterministic function of (seed, part).
 
     Returns:

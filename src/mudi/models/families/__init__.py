@@ -13,15 +13,22 @@ from typing import Any
 
 from mudi.errors import MudiError
 from mudi.models.families.base import ModelFamily, ModelInfo, SamplingDefaults, TextEmbeds, UNetFamily, read_config
+from mudi.models.families.flow import FlowFamily
+from mudi.models.families.flux import FluxFamily
 from mudi.models.families.sd import SDFamily
+from mudi.models.families.sd3 import SD3Family
 from mudi.models.families.sdxl import SDXLFamily
 
-#: Every supported family, tried in this order (SDXL before the looser SD match).
-FAMILIES: tuple[ModelFamily, ...] = (SDXLFamily(), SDFamily())
+#: Every supported family, tried in this order: the DiT families match their pipeline class
+#: exactly; SDXL (a second text encoder) before the looser SD match.
+FAMILIES: tuple[ModelFamily, ...] = (FluxFamily(), SD3Family(), SDXLFamily(), SDFamily())
+#: What the error for an unsupported model folder lists.
+SUPPORTED = ("Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
+             "FLUX.1 [dev]/[schnell] (FluxPipeline), SD3/SD3.5 (StableDiffusion3Pipeline)")
 
 
 def family_named(name: str) -> ModelFamily:
-    """The family with this short name ("sd", "sdxl")."""
+    """The family with this short name ("sd", "sdxl", "flux", "sd3")."""
     for family in FAMILIES:
         if family.name == name:
             return family
@@ -34,10 +41,7 @@ def family_for_index(index: dict, name: str = "") -> ModelFamily:
         if family.matches(index):
             return family
     class_name = str(index.get("_class_name", "")) or "unknown"
-    raise MudiError(
-        f"'{name}' is a {class_name} pipeline; mudi supports Stable Diffusion 1.x/2.x and SDXL "
-        f"pipelines (StableDiffusionPipeline, StableDiffusionXLPipeline)."
-    )
+    raise MudiError(f"'{name}' is a {class_name} pipeline; mudi supports these model families: {SUPPORTED}.")
 
 
 def family_for_folder(path_or_index: str | os.PathLike | dict) -> ModelFamily:
@@ -60,10 +64,14 @@ def family_of(pipe: Any) -> ModelFamily:
 
 __all__ = [
     "FAMILIES",
+    "FlowFamily",
+    "FluxFamily",
     "ModelFamily",
     "ModelInfo",
+    "SD3Family",
     "SDFamily",
     "SDXLFamily",
+    "SUPPORTED",
     "SamplingDefaults",
     "TextEmbeds",
     "UNetFamily",

@@ -19,6 +19,7 @@ A family subclass overrides only what is specific to it.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,9 @@ class ModelFamily(Protocol):
     name: str
     default_lora_targets: tuple[str, ...]
     sampling: "SamplingDefaults"
+    denoiser_name: str  # the pipeline component that gets the LoRA ("unet", "transformer")
+    writes_kohya: bool  # whether training also writes the kohya/A1111 copy
+    default_init: str  # the generate --init used when none is given ("mudi", "none")
 
     def matches(self, index: dict) -> bool: ...
     def pipeline_class(self): ...
@@ -148,6 +152,10 @@ class ModelFamily(Protocol):
     def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor: ...
     def training_target(self, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
     def denoise(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: TextEmbeds, resolution: int) -> torch.Tensor: ...
+    def denoiser(self, pipe) -> torch.nn.Module: ...
+    def training_objective(self, pipe, resolution: int, flow: Any = None) -> Any: ...
+    def grid_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor: ...
+    def sampling_steps(self, scheduler, steps: int) -> int: ...
     def kohya_block_layers(self, unet) -> int | None: ...
     def kohya_base_version(self, unet) -> str: ...
     def is_v2(self, unet) -> bool: ...
@@ -161,6 +169,34 @@ def _vae_channel_stats(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     m = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
     return m, s
+
+
+def normalize_latents(vae, sample: torch.Tensor) -> torch.Tensor:
+    """VAE posterior sample → normalized latents, as the pipelines' decoders expect them back.
+
+    ``(z − latents_mean) · scaling / latents_std`` when the VAE config has per-channel
+    statistics, else ``(z − shift_factor) · scaling`` (no shift when it has none).
+    """
+    scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    stats = _vae_channel_stats(vae, sample)
+    if stats is not None:
+        return (sample - stats[0]) * scaling / stats[1]
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        return (sample - float(shift)) * scaling
+    return sample * scaling
+
+
+def denormalize_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`normalize_latents`: normalized latents → what ``vae.decode`` expects."""
+    scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    stats = _vae_channel_stats(vae, z)
+    if stats is not None:
+        return z * stats[1] / scaling + stats[0]
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        return z / scaling + float(shift)
+    return z / scaling
 
 
 class UNetFamily:
@@ -180,6 +216,9 @@ class UNetFamily:
     #: METHOD.md §3 LoRA targets (the UNet attention projections)
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
     sampling: ClassVar[SamplingDefaults] = SamplingDefaults()
+    denoiser_name: ClassVar[str] = "unet"
+    writes_kohya: ClassVar[bool] = True
+    default_init: ClassVar[str] = "mudi"
 
     # ------------------------------------------------------------------ recognizing
     @classmethod
@@ -289,32 +328,37 @@ class UNetFamily:
 
     # ------------------------------------------------------------------ latents
     def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor:
-        """VAE posterior sample → the normalized latents the denoiser works on.
-
-        ``(z − latents_mean) · scaling / latents_std`` when the VAE config has per-channel
-        statistics, else ``(z − shift_factor) · scaling`` (no shift when it has none).
-        """
-        scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        stats = _vae_channel_stats(vae, sample)
-        if stats is not None:
-            return (sample - stats[0]) * scaling / stats[1]
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift is not None:
-            return (sample - float(shift)) * scaling
-        return sample * scaling
+        """VAE posterior sample → the normalized latents the denoiser works on (:func:`normalize_latents`)."""
+        return normalize_latents(vae, sample)
 
     def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`to_latents`: normalized latents → what ``vae.decode`` expects."""
-        scaling = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        stats = _vae_channel_stats(vae, z)
-        if stats is not None:
-            return z * stats[1] / scaling + stats[0]
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift is not None:
-            return z / scaling + float(shift)
-        return z / scaling
+        """The inverse of :meth:`to_latents` (:func:`denormalize_latents`)."""
+        return denormalize_latents(vae, z)
+
+    def grid_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
+        """What ``pipe(..., output_type="latent")`` returned, as (B, C, h, w) latents (as is for a UNet)."""
+        return latents
 
     # ------------------------------------------------------------------ denoiser
+    def denoiser(self, pipe) -> torch.nn.Module:
+        """The network the LoRA trains (the UNet)."""
+        return pipe.unet
+
+    def training_objective(self, pipe, resolution: int, flow: Any = None):
+        """The run's noising rule, target and denoiser call: a DDPM objective on the base model's
+        noise schedule (``flow``, the flow-matching settings, does not apply to UNet families)."""
+        from diffusers import DDPMScheduler
+
+        from mudi.models.families.objectives import DDPMObjective
+
+        return DDPMObjective(self, DDPMScheduler.from_config(pipe.scheduler.config), resolution)
+
+    def sampling_steps(self, scheduler, steps: int) -> int:
+        """Denoiser calls of one image at ``steps`` inference steps (PNDM runs more than asked)."""
+        sch = copy.deepcopy(scheduler)
+        sch.set_timesteps(steps, device="cpu")
+        return len(sch.timesteps)
+
     def training_target(self, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the denoiser learns to predict: the noise (epsilon) or the velocity (v-prediction)."""
         kind = scheduler.config.prediction_type
@@ -349,5 +393,5 @@ class UNetFamily:
         return f"{type(self).__name__}()"
 
 
-__all__ = ["METHOD_NEGATIVE_PROMPT", "REFERENCE_NEGATIVE_PROMPT", "ModelFamily", "ModelInfo", "SamplingDefaults", "TextEmbeds",
-           "UNetFamily", "read_config"]
+__all__ = ["METHOD_NEGATIVE_PROMPT", "REFERENCE_NEGATIVE_PROMPT", "ModelFamily", "ModelInfo", "SamplingDefaults",
+           "TextEmbeds", "UNetFamily", "denormalize_latents", "normalize_latents", "read_config"]
