@@ -61,6 +61,7 @@ def test_dco_loss_against_a_hand_computed_value(tiny_models):
     from mudi.train.caches import TextCache
     from mudi.train.data import MicroBatch
     from mudi.train.precision import Precision
+    from mudi.models.families.objectives import DDPMObjective
     from mudi.train.step import TrainStep
 
     cpu = torch.device("cpu")
@@ -84,7 +85,7 @@ def test_dco_loss_against_a_hand_computed_value(tiny_models):
     beta = 1000.0
     cfg = TrainConfig(resolution=64, reg="dco", dco_beta=beta, gradient_accumulation_steps=1)
     step = TrainStep(unet=pipe.unet, optimizer=None, params=params, batches=SimpleNamespace(build=lambda g: batch),
-                     family=family, noise_scheduler=scheduler, text_cache=text, precision=Precision("no", cpu),
+                     objective=DDPMObjective(family, scheduler, 64), text_cache=text, precision=Precision("no", cpu),
                      accelerator=_stand_in_accelerator(), cfg=cfg, use_prior=False, dco=True)
     (inst, prior, base, dco), kinds = step.micro_step(0, sync=True)
     got_grads = [p.grad.clone() for p in params]
@@ -127,6 +128,7 @@ def test_dco_under_ddp_uses_the_unwrapped_unet_and_no_sync(tiny_models):
     from mudi.train.caches import TextCache
     from mudi.train.data import MicroBatch
     from mudi.train.precision import Precision
+    from mudi.models.families.objectives import DDPMObjective
     from mudi.train.step import TrainStep
 
     class Wrapper(torch.nn.Module):  # stands in for DistributedDataParallel
@@ -157,7 +159,7 @@ def test_dco_under_ddp_uses_the_unwrapped_unet_and_no_sync(tiny_models):
     batch = MicroBatch(roles=["instance"], latents=[torch.randn(1, c, s, s)], captions=["a dog"], kinds=["plain"],
                        noise=[torch.randn(1, c, s, s)], timesteps=[torch.tensor([10])])
     step = TrainStep(unet=wrapped, optimizer=None, params=params, batches=SimpleNamespace(build=lambda g: batch),
-                     family=family, noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), text_cache=text,
+                     objective=DDPMObjective(family, DDPMScheduler.from_config(pipe.scheduler.config), 64), text_cache=text,
                      precision=Precision("no", cpu), accelerator=acc, cfg=TrainConfig(resolution=64, reg="dco"),
                      use_prior=False, dco=True)
     (_, _, base, dco), _ = step.micro_step(0, sync=False)

@@ -18,6 +18,8 @@ GROUPS = {
     "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin", "segmix_start_step"),
     "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "class_layout", "dco_beta"),
     "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),
+    "flow matching (FLUX.1, SD3.5)": ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "timestep_shift",
+                                      "guidance_embed"),
     "optimisation": ("max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "weight_decay",
                      "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "train_batch_size",
                      "gradient_accumulation_steps", "mixed_precision", "gradient_checkpointing", "tf32", "use_8bit_adam",

@@ -65,7 +65,7 @@ def _lora_modules(weights: Path) -> dict[str, set[str]]:
         raise MudiError(f"{weights}: not a readable safetensors file ({exc}).") from None
     for k in keys:
         comp, _, rest = k.partition(".")
-        if comp not in ("unet", "text_encoder", "text_encoder_2") or ".lora" not in rest:
+        if comp not in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3") or ".lora" not in rest:
             continue
         out.setdefault(comp, set()).add(rest[: rest.index(".lora")])
     if not keys:

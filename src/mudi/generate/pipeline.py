@@ -270,7 +270,7 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     with configured_pipeline(pipe, config, base, restore=not own_pipe, fuse=fuse) as (scheduler_name, fused):
         run = ResolvedRun(base=base, subject_set=str(Path(inputs.subjects_dir)), lora=str(config.lora or ""),
                           scheduler=scheduler_name, height=res, width=res,
-                          dtype=inputs.dtype if own_pipe else pipe.unet.dtype, lora_fused=fused)
+                          dtype=inputs.dtype if own_pipe else family_of(pipe).denoiser(pipe).dtype, lora_fused=fused)
         # 5. Plan one job per image
         jobs = plan_jobs(config, inputs.sset, run.width, run.height, sizes=inputs.sizes, llm=inputs.llm)
         sidecars = {j.index: sidecar(j, config, run, inputs.sset) for j in jobs}

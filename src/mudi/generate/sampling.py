@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mudi.generate.config import SCHEDULERS, GenerateConfig
-from mudi.generate.init import mean_shifted_latents, schedule_start
+from mudi.generate.init import mean_shifted_latents
 from mudi.generate.jobs import ImageJob
 from mudi.models.families import family_of
 from mudi.runtime import generator
@@ -112,7 +112,7 @@ class StepProgress:
     def for_pipeline(cls, pipe, total_images: int, steps: int, *, enabled: bool = True) -> "StepProgress":
         """A bar for ``total_images`` images of ``steps`` steps on ``pipe``'s scheduler (which may
         run a different number of model steps than asked, e.g. PNDM)."""
-        steps_per_image = len(schedule_start(pipe.scheduler, steps, "cpu")[0].timesteps)
+        steps_per_image = family_of(pipe).sampling_steps(pipe.scheduler, steps)
         return cls(total_images, steps_per_image, enabled=enabled)
 
     def start_batch(self, jobs: Sequence[ImageJob]) -> None:

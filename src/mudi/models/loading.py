@@ -224,7 +224,7 @@ def load_pipeline(
     vae: str | None = None,
     variant: str = AUTO,
 ):
-    """Load a Stable Diffusion or SDXL text-to-image pipeline.
+    """Load a text-to-image pipeline of a supported family (SD 1.x/2.x, SDXL, FLUX.1, SD3/3.5).
 
     The class is the pipeline class of the model's family (:mod:`mudi.models.families`),
     recognized from ``model_index.json``. The safety checker is disabled. Tokenizers are validated
@@ -258,7 +258,7 @@ def load_pipeline(
         raise _load_error("pipeline", name, exc) from exc
     # diffusers releases before `dtype=` (mudi allows diffusers >= 0.35) ignore it with a warning
     # and load float32: cast, so fp16 on a GPU really is fp16 (an SDXL pipeline in fp32 is ~14 GB)
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for part in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, part, None)
         if module is not None and part not in kwargs and next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)

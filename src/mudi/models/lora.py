@@ -125,12 +125,13 @@ def lora_metadata(unet) -> dict:
     return meta
 
 
-def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path) -> Path:
+def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: str = "unet") -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format), atomically.
 
-    ``pipeline_cls`` is ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``: its
-    ``save_lora_weights`` adds the ``unet.`` prefix and metadata that its ``load_lora_weights``
-    expects. Keys stay in peft naming (``...to_q.lora_A.weight``), which diffusers loads
+    ``pipeline_cls`` is the base model's pipeline class and ``component`` the denoiser ``unet``
+    holds the LoRA of (``unet``, or ``transformer`` for FLUX / SD3): the class's
+    ``save_lora_weights`` adds the ``unet.`` / ``transformer.`` prefix and metadata that its
+    ``load_lora_weights`` expects. Keys stay in peft naming (``...to_q.lora_A.weight``), which diffusers loads
     natively: converting them to the legacy ``lora.down``/``lora.up`` names only works for
     attention layers, and a file mixing both namings (e.g. ``to_q`` plus ``proj_in`` targets)
     silently loses its attention weights on load.
@@ -142,9 +143,8 @@ def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path) -> Path:
     try:
         pipeline_cls.save_lora_weights(
             tmp,
-            unet_lora_layers=layers,
+            **{f"{component}_lora_layers": layers, f"{component}_lora_adapter_metadata": lora_metadata(unet)},
             safe_serialization=True,
-            unet_lora_adapter_metadata=lora_metadata(unet),
         )
         os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
     finally:

@@ -18,6 +18,7 @@ from typing import ClassVar
 from mudi.compose.composer import CLASS_LAYOUTS
 from mudi.errors import MudiError
 from mudi.models.families.base import UNetFamily
+from mudi.models.families.objectives import TIMESTEP_SHIFTS, WEIGHTING_SCHEMES, FlowSettings
 from mudi.settings import Settings, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
@@ -92,9 +93,22 @@ class TrainConfig(Settings):
     # LoRA
     rank: int = setting(32, "LoRA rank")
     alpha: float = setting(32.0, "LoRA alpha")
-    target_modules: list[str] = setting(list(UNetFamily.default_lora_targets),
-                                        "UNet modules that get a LoRA (repeatable)", metavar="NAME")
+    target_modules: list[str] = setting([], "denoiser modules that get a LoRA (repeatable; none = the model "
+                                        f"family's: {','.join(UNetFamily.default_lora_targets)} for SD/SDXL, "
+                                        "attention + feed-forward for FLUX.1, attention for SD3)", metavar="NAME")
     lora_dropout: float = setting(0.0, "LoRA dropout")
+    # flow matching (FLUX.1, SD3.5; ignored by SD/SDXL)
+    weighting_scheme: str = setting("auto", "flow matching: σ density / loss weighting (auto = the family's "
+                                    "diffusers script default: none for FLUX.1, logit_normal for SD3)",
+                                    choices=WEIGHTING_SCHEMES)
+    logit_mean: float = setting(0.0, "flow matching: mean of the logit-normal σ density")
+    logit_std: float = setting(1.0, "flow matching: std of the logit-normal σ density")
+    mode_scale: float = setting(1.29, "flow matching: scale of the mode σ density")
+    timestep_shift: str = setting("auto", "flow matching: shift training σ as the sampler does (auto: the "
+                                  "scheduler's shift, resolution-dependent for FLUX.1) or not (none)",
+                                  choices=TIMESTEP_SHIFTS)
+    guidance_embed: float = setting(3.5, "flow matching: guidance-embedding value while training a "
+                                    "guidance-distilled model (FLUX.1 [dev])")
     # optimisation
     learning_rate: float = setting(1e-4, "AdamW learning rate", flag="--lr")
     lr_scheduler: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
@@ -146,6 +160,21 @@ class TrainConfig(Settings):
         values = {k: ({True: "on", False: "off"}[v] if str(k).replace("-", "_") == "gradient_checkpointing"
                       and isinstance(v, bool) else v) for k, v in values.items()}
         return super().updated(values, where=where)
+
+    def with_model_defaults(self, info) -> "TrainConfig":
+        """The model-dependent defaults filled in from a :class:`~mudi.models.families.ModelInfo`:
+        ``resolution = 0`` → the model's, no ``target_modules`` → the family's LoRA targets."""
+        values = {}
+        if self.resolution == 0:
+            values["resolution"] = info.default_resolution
+        if not self.target_modules:
+            values["target_modules"] = list(info.family.default_lora_targets)
+        return self.updated(values) if values else self
+
+    def flow_settings(self) -> FlowSettings:
+        """The flow-matching options (FLUX.1, SD3.5)."""
+        return FlowSettings(self.weighting_scheme, self.logit_mean, self.logit_std, self.mode_scale,
+                            self.guidance_embed, self.timestep_shift)
 
     def resolved_reg(self) -> str:
         """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``none``."""
@@ -199,7 +228,10 @@ class TrainConfig(Settings):
             ("prior_weight", self.prior_weight >= 0, "must be >= 0"),
             ("rank", self.rank >= 1, "the LoRA rank must be >= 1"),
             ("alpha", self.alpha > 0, "the LoRA alpha must be > 0"),
-            ("target_modules", bool(self.target_modules), "name at least one module (e.g. to_q)"),
+            ("weighting_scheme", self.weighting_scheme in WEIGHTING_SCHEMES, f"choose one of {', '.join(WEIGHTING_SCHEMES)}"),
+            ("logit_std", self.logit_std > 0 and math.isfinite(self.logit_std), "must be > 0"),
+            ("timestep_shift", self.timestep_shift in TIMESTEP_SHIFTS, f"choose one of {', '.join(TIMESTEP_SHIFTS)}"),
+            ("guidance_embed", self.guidance_embed >= 0 and math.isfinite(self.guidance_embed), "must be >= 0"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
             ("learning_rate", self.learning_rate > 0 and math.isfinite(self.learning_rate), "must be > 0"),
             ("lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"choose one of {', '.join(LR_SCHEDULERS)}"),

@@ -130,13 +130,15 @@ class MicroBatchBuilder:
     """
 
     def __init__(self, *, composer, schedule: ExampleSchedule, latents, plain_examples: dict, batch_size: int,
-                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int,
+                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int = 1000,
                  class_photos: dict | None = None, class_names: dict | None = None,
-                 segmix_start_step: int = 0, examples_per_step: int = 1):
+                 segmix_start_step: int = 0, examples_per_step: int = 1,
+                 draw_timestep: Callable[[torch.Generator], torch.Tensor] | None = None):
         self.composer, self.schedule, self.latents = composer, schedule, latents
         self.plain_examples = plain_examples
         self.batch_size, self.p, self.mix, self.loss_alpha = batch_size, p, mix, loss_alpha
         self.num_train_timesteps = num_train_timesteps
+        self.draw_timestep = draw_timestep or self._uniform_timestep  # the objective's (flow: a σ)
         self.class_photos, self.class_names = class_photos, class_names
         self.segmix_start_step, self.examples_per_step = segmix_start_step, examples_per_step
 
@@ -181,7 +183,10 @@ class MicroBatchBuilder:
             w = loss_weight_map(x.mask, self.loss_alpha, tuple(z.shape[-2:]))
             batch.weights.append(torch.from_numpy(w)[None, None])
         batch.noise.append(torch.randn(z.shape, generator=gen, dtype=torch.float32))
-        batch.timesteps.append(torch.randint(0, self.num_train_timesteps, (1,), generator=gen))
+        batch.timesteps.append(self.draw_timestep(gen))
+
+    def _uniform_timestep(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (1,), generator=gen)
 
     def _distribution(self, role: str, x):
         """The VAE latent distribution of an example: cached for plain photos, encoded for composites."""

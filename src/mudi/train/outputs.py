@@ -15,12 +15,13 @@ SUMMARY_NAME = "summary.json"
 
 
 def export_lora(unet, pipe, family, cfg: TrainConfig, out: Path) -> dict[str, Path]:
-    """Write the LoRA in diffusers format and as a kohya/ComfyUI copy; return their paths."""
+    """Write the LoRA in diffusers format and (UNet families) as a kohya/ComfyUI copy; return their paths."""
     from mudi.models.lora import KOHYA_WEIGHT_NAME, save_diffusers_lora, save_kohya_lora
 
-    lora = save_diffusers_lora(type(pipe), unet, out)
-    kohya = save_kohya_lora(unet, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family)
-    return {"lora": lora, "kohya": kohya}
+    paths = {"lora": save_diffusers_lora(type(pipe), unet, out, component=family.denoiser_name)}
+    if family.writes_kohya:
+        paths["kohya"] = save_kohya_lora(unet, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family)
+    return paths
 
 
 def write_summary(trainer, finished: bool) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def write_summary(trainer, finished: bool) -> dict[str, Any]:
         "mixed_precision": trainer.precision.mode,
         "device": str(trainer.accelerator.device),
         "processes": trainer.accelerator.num_processes,
-        "prediction_type": trainer.noise_scheduler.config.prediction_type,
+        **trainer.objective.describe(),  # prediction_type (and the flow-matching σ options)
         "gradient_checkpointing": trainer.checkpointing[0],
         "gradient_checkpointing_reason": trainer.checkpointing[1],
         "tf32": trainer.tf32,

@@ -94,8 +94,7 @@ def _check_model(cfg: TrainConfig) -> tuple[TrainConfig, ModelInfo | None]:
     if cfg.vae and not (Path(cfg.vae) / "vae").is_dir():  # a VAE folder/hub id (or a pipeline's vae/)
         resolve_model(cfg.vae, "vae")
     if info is not None:
-        if cfg.resolution == 0:
-            cfg = cfg.updated({"resolution": info.default_resolution})
+        cfg = cfg.with_model_defaults(info)
         info.check_resolution(cfg.resolution)
         check_lora_targets(info.family.meta_denoiser(info.folder), cfg.target_modules, where=cfg.base)
     return cfg, info

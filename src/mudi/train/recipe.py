@@ -50,7 +50,7 @@ from mudi.train.optim import make_optimizer, optimizer_name
 from mudi.train.outputs import SUMMARY_NAME, export_lora, write_summary
 from mudi.train.performance import decide_gradient_checkpointing, tf32_enabled
 from mudi.train.plan import RunPlan, prepare_run
-from mudi.train.setup import (make_noise_scheduler, place_frozen_parts, restored_pipeline_settings, setup_caches,
+from mudi.train.setup import (make_objective, place_frozen_parts, restored_pipeline_settings, setup_caches,
                               setup_checkpointer, setup_data, setup_logger, setup_lora, setup_model,
                               setup_output_folder, setup_runtime, setup_validator)
 from mudi.train.step import StepResult, TrainStep
@@ -108,21 +108,22 @@ class LoRATrainer:
         self.accelerator, self.precision = setup_runtime(self.cfg, self.options)  # 1.1 device, precision
         self.pipe, self.family, cfg = setup_model(self.plan, self.cfg, self.precision, self.given_pipeline)  # 1.2
         self.cfg = setup_output_folder(cfg, self.options, self.accelerator, self.precision)  # 1.3 resolved config
-        self.noise_scheduler = make_noise_scheduler(self.pipe)
+        self.objective = make_objective(self.pipe, self.family, self.cfg)  # noising, target, denoiser call
         place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype)
         self.tf32 = self._scope.enter_context(tf32_enabled(self.cfg.tf32, self.accelerator.device))  # until cleanup
         self.checkpointing = decide_gradient_checkpointing(self.cfg.gradient_checkpointing, self.accelerator.device)
         if self.accelerator.is_main_process:
             print(f"mudi train: {self.checkpointing[1]}", file=sys.stderr)
         self._scope.enter_context(training_rngs(self.cfg.seed))  # 1.4 LoRA init under the run's seed
-        self.params = setup_lora(self.pipe.unet, self.cfg, self.checkpointing[0])
+        self.params = setup_lora(self.family.denoiser(self.pipe), self.cfg, self.checkpointing[0])
         self.optimizer = make_optimizer(self.params, self.cfg)
         self.optimizer_name = optimizer_name(self.optimizer)
         self.text, self.latents, self.plain_examples = setup_caches(self)  # 1.5 captions and plain latents
-        self.unet, self.optimizer = self.accelerator.prepare(self.pipe.unet, self.optimizer)  # 1.6 DDP, placement
+        # 1.6 DDP, placement; self.unet is the denoiser (a UNet or a transformer)
+        self.unet, self.optimizer = self.accelerator.prepare(self.family.denoiser(self.pipe), self.optimizer)
         self.batches, self.schedule, use_prior = setup_data(self)  # 1.7 examples
         self.step_fn = TrainStep(unet=self.unet, optimizer=self.optimizer, params=self.params, batches=self.batches,
-                                 family=self.family, noise_scheduler=self.noise_scheduler, text_cache=self.text,
+                                 objective=self.objective, text_cache=self.text,
                                  precision=self.precision, accelerator=self.accelerator, cfg=self.cfg,
                                  use_prior=use_prior, dco=self.cfg.reg == "dco")
         self.checkpointer = setup_checkpointer(self)  # 1.8 resume

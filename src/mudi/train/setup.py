@@ -59,10 +59,9 @@ def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
     family = family_of(pipeline)
     if plan.model is None:  # hub model: check the resolution now that the configs are loaded
         info = family.info_of(pipeline, cfg.base)
-        if cfg.resolution == 0:
-            cfg = cfg.updated({"resolution": info.default_resolution})
+        cfg = cfg.with_model_defaults(info)
         info.check_resolution(cfg.resolution)
-    check_lora_targets(pipeline.unet, cfg.target_modules, where=cfg.base)
+    check_lora_targets(family.denoiser(pipeline), cfg.target_modules, where=cfg.base)
     return pipeline, family, cfg
 
 
@@ -93,11 +92,10 @@ def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, prec
     return resolved
 
 
-def make_noise_scheduler(pipe):
-    """The DDPM training scheduler of the base model's noise schedule."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+def make_objective(pipe, family, cfg: TrainConfig):
+    """The run's training objective (:mod:`mudi.models.families.objectives`): DDPM on the base
+    model's noise schedule for a UNet family, flow matching with the run's σ options for a DiT."""
+    return family.training_objective(pipe, cfg.resolution, cfg.flow_settings())
 
 
 def _move(module, device: torch.device, dtype: torch.dtype):
@@ -116,22 +114,23 @@ def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
     """
     from mudi.models.families import family_of
 
-    encoders = family_of(pipe).text_encoders(pipe)
+    family = family_of(pipe)
+    encoders = family.text_encoders(pipe)
     pipe.vae.requires_grad_(False)
     for enc in encoders:
         enc.requires_grad_(False).eval()
     vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else dtype
     _move(pipe.vae, device, vae_dtype).eval()
-    _move(pipe.unet, device, dtype)
+    _move(family.denoiser(pipe), device, dtype)
     for enc in encoders:
         _move(enc, device, dtype)
     pipe.set_progress_bar_config(disable=True)
 
 
 def setup_lora(unet, cfg: TrainConfig, checkpointing: bool = False) -> list[torch.nn.Parameter]:
-    """1.4 The LoRA adapter (fp32 weights; drawn from the run's seeded RNG scope), gradient
-    checkpointing when decided (:func:`~mudi.train.performance.decide_gradient_checkpointing`),
-    the UNet in train mode."""
+    """1.4 The LoRA adapter on the denoiser ``unet`` (a UNet or a transformer; fp32 weights; drawn
+    from the run's seeded RNG scope), gradient checkpointing when decided
+    (:func:`~mudi.train.performance.decide_gradient_checkpointing`), the denoiser in train mode."""
     from mudi.models.lora import add_unet_lora
 
     params = add_unet_lora(unet, rank=cfg.rank, alpha=cfg.alpha, target_modules=cfg.target_modules,
@@ -208,7 +207,7 @@ def setup_data(trainer):
         batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
         segmix_start_step=cfg.segmix_start_step,
         examples_per_step=cfg.train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes,
-        num_train_timesteps=int(trainer.noise_scheduler.config.num_train_timesteps),
+        draw_timestep=trainer.objective.draw_timestep,
         class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)
     return batches, schedule, use_prior
 
@@ -217,10 +216,10 @@ def setup_checkpointer(trainer) -> Checkpointer:
     """1.8 Checkpoints: LoRA, optimizer (+ scaler) and this step's LoRA in diffusers format."""
     from mudi.models.lora import save_diffusers_lora
 
-    acc, pipe_cls = trainer.accelerator, type(trainer.pipe)
+    acc, pipe_cls, part = trainer.accelerator, type(trainer.pipe), trainer.family.denoiser_name
     return Checkpointer(trainer.out, keep=trainer.cfg.keep_checkpoints, unet=trainer.unet,
                         optimizer=trainer.optimizer, scaler=trainer.precision.scaler,
-                        export=lambda d: save_diffusers_lora(pipe_cls, acc.unwrap_model(trainer.unet), d),
+                        export=lambda d: save_diffusers_lora(pipe_cls, acc.unwrap_model(trainer.unet), d, component=part),
                         extra={"config": trainer.cfg.to_dict()})
 
 
@@ -238,6 +237,6 @@ def setup_validator(trainer) -> Validator:
     return Validator(trainer.pipe, trainer.family, trainer.text, settings, trainer.out, trainer.precision.autocast)
 
 
-__all__ = ["load_init_lora", "make_noise_scheduler", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
+__all__ = ["load_init_lora", "make_objective", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
            "setup_checkpointer", "setup_data", "setup_logger", "setup_lora", "setup_model", "setup_output_folder",
            "setup_runtime", "setup_validator", "validation_prompts"]

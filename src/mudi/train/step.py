@@ -38,10 +38,10 @@ class TrainStep:
     """Runs optimizer step ``step``: its micro-batches are numbered globally over processes, so
     every process (and a resumed run) draws exactly its own examples."""
 
-    def __init__(self, *, unet, optimizer, params, batches, family, noise_scheduler, text_cache, precision,
+    def __init__(self, *, unet, optimizer, params, batches, objective, text_cache, precision,
                  accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False):
-        self.unet, self.optimizer, self.params, self.batches = unet, optimizer, params, batches
-        self.family, self.noise_scheduler, self.text = family, noise_scheduler, text_cache
+        self.unet, self.optimizer, self.params, self.batches = unet, optimizer, params, batches  # unet: the denoiser
+        self.objective, self.text = objective, text_cache  # the family's noising rule, target and denoiser call
         self.precision, self.accelerator, self.cfg, self.use_prior = precision, accelerator, cfg, use_prior
         self.dco = dco  # DCO regularization (mudi.train.dco): the loss compares with the base model
         self.device = accelerator.device
@@ -115,24 +115,25 @@ class TrainStep:
         x0 = torch.cat(batch.latents).to(self.device)
         eps = torch.cat(batch.noise).to(self.device)
         t = torch.cat(batch.timesteps).to(self.device)
-        noisy = self.noise_scheduler.add_noise(x0, eps, t)
-        target = self.family.training_target(self.noise_scheduler, x0, eps, t)
+        noisy = self.objective.noisy_input(x0, eps, t)
+        target = self.objective.target(x0, eps, t)
+        weight = self.objective.loss_weight(t)
         calls_before = self.text.calls
         embeds = self.text.get(batch.captions)
         self._calls += self.text.calls - calls_before
 
         def denoise(unet):
             with self.precision.autocast():
-                return self.family.denoise(unet, noisy.to(self.precision.dtype), t, embeds, self.cfg.resolution)
+                return self.objective.denoise(unet, noisy.to(self.precision.dtype), t, embeds)
 
         no_sync = not sync and self.accelerator.num_processes > 1
         with self.accelerator.no_sync(self.unet) if no_sync else contextlib.nullcontext():
             base = base_prediction(denoise, self.accelerator.unwrap_model(self.unet)) if self.dco else None
             pred = denoise(self.unet)
-            loss_inst, loss_prior = self.losses(pred, target, batch)
+            loss_inst, loss_prior = self.losses(pred, target, batch, weight)
             terms = [loss_inst, loss_prior]
             if self.dco:
-                loss_base = self.instance_loss(base, target, batch)
+                loss_base = self.instance_loss(base, target, batch, weight)
                 loss = dco_loss(loss_inst, loss_base, self.cfg.dco_beta)
                 terms += [loss_base, loss]
             else:
@@ -140,21 +141,29 @@ class TrainStep:
             self.precision.backward(loss / self.cfg.gradient_accumulation_steps)
         return [v.detach() for v in terms], batch.kinds
 
-    def instance_loss(self, pred: torch.Tensor, target: torch.Tensor, batch) -> torch.Tensor:
-        """The denoising MSE of the instance rows (mask-weighted when the batch has weights)."""
+    @staticmethod
+    def squared_error(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """``(pred − target)²`` per element, times the objective's per-example weight when it has one."""
         err = (pred.float() - target.float()) ** 2
+        return err if weight is None else err * weight.to(err.device)
+
+    def instance_loss(self, pred: torch.Tensor, target: torch.Tensor, batch,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising MSE of the instance rows (mask-weighted when the batch has weights)."""
+        err = self.squared_error(pred, target, weight)
         inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
         if batch.weights:
             return (err[inst] * torch.cat(batch.weights).to(self.device)).mean()
         return err[inst].mean()
 
-    def losses(self, pred: torch.Tensor, target: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, pred: torch.Tensor, target: torch.Tensor, batch,
+               weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Instance loss (mask-weighted when the batch has weights) and prior loss (0 without prior)."""
-        loss_inst = self.instance_loss(pred, target, batch)
+        loss_inst = self.instance_loss(pred, target, batch, weight)
         if not self.use_prior:
             return loss_inst, torch.zeros((), device=self.device)
         inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
-        return loss_inst, ((pred.float() - target.float()) ** 2)[~inst].mean()
+        return loss_inst, self.squared_error(pred, target, weight)[~inst].mean()
 
 
 __all__ = ["StepResult", "TrainStep"]

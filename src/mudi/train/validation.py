@@ -53,7 +53,7 @@ class Validator:
         self.settings, self.out, self.autocast = settings, Path(out), autocast
 
     def run(self, step: int, unet) -> Path:
-        """Sample the grid with ``unet`` (the unwrapped training UNet, put back in train mode after)."""
+        """Sample the grid with ``unet`` (the unwrapped training denoiser, put back in train mode after)."""
         from mudi import viz
 
         s = self.settings
@@ -76,10 +76,10 @@ class Validator:
         n = s.images_per_prompt
         gens = [torch.Generator("cpu").manual_seed(s.seed + 1000 * pi + j) for j in range(n)]
         kw = self.family.pipeline_embeds(self.text.get([prompt]).repeat(n), self.text.uncond.repeat(n))
-        with self.autocast(self.pipe.unet):  # the UNet only (float32 outputs): see decode_latents for the VAE
+        with self.autocast(self.family.denoiser(self.pipe)):  # the denoiser only: see decode_latents for the VAE
             res = self.pipe(**kw, num_inference_steps=s.steps, output_type="latent", guidance_scale=s.guidance_scale,
                             height=s.resolution, width=s.resolution, generator=gens)
-        return decode_latents(self.pipe, self.family, res.images)
+        return decode_latents(self.pipe, self.family, self.family.grid_latents(self.pipe, res.images, s.resolution))
 
 
 __all__ = ["ValidationSettings", "Validator", "decode_latents"]
