@@ -50,13 +50,13 @@ def test_every_registered_family_implements_the_seam():
 
 
 def test_unknown_pipeline_is_a_clear_error(tmp_path):
-    with pytest.raises(MudiError, match="FluxPipeline pipeline; mudi supports"):
-        family_for_folder({"_class_name": "FluxPipeline", "transformer": [], "vae": []})
+    with pytest.raises(MudiError, match="Flux2Pipeline pipeline; mudi supports"):
+        family_for_folder({"_class_name": "Flux2Pipeline", "transformer": [], "vae": []})
     with pytest.raises(MudiError, match="model_index.json"):
         family_for_folder(tmp_path)
-    assert family_named("sdxl") is FAMILIES[0]
-    with pytest.raises(MudiError, match="known: sdxl, sd"):
-        family_named("flux")
+    assert family_named("sdxl") is next(f for f in FAMILIES if f.name == "sdxl")
+    with pytest.raises(MudiError, match="known: flux, sd3, sdxl, sd"):
+        family_named("qwen")
 
 
 def _vae(**config):

@@ -193,9 +193,10 @@ def test_flux_train_exports_a_lora_diffusers_loads(tiny_models, flux_lora):
 def test_flux_generate_from_the_cli(flux_lora, tmp_path):
     out = tmp_path / "gen"
     assert main(["generate", "--lora", str(flux_lora), "--prompt", "a photo of {a} and {b}", "--out", str(out),
-                 "--n", "2", "--steps", "2", "--init", "none", "--no-progress"]) == 0
+                 "--n", "2", "--steps", "2", "--no-progress"]) == 0
     side = json.loads((out / "0001.json").read_text())
-    assert side["scheduler"] == "FlowMatchEulerDiscreteScheduler" and side["init"] == "none"
+    assert side["scheduler"] == "FlowMatchEulerDiscreteScheduler" and side["init"] == "none"  # the family default
+    assert 'init = "none"' in (out / "config.toml").read_text()
     assert (out / "0000.png").is_file() and (out / "0001.png").is_file()
 
 

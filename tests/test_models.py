@@ -281,6 +281,9 @@ def test_tiny_folder_layout(tiny_models):
     for part in ("owlv2", "sam", "dinov2", "clip"):
         assert (tiny_models / part / "config.json").is_file()
         assert (tiny_models / part / "model.safetensors").is_file()
+    for part, cls in (("flux", "FluxPipeline"), ("sd3", "StableDiffusion3Pipeline")):
+        assert json.loads((tiny_models / part / "model_index.json").read_text())["_class_name"] == cls
+        assert list((tiny_models / part / "transformer").glob("*.safetensors"))
     total = sum(f.stat().st_size for f in Path(tiny_models).rglob("*") if f.is_file())
     assert total < 100 * 2**20
 

@@ -18,7 +18,7 @@ from mudi.settings import Settings, setting
 NEGATIVE_PROMPT = METHOD_NEGATIVE_PROMPT
 #: ``negative_prompt`` value meaning "the model family's default negative prompt".
 FAMILY_DEFAULT = "default"
-INIT_MODES = ("mudi", "none")
+INIT_MODES = ("auto", "mudi", "none")
 #: --fuse-lora choices.
 FUSE_MODES = ("auto", "on", "off")
 
@@ -59,7 +59,8 @@ class GenerateConfig(Settings):
     subjects: str = setting("", "subject-set folder (default: the one in --lora's config.toml)", metavar="DIR")
     n: int = setting(4, "images per prompt")
     batch_size: int = setting(1, "images per pipeline call (raise it on a GPU)")
-    init: str = setting("mudi", "mean-shifted init (mudi) or plain noise (none)", choices=INIT_MODES)
+    init: str = setting("auto", "mean-shifted init (mudi) or plain noise (none); auto = the model family's "
+                        "default: mudi for SD/SDXL, none for FLUX.1/SD3", choices=INIT_MODES)
     gamma: float = setting(DEFAULT_GAMMA, "γ, strength of the init shift")
     layout: str = setting("auto", "auto, llm, or a JSON file of boxes", metavar="auto|llm|FILE")
     sizes: str = setting("", "relative subject sizes for the auto layout, e.g. olis=1,hta=0.6", metavar="SPEC")
@@ -142,6 +143,10 @@ class GenerateConfig(Settings):
             "negative_prompt": defaults.negative_prompt if self.negative_prompt == FAMILY_DEFAULT
             else self.negative_prompt,
         })
+
+    def for_family(self, family) -> "GenerateConfig":
+        """The config with ``init = "auto"`` resolved to the model family's default."""
+        return self.updated({"init": family.default_init}) if self.init == "auto" else self
 
     def to_dict(self) -> dict[str, Any]:
         """Every field except the LLM API key."""

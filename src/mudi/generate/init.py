@@ -228,6 +228,8 @@ def mean_shifted_latents(
     if gamma < 0 or not np.isfinite(gamma):
         raise MudiError(f"gamma must be a finite number >= 0, got {gamma}.")
     family = family_of(pipe)
+    if family.denoiser_name != "unet":
+        raise MudiError(f"--init mudi is not available for the {family.name} family yet; use --init none.")
     f = family.vae_scale_factor(pipe)
     if height % f or width % f:
         raise MudiError(f"height and width ({height}x{width}) must be multiples of the VAE factor {f}.")

@@ -115,7 +115,7 @@ def check_inputs(config: GenerateConfig, options: RunOptions, *, have_pipe: bool
 def check_layout_option(config: GenerateConfig, sset: SubjectSet, resolution: int) -> LLMLayoutProvider | None:
     """The LLM provider for ``layout = "llm"``; for a layout file: it exists and, when the resolution
     is known before loading the model, its boxes fit every prompt."""
-    if config.init != "mudi" or config.layout == "auto":
+    if config.init == "none" or config.layout == "auto":
         return None
     if config.layout == "llm":
         return LLMLayoutProvider.from_env(config.llm_url or None, config.llm_model or None,
@@ -262,6 +262,7 @@ def generate(config: GenerateConfig, options: RunOptions | None = None, *, pipe=
     if own_pipe:
         pipe = load_base_pipeline(inputs)
     base = inputs.base if own_pipe else (inputs.base or pipeline_name(pipe))
+    config = config.for_family(family_of(pipe))  # init = auto → the family's default
     # 3. Resolution, and the model family's sampling defaults for what the user left unset
     res = sampling_resolution(pipe, config, inputs)
     config = config.with_sampling_defaults(family_of(pipe).sampling)

@@ -17,17 +17,21 @@ _T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_atte
            feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True)
 
 
+#: CLIP tokens the tiny T5 vocabulary takes (the bytes and the most frequent merges).
+T5_PIECES = 4000
+
+
 def t5_tokenizer(model_max_length: int = 512):
     """A T5 (Unigram, "▁" word marks) tokenizer over the CLIP vocabulary, built offline.
 
-    Pieces: ``<pad>``, ``</s>``, ``<unk>``, ``▁``, then every CLIP token (a word-final ``x</w>``
-    becomes ``▁x``), each scored by its CLIP rank (earlier merges = more frequent).
+    Pieces: ``<pad>``, ``</s>``, ``<unk>``, ``▁``, then the first :data:`T5_PIECES` CLIP tokens (a
+    word-final ``x</w>`` becomes ``▁x``), each scored by its CLIP rank (earlier merges = more frequent).
     """
     from transformers import T5Tokenizer
 
     vocab, _ = _clip_vocab_and_merges()
     pieces: dict[str, float] = {}
-    for i, token in enumerate(vocab):
+    for i, token in enumerate(list(vocab)[:T5_PIECES]):
         if token.startswith("<|"):
             continue
         piece = "▁" + token[:-4] if token.endswith("</w>") else token
@@ -95,4 +99,4 @@ def build_sd3(out: Path, clip: dict) -> None:
     pipe.save_pretrained(out, safe_serialization=True)
 
 
-__all__ = ["build_flux", "build_sd3", "t5_tokenizer"]
+__all__ = ["T5_PIECES", "build_flux", "build_sd3", "t5_tokenizer"]

@@ -32,7 +32,7 @@ class FlowFamily:
     text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     tokenizer_names: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
     default_lora_targets: ClassVar[tuple[str, ...]] = ("to_q", "to_k", "to_v", "to_out.0")
-    sampling: ClassVar[SamplingDefaults] = SamplingDefaults(28, 3.5)
+    sampling: ClassVar[SamplingDefaults] = SamplingDefaults(28, 3.5, "")
     denoiser_name: ClassVar[str] = "transformer"
     writes_kohya: ClassVar[bool] = False
     default_init: ClassVar[str] = "none"

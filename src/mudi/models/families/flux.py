@@ -29,7 +29,7 @@ class FluxFamily(FlowFamily):
     default_lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
                             "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
                             "ff_context.net.0.proj", "ff_context.net.2")
-    sampling = SamplingDefaults(28, 3.5)
+    sampling = SamplingDefaults(28, 3.5, "")  # pipeline call defaults; FLUX.1 samples without a negative prompt
     default_weighting_scheme = "none"
     default_sample_size = 128
 

@@ -28,7 +28,7 @@ class SD3Family(FlowFamily):
     tokenizer_names = ("tokenizer", "tokenizer_2", "tokenizer_3")
     default_lora_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
                             "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v")
-    sampling = SamplingDefaults(28, 7.0)
+    sampling = SamplingDefaults(28, 7.0, "")  # the pipeline call defaults (no negative prompt)
     default_weighting_scheme = "logit_normal"
 
     def _info(self, path, transformer, vae, folder=None):
