@@ -198,7 +198,39 @@ def denormalize_latents(vae, z: torch.Tensor) -> torch.Tensor:
     return z / scaling
 
 
-class UNetFamily:
+class FamilyParts:
+    """What every family shares: the text encoders it lists, negative prompts, latent normalization."""
+
+    text_encoder_names: ClassVar[tuple[str, ...]] = ("text_encoder",)
+
+    def text_encoders(self, pipe) -> list[torch.nn.Module]:
+        """The pipeline's text encoders that are present."""
+        return [getattr(pipe, n) for n in self.text_encoder_names if getattr(pipe, n, None) is not None]
+
+    def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
+        raise NotImplementedError
+
+    def encode_negative(self, pipe, negative: str, device) -> TextEmbeds:
+        """Embeddings of a negative prompt for classifier-free guidance."""
+        return self.encode_text(pipe, [negative], device)
+
+    def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor:
+        """VAE posterior sample → the normalized latents the denoiser works on (:func:`normalize_latents`)."""
+        return normalize_latents(vae, sample)
+
+    def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_latents` (:func:`denormalize_latents`)."""
+        return denormalize_latents(vae, z)
+
+    def grid_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
+        """What ``pipe(..., output_type="latent")`` returned, as (B, C, h, w) latents (as is, unpacked)."""
+        return latents
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class UNetFamily(FamilyParts):
     """Base of the UNet latent-diffusion families: the behaviour they share.
 
     Subclasses set the class attributes and override the methods that differ
@@ -308,36 +340,16 @@ class UNetFamily:
         return int(pipe.unet.config.sample_size) * self.vae_scale_factor(pipe)
 
     # ------------------------------------------------------------------ text
-    def text_encoders(self, pipe) -> list[torch.nn.Module]:
-        """The pipeline's text encoders that are present."""
-        return [getattr(pipe, n) for n in self.text_encoder_names if getattr(pipe, n, None) is not None]
-
     def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
         """Prompt embeddings from the pipeline's own ``encode_prompt`` (no classifier-free guidance)."""
         tokens, _ = pipe.encode_prompt(prompts, device, 1, False)
         return TextEmbeds(tokens)
-
-    def encode_negative(self, pipe, negative: str, device) -> TextEmbeds:
-        """Embeddings of a negative prompt for classifier-free guidance."""
-        return self.encode_text(pipe, [negative], device)
 
     def pipeline_embeds(self, cond: TextEmbeds, uncond: TextEmbeds) -> dict[str, torch.Tensor]:
         """``pipe(...)`` keyword arguments that pass precomputed embeddings."""
         return {"prompt_embeds": cond.tokens, "negative_prompt_embeds": uncond.tokens}
 
     # ------------------------------------------------------------------ latents
-    def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor:
-        """VAE posterior sample → the normalized latents the denoiser works on (:func:`normalize_latents`)."""
-        return normalize_latents(vae, sample)
-
-    def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`to_latents` (:func:`denormalize_latents`)."""
-        return denormalize_latents(vae, z)
-
-    def grid_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
-        """What ``pipe(..., output_type="latent")`` returned, as (B, C, h, w) latents (as is for a UNet)."""
-        return latents
-
     # ------------------------------------------------------------------ denoiser
     def denoiser(self, pipe) -> torch.nn.Module:
         """The network the LoRA trains (the UNet)."""
@@ -388,9 +400,6 @@ class UNetFamily:
         """SD 2.x (OpenCLIP-H text encoder: cross-attention dim 1024)."""
         return int(getattr(unet.config, "cross_attention_dim", 768) or 768) == 1024
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
-
-__all__ = ["METHOD_NEGATIVE_PROMPT", "REFERENCE_NEGATIVE_PROMPT", "ModelFamily", "ModelInfo", "SamplingDefaults",
-           "TextEmbeds", "UNetFamily", "denormalize_latents", "normalize_latents", "read_config"]
+__all__ = ["METHOD_NEGATIVE_PROMPT", "REFERENCE_NEGATIVE_PROMPT", "FamilyParts", "ModelFamily", "ModelInfo",
+           "SamplingDefaults", "TextEmbeds", "UNetFamily", "denormalize_latents", "normalize_latents", "read_config"]

@@ -18,11 +18,10 @@ from typing import Any, ClassVar
 import torch
 
 from mudi.errors import MudiError
-from mudi.models.families.base import (ModelInfo, SamplingDefaults, TextEmbeds, denormalize_latents,
-                                       normalize_latents, read_config)
+from mudi.models.families.base import FamilyParts, ModelInfo, SamplingDefaults, TextEmbeds, read_config
 
 
-class FlowFamily:
+class FlowFamily(FamilyParts):
     """Base of the flow-matching DiT families (see the module docstring)."""
 
     name: ClassVar[str] = ""
@@ -124,35 +123,14 @@ class FlowFamily:
         return side * side
 
     # ------------------------------------------------------------------ text
-    def text_encoders(self, pipe) -> list[torch.nn.Module]:
-        """The pipeline's text encoders that are present."""
-        return [getattr(pipe, n) for n in self.text_encoder_names if getattr(pipe, n, None) is not None]
-
     def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
         """Per-token states and the pooled embedding of ``prompts``."""
         raise NotImplementedError
-
-    def encode_negative(self, pipe, negative: str, device) -> TextEmbeds:
-        """Embeddings of a negative prompt."""
-        return self.encode_text(pipe, [negative], device)
 
     def pipeline_embeds(self, cond: TextEmbeds, uncond: TextEmbeds) -> dict[str, torch.Tensor]:
         """``pipe(...)`` keyword arguments that pass precomputed embeddings."""
         return {"prompt_embeds": cond.tokens, "pooled_prompt_embeds": cond.pooled,
                 "negative_prompt_embeds": uncond.tokens, "negative_pooled_prompt_embeds": uncond.pooled}
-
-    # ------------------------------------------------------------------ latents
-    def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor:
-        """VAE posterior sample → normalized latents (``(z − shift)·scale``)."""
-        return normalize_latents(vae, sample)
-
-    def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`to_latents`."""
-        return denormalize_latents(vae, z)
-
-    def grid_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
-        """What ``pipe(..., output_type="latent")`` returned, as (B, C, h, w) latents."""
-        return latents
 
     # ------------------------------------------------------------------ denoiser
     def denoiser(self, pipe) -> torch.nn.Module:
@@ -192,9 +170,6 @@ class FlowFamily:
 
     def is_v2(self, unet) -> bool:
         return False
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
 
 __all__ = ["FlowFamily"]
