@@ -98,9 +98,10 @@ def test_generate_never_modifies_the_config(tiny_models, sset, tmp_path):
     generate(config, RunOptions(progress=False))
     assert config.to_dict() == before
     written = GenerateConfig.from_toml(tmp_path / "out" / "config.toml")
-    # the run file records the SD family's sampling defaults for what was left unset
+    # the run file records the SD family's sampling defaults (and init) for what was left unset
     assert written == config.updated({"sizes": "a=1.0,b=0.5", "resolution": 64, "dtype": "float32", "guidance": 7.5,
-                                      "negative_prompt": "sticker, collage, cartoon, abstract glitch, blurry"})
+                                      "negative_prompt": "sticker, collage, cartoon, abstract glitch, blurry",
+                                      "init": "mudi"})
     # the resolved config repeats the run
     again = generate(written.updated({"out": str(tmp_path / "again")}), RunOptions(progress=False))
     assert again[0].read_bytes() == (tmp_path / "out" / "0000.png").read_bytes()

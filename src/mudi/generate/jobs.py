@@ -93,7 +93,7 @@ class LayoutPlanner:
         self.config, self.sset, self.width, self.height = config, sset, width, height
         self.sizes = sizes or None
         self.llm = llm
-        if config.init != "mudi":
+        if config.init == "none":  # "auto" is resolved by generate(); as given here it counts as mudi
             self.mode = "none"
         else:
             self.mode = config.layout if config.layout in ("auto", "llm") else "file"
