@@ -3,12 +3,9 @@ normalization the pipelines' VAEs expect (per-channel statistics, or a shift and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
-
-if TYPE_CHECKING:
-    from mudi.models.families.base import TextEmbeds
 
 
 def _vae_channel_stats(vae, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
