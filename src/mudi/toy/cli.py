@@ -21,9 +21,10 @@ def register(subparsers) -> None:
         help=HELP,
         description=(
             "Run MuDI end to end on the toy world shipped with mudi (offline, CPU, minutes): prepare two "
-            "similar toy subjects, train LoRAs with --mix none (DreamBooth), cutmix and segmix, generate "
+            "(--subjects 3 or 4: more) similar toy subjects, train LoRAs with --mix none (DreamBooth), cutmix and segmix, generate "
             "with and without mean-shifted initialization, evaluate with Detect-and-Compare, and write "
-            "OUT/report.html and OUT/summary.json. Methods: " + ", ".join(m.name for m in METHODS) + "."
+            "OUT/report.html and OUT/summary.json; --full adds success rate vs number of subjects, mean D&C vs "
+            "γ and the comparison over three seeds. Methods: " + ", ".join(m.name for m in METHODS) + "."
         ),
     )
     add_arguments(p, DemoConfig, [f.name for f in fields(DemoConfig) if f.name != "gradient_accumulation_steps"])
