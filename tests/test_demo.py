@@ -176,3 +176,25 @@ def test_full_demo_needs_dreambooth_and_mudi(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x"), "--full", "--methods", "mudi,segmix"]) == 2
     assert "keep dreambooth and mudi" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_demo_modular_rows(tmp_path, tiny_models):
+    """--methods modular,modular_segmix: per-subject DreamBooth LoRAs merged (concat: ranks stacked),
+    then a short Seg-Mix fine-tune from the merged LoRA; both rows in the summary."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "mod"
+    argv = [a for a in FAST if a not in ("dreambooth,mudi",)]
+    argv[argv.index("--methods") + 1:argv.index("--methods") + 1] = ["modular,modular_segmix"]
+    assert main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["modular", "modular_segmix"]
+    assert all(m["n_images"] == len(summary["prompts"]) for m in summary["methods"].values())
+    single = load_file(out / "lora_single_a" / "pytorch_lora_weights.safetensors")
+    merged = load_file(out / "lora_merged" / "pytorch_lora_weights.safetensors")
+    key = next(k for k in single if "lora_A" in k or "lora.down" in k)
+    assert merged[key].shape[0] == 2 * single[key].shape[0]  # ranks stacked
+    tuned = (out / "lora_merged_segmix" / "config.toml").read_text()
+    assert "lora_merged" in tuned and 'mix = "segmix"' in tuned
+    sidecar = json.loads(sorted((out / "gen" / "modular_segmix").glob("[0-9][0-9][0-9][0-9].json"))[0].read_text())
+    assert "lora_merged_segmix" in json.dumps(sidecar)

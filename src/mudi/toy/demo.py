@@ -60,7 +60,13 @@ METHODS: tuple[Method, ...] = (
     Method("segmix", "segmix", "none", "Seg-Mix LoRA, standard noise (ablation: no initialization)"),
     Method("dreambooth_init", "none", "mudi", "DreamBooth LoRA + mean-shifted initialization (ablation)"),
     Method("mudi", "segmix", "mudi", "MuDI: Seg-Mix LoRA + mean-shifted initialization"),
+    Method("modular", "merged", "mudi", "Modular: one DreamBooth LoRA per subject, merged (ranks stacked), "
+                                        "+ mean-shifted initialization"),
+    Method("modular_segmix", "merged_segmix", "mudi", "Modular + a short Seg-Mix fine-tune of the merged LoRA "
+                                                      "(a fifth of the steps), + mean-shifted initialization"),
 )
+#: The methods a plain `mudi demo` runs; the modular rows are asked for with --methods.
+DEFAULT_METHODS: tuple[str, ...] = ("dreambooth", "cutmix", "segmix", "dreambooth_init", "mudi")
 
 
 @dataclass
@@ -99,7 +105,7 @@ class DemoConfig(Settings):
         TOY_SUCCESS_THRESHOLD, "D&C at or above which an image with the right count is a success (toy embedder)")
     full: bool = setting(False, "also the curves (success rate vs number of subjects, mean D&C vs γ) and the comparison "
                                 "repeated over 3 seeds with its spread (about 15 CPU-minutes; see demo_full.py)")
-    methods: list[str] = setting([m.name for m in METHODS], "comma-separated subset of the methods",
+    methods: list[str] = setting(list(DEFAULT_METHODS), "comma-separated methods (also: modular, modular_segmix)",
                                  separator=",")
 
     def check(self) -> None:
@@ -274,17 +280,34 @@ def _make_subjects(out: Path, seed: int, n_subjects: int = 2) -> None:
 
 def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: str) -> None:
     """One LoRA per training mix, same seed, steps and schedule, so they compare fairly."""
-    from mudi.train import TrainConfig, train
+    from mudi.train import train
 
+    if mix.startswith("merged"):
+        from mudi.toy.demo_modular import train_modular
+
+        return train_modular(config, options, out, base, mix)
     lora_dir = out / f"lora_{mix}"
-    train(TrainConfig(
+    train(train_config(config, out, base, mix, lora_dir), train_options(options, lora_dir))
+
+
+def train_config(config: DemoConfig, out: Path, base: Path, mix: str, lora_dir: Path, **changes):
+    """The demo's `mudi train` settings for one LoRA (``changes`` override fields)."""
+    from mudi.train import TrainConfig
+
+    steps = changes.pop("max_train_steps", config.train_steps)
+    return TrainConfig(
         subjects=str(out / "subjects"), base=str(base), out=str(lora_dir), resolution=demo_resolution(),
-        mix=mix, p=config.p, k=config.subjects, segmix_margin=config.resolved_segmix_margin(), rank=config.rank, alpha=float(config.rank),
-        learning_rate=config.learning_rate, max_train_steps=config.train_steps,
+        mix=mix, p=config.p, k=config.subjects, segmix_margin=config.resolved_segmix_margin(), rank=config.rank,
+        alpha=float(config.rank), learning_rate=config.learning_rate, max_train_steps=steps,
         gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
-        checkpoint_every=max(50, config.train_steps // 2), validate_every=-1,
-    ), RunOptions(device="cpu", progress=options.progress, overwrite=True,
-                  resume=options.resume and (lora_dir / "checkpoints").exists()))
+        checkpoint_every=max(50, steps // 2), validate_every=-1, **changes,
+    )
+
+
+def train_options(options: RunOptions, lora_dir: Path) -> RunOptions:
+    """How the demo runs `mudi train`: CPU, fresh folder, resumed from its checkpoints on --resume."""
+    return RunOptions(device="cpu", progress=options.progress, overwrite=True,
+                      resume=options.resume and (lora_dir / "checkpoints").exists())
 
 
 def _toy_pipeline(base: Path):

@@ -1,0 +1,44 @@
+"""The demo's modular-customization rows (``--methods modular,modular_segmix``).
+
+- ``lora_merged/``: one DreamBooth LoRA per subject (``mudi train --only KEY --mix none``, the
+  demo's schedule, in ``lora_single_<key>/``), merged by ``mudi merge`` with the concat rule
+  (ranks stacked, so no subject's update is averaged away);
+- ``lora_merged_segmix/``: the merged LoRA fine-tuned with Seg-Mix on all subjects
+  (``mudi train --init-lora lora_merged --mix segmix``) for a fifth of the demo's steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mudi.settings import RunOptions
+
+#: Fine-tune length of the modular + Seg-Mix row, as a fraction of the demo's training steps.
+FINETUNE_SHARE = 0.2
+
+
+def train_modular(config, options: RunOptions, out: Path, base: Path, mix: str) -> None:
+    """Write ``out/lora_<mix>`` for mix ``merged`` or ``merged_segmix`` (see the module docstring)."""
+    from mudi.train import MergeConfig, merge, train
+    from mudi.subjects import SubjectSet
+    from mudi.toy.demo import DONE, train_config, train_options
+
+    merged = out / "lora_merged"
+    if mix == "merged_segmix":
+        if not (merged / DONE).exists():
+            train_modular(config, options, out, base, "merged")
+            (merged / DONE).write_text("ok\n")
+        lora_dir = out / "lora_merged_segmix"
+        steps = max(1, round(config.train_steps * FINETUNE_SHARE))
+        train(train_config(config, out, base, "segmix", lora_dir, max_train_steps=steps, init_lora=str(merged)),
+              train_options(options, lora_dir))
+        return
+    singles = []
+    for subject in SubjectSet.load(out / "subjects"):
+        lora_dir = out / f"lora_single_{subject.key}"
+        if not (options.resume and (lora_dir / DONE).exists()):
+            train(train_config(config, out, base, "none", lora_dir, only=[subject.key]), train_options(options, lora_dir))
+            (lora_dir / DONE).write_text("ok\n")
+        singles.append(str(lora_dir))
+    merge(MergeConfig(loras=singles, out=str(merged), rule="concat", subjects=str(out / "subjects")),
+          RunOptions(overwrite=True, device="cpu", progress=options.progress))
