@@ -285,7 +285,8 @@ def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: 
     if mix.startswith("merged"):
         from mudi.toy.demo_modular import train_modular
 
-        return train_modular(config, options, out, base, mix)
+        return train_modular(config, options, out, base, mix, train_config=train_config,
+                             train_options=train_options, done=DONE)
     lora_dir = out / f"lora_{mix}"
     train(train_config(config, out, base, mix, lora_dir), train_options(options, lora_dir))
 

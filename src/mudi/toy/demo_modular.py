@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from mudi.settings import RunOptions
 
@@ -17,16 +18,22 @@ from mudi.settings import RunOptions
 FINETUNE_SHARE = 0.2
 
 
-def train_modular(config, options: RunOptions, out: Path, base: Path, mix: str) -> None:
-    """Write ``out/lora_<mix>`` for mix ``merged`` or ``merged_segmix`` (see the module docstring)."""
+def train_modular(config, options: RunOptions, out: Path, base: Path, mix: str, *, train_config: Callable,
+                  train_options: Callable, done: str) -> None:
+    """Write ``out/lora_<mix>`` for mix ``merged`` or ``merged_segmix`` (see the module docstring).
+
+    ``train_config(config, out, base, mix, lora_dir, **changes)`` and ``train_options(options,
+    lora_dir)`` are the demo's own `mudi train` settings; ``done`` names a finished folder's marker."""
     from mudi.train import MergeConfig, merge, train
     from mudi.subjects import SubjectSet
-    from mudi.toy.demo import DONE, train_config, train_options
+
+    DONE = done
 
     merged = out / "lora_merged"
     if mix == "merged_segmix":
         if not (merged / DONE).exists():
-            train_modular(config, options, out, base, "merged")
+            train_modular(config, options, out, base, "merged", train_config=train_config,
+                          train_options=train_options, done=done)
             (merged / DONE).write_text("ok\n")
         lora_dir = out / "lora_merged_segmix"
         steps = max(1, round(config.train_steps * FINETUNE_SHARE))
