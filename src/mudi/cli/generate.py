@@ -33,7 +33,7 @@ Output: OUT/0000.png + 0000.json (sidecar: prompt, seed, subjects, layout, gamma
 GROUPS = {
     "model and subjects": ("base", "lora", "lora_scale", "fuse_lora", "subjects", "vae"),
     "prompts and output": ("prompts", "n", "batch_size", "out", "negative_prompt", "save_init"),
-    "initialization and layout": ("init", "gamma", "layout", "sizes", "fill", "jitter", "photo", "llm_url",
+    "initialization and layout": ("init", "gamma", "init_sigma", "layout", "sizes", "fill", "jitter", "photo", "llm_url",
                                   "llm_model", "llm_timeout"),
     "sampling": ("steps", "resolution", "seed", "guidance", "scheduler", "dtype"),
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mudi.errors import MudiError
-from mudi.generate.init import DEFAULT_GAMMA
+from mudi.generate.init import DEFAULT_GAMMA, DEFAULT_SIGMA_START
 from mudi.generate.layout import DEFAULT_FILL, DEFAULT_JITTER
 from mudi.generate.llm_layout import DEFAULT_LLM_TIMEOUT
 from mudi.models.families.base import METHOD_NEGATIVE_PROMPT, SamplingDefaults
@@ -62,6 +62,8 @@ class GenerateConfig(Settings):
     init: str = setting("auto", "mean-shifted init (mudi) or plain noise (none); auto = the model family's "
                         "default: mudi for SD/SDXL, none for FLUX.1/SD3", choices=INIT_MODES)
     gamma: float = setting(DEFAULT_GAMMA, "γ, strength of the init shift")
+    init_sigma: float = setting(DEFAULT_SIGMA_START, "FLUX.1/SD3 with --init mudi: the σ sampling starts at, "
+                                "from (1-σ)·γ·z_m + σ·noise (0.93: the signal-to-noise ratio of SDXL's first step)")
     layout: str = setting("auto", "auto, llm, or a JSON file of boxes", metavar="auto|llm|FILE")
     sizes: str = setting("", "relative subject sizes for the auto layout, e.g. olis=1,hta=0.6", metavar="SPEC")
     fill: float = setting(DEFAULT_FILL, "auto layout: share of a slot a subject fills")
@@ -104,6 +106,8 @@ class GenerateConfig(Settings):
             raise MudiError(f"--init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise MudiError(f"--gamma must be a number >= 0, got {self.gamma}.")
+        if not 0 < self.init_sigma <= 1:
+            raise MudiError(f"--init-sigma must be in (0, 1], got {self.init_sigma}.")
         if self.steps < 0:
             raise MudiError(f"--steps must be >= 1 (or 0 for the model's default), got {self.steps}.")
         if self.resolution < 0:

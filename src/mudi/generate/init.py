@@ -22,13 +22,19 @@ DPM-Solver: ``α_t·x + σ_t·ε``, ``init_noise_sigma`` = 1).
 ε is drawn first from ``generator`` with the same call the pipeline uses for its own initial
 noise, so for a given seed ``--init none`` and ``--init mudi`` share ε (the VAE sample is drawn
 after it).
+
+**Flow-matching families** (FLUX.1, SD3; :mod:`mudi.models.families.starts`). Their sampler starts
+at σ = 1, where its input is pure noise: step 4 would put no signal in. Instead sampling is
+entered at ``σ_start`` (:data:`DEFAULT_SIGMA_START`, ``--init-sigma``):
+``x = (1 − σ_start)·γ·z_m + σ_start·ε`` on the model's own interpolation path, and the pipeline
+gets ``sigmas = u·linspace(1, 1/N, N)`` where ``u`` is the σ its scheduler shifts to ``σ_start``
+(the pipelines' own default is ``u = 1``), so its N steps run from ``σ_start`` down and its first
+step sees exactly ``x`` (packed for FLUX.1) at σ_start. ``--init none`` stays their default.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -41,10 +47,15 @@ from mudi.errors import MudiError
 from mudi.generate.layout import LayoutBox
 from mudi.geometry import fit_box
 from mudi.models.families import ModelFamily, family_of
+from mudi.models.families.starts import add_noise_at, schedule_start
 from mudi.subjects import SegmentedPhoto
 
 #: METHOD.md §4 default γ.
 DEFAULT_GAMMA = 3.0
+#: Flow-matching families: the σ sampling starts at with ``--init mudi``. 0.93 has the signal-to-noise
+#: ratio ((1 − σ)/σ = 0.0762) of SDXL's first timestep at 50 steps (981: √(ᾱ/(1 − ᾱ)) = 0.0762),
+#: so γ means what it means for SDXL (``benchmarks/flow_init_sigma.py`` prints the figures).
+DEFAULT_SIGMA_START = 0.93
 
 
 @dataclass
@@ -72,6 +83,8 @@ class InitLatents:
     timestep: Any
     init_noise_sigma: float
     layout: list[LayoutBox]
+    sigma: float | None = None  # flow matching: the σ sampling starts at
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)  # flow matching: the ``sigmas`` of the schedule
 
 
 # ------------------------------------------------------------------------------ canvas
@@ -127,32 +140,6 @@ def _execution_device(pipe) -> torch.device:
     return torch.device(dev)
 
 
-def schedule_start(scheduler, num_inference_steps: int, device: torch.device | str | None = None):
-    """A copy of ``scheduler`` set up exactly as the pipeline sets it up, its first timestep and
-    its ``init_noise_sigma``.
-
-    The SD/SDXL pipelines call ``scheduler.set_timesteps(num_inference_steps, device=device)``
-    before ``prepare_latents``; ``init_noise_sigma`` of sigma-space schedulers depends on it.
-    """
-    sch = copy.deepcopy(scheduler)
-    params = inspect.signature(sch.set_timesteps).parameters
-    if "device" in params:
-        sch.set_timesteps(num_inference_steps, device=device)
-    else:  # pragma: no cover - every diffusers scheduler we use accepts device
-        sch.set_timesteps(num_inference_steps)
-    t_first = sch.timesteps[0]
-    sigma = sch.init_noise_sigma
-    sigma = float(sigma.item() if torch.is_tensor(sigma) else sigma)
-    return sch, t_first, sigma
-
-
-def add_noise_at(scheduler_copy, sample: torch.Tensor, noise: torch.Tensor, t_first) -> torch.Tensor:
-    """``scheduler.add_noise(sample, noise, t_first)`` on a scheduler copy after set_timesteps."""
-    t = t_first if torch.is_tensor(t_first) else torch.tensor(t_first)
-    t = t.reshape(1).to(sample.device).repeat(sample.shape[0])
-    return scheduler_copy.add_noise(sample, noise, t)
-
-
 # ---------------------------------------------------------------------------------- VAE
 
 @torch.no_grad()
@@ -203,6 +190,7 @@ def mean_shifted_latents(
     noise: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
+    sigma_start: float = DEFAULT_SIGMA_START,
 ) -> InitLatents:
     """Initial latents for ``pipe(..., latents=...)`` per METHOD.md §4.
 
@@ -219,24 +207,26 @@ def mean_shifted_latents(
         scheduler: the scheduler the pipeline will use (default ``pipe.scheduler``; never
             modified — a copy is set up).
         noise: optional ε to use instead of drawing it (shape (1, C, h, w)).
-        dtype, device: of the returned latents (default: the UNet's dtype, the pipeline's
+        dtype, device: of the returned latents (default: the denoiser's dtype, the pipeline's
             execution device).
+        sigma_start: flow-matching families (FLUX.1, SD3): the σ sampling starts at (see the
+            module docstring); the UNet families start at their schedule's first timestep.
 
     Returns:
-        :class:`InitLatents` with ``latents = add_noise(γ·z_m, ε, t_first) / init_noise_sigma``.
+        :class:`InitLatents` with ``latents = add_noise(γ·z_m, ε, t_first) / init_noise_sigma``
+        (flow matching: ``(1 − σ_start)·γ·z_m + σ_start·ε``, packed as the pipeline takes it, and
+        the ``sigmas`` to pass in ``pipeline_kwargs``).
     """
     if gamma < 0 or not np.isfinite(gamma):
         raise MudiError(f"gamma must be a finite number >= 0, got {gamma}.")
     family = family_of(pipe)
-    if family.denoiser_name != "unet":
-        raise MudiError(f"--init mudi is not available for the {family.name} family yet; use --init none.")
     f = family.vae_scale_factor(pipe)
     if height % f or width % f:
         raise MudiError(f"height and width ({height}x{width}) must be multiples of the VAE factor {f}.")
     device = torch.device(device) if device is not None else _execution_device(pipe)
-    dtype = dtype or pipe.unet.dtype
+    dtype = dtype or family.denoiser(pipe).dtype
     scheduler = scheduler if scheduler is not None else pipe.scheduler
-    channels = pipe.unet.config.in_channels
+    channels = family.latent_channels(pipe)
     shape = (1, channels, height // f, width // f)
 
     if noise is None:
@@ -251,12 +241,12 @@ def mean_shifted_latents(
     canvas, mask, drawn = render_canvas(subjects_photos, layout, width, height)
     z = encode_canvas(pipe.vae, canvas, generator, device, family=family)
     if tuple(z.shape[-2:]) != shape[-2:] or z.shape[1] != channels:
-        raise MudiError(f"VAE latent shape {tuple(z.shape)} does not match the UNet input {shape}.")
+        raise MudiError(f"VAE latent shape {tuple(z.shape)} does not match the denoiser input {shape}.")
     m = latent_mask(mask, shape[-2:], device=device)
     z_m = z * m
-    sch, t_first, init_sigma = schedule_start(scheduler, num_inference_steps, device)
-    x_t = add_noise_at(sch, float(gamma) * z_m, noise, t_first).float()
-    latents = (x_t / init_sigma).to(dtype)
+    start = family.sampler_start(pipe, scheduler, num_inference_steps, height, width, device, sigma_start)
+    x_t = start.noised(float(gamma) * z_m, noise).float()
+    latents = family.pipeline_latents(pipe, (x_t / start.init_noise_sigma).to(dtype))
     return InitLatents(
         latents=latents,
         x_T=x_t,
@@ -265,14 +255,17 @@ def mean_shifted_latents(
         latent_mask=m,
         noise=noise,
         z=z,
-        timestep=t_first,
-        init_noise_sigma=init_sigma,
+        timestep=start.timestep,
+        init_noise_sigma=start.init_noise_sigma,
         layout=drawn,
+        sigma=start.sigma,
+        pipeline_kwargs=start.pipeline_kwargs,
     )
 
 
 __all__ = [
     "DEFAULT_GAMMA",
+    "DEFAULT_SIGMA_START",
     "InitLatents",
     "add_noise_at",
     "encode_canvas",

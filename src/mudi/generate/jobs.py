@@ -217,6 +217,7 @@ def sidecar(job: ImageJob, config: GenerateConfig, run: ResolvedRun, sset: Subje
         "index": job.index,
         "image": f"{job.stem}.png",
         "init_image": f"{job.stem}_init.png" if (config.save_init and config.init == "mudi") else None,
+        "init_sigma": float(config.init_sigma),
         "layout_mode": layout_mode,
         "layout_source": job.layout_source,
         "reference_photos": {k: str(sset.subject(k).photos[i].image_path) for k, i in job.photos.items()},

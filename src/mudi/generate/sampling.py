@@ -50,15 +50,16 @@ def generate_batch(
     config = config.with_sampling_defaults(family_of(pipe).sampling)  # unset steps/guidance/negative prompt
     gens = [generator(job.seed) for job in jobs]
     inits: list[Any] = [None] * len(jobs)
-    latents = None
+    latents, extra = None, {}
     if config.init == "mudi":
         for i, (job, gen) in enumerate(zip(jobs, gens)):
             photos = {k: sset.photos(k)[idx] for k, idx in job.photos.items()}
             inits[i] = mean_shifted_latents(
                 pipe, photos, job.layout, gamma=config.gamma, generator=gen, height=height, width=width,
-                num_inference_steps=config.steps,
+                num_inference_steps=config.steps, sigma_start=config.init_sigma,
             )
         latents = torch.cat([init.latents for init in inits])
+        extra = inits[0].pipeline_kwargs  # flow matching: the schedule entered at σ_start (same for the batch)
     single = len(jobs) == 1
     kwargs: dict[str, Any] = dict(
         prompt=jobs[0].prompt if single else [job.prompt for job in jobs],
@@ -71,6 +72,7 @@ def generate_batch(
         generator=gens[0] if single else gens,
         latents=latents,
         output_type="pil",
+        **extra,
     )
     if callback is not None:
         kwargs["callback_on_step_end"] = callback

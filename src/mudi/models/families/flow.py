@@ -117,10 +117,25 @@ class FlowFamily(FamilyParts):
         """The pipeline's default image side (1024 for FLUX.1 and SD3.5)."""
         return int(getattr(pipe, "default_sample_size", self.default_sample_size)) * self.vae_scale_factor(pipe)
 
-    def image_seq_len(self, pipe, resolution: int) -> int:
-        """Image tokens of a square ``resolution`` image (what the sampler's dynamic shift reads)."""
-        side = resolution // (self.vae_scale_factor(pipe) * self.patch_size(pipe.transformer.config))
-        return side * side
+    def image_seq_len(self, pipe, height: int, width: int | None = None) -> int:
+        """Image tokens of a ``height`` × ``width`` image (square by default): what the sampler's
+        dynamic shift reads."""
+        cell = self.vae_scale_factor(pipe) * self.patch_size(pipe.transformer.config)
+        return (height // cell) * ((width or height) // cell)
+
+    def latent_channels(self, pipe) -> int:
+        """Channels of the latent grid (16 for FLUX.1 and SD3)."""
+        return int(pipe.vae.config.latent_channels)
+
+    def sampler_start(self, pipe, scheduler, steps: int, height: int, width: int, device, sigma_start: float):
+        """Sampling entered at ``sigma_start`` (:func:`~mudi.models.families.starts.flow_start`), with
+        the resolution-dependent ``mu`` the pipeline uses when its scheduler shifts dynamically."""
+        from mudi.models.families.objectives import dynamic_shift_mu
+        from mudi.models.families.starts import flow_start
+
+        cfg = scheduler.config
+        mu = dynamic_shift_mu(cfg, self.image_seq_len(pipe, height, width)) if cfg.get("use_dynamic_shifting") else None
+        return flow_start(scheduler, steps, sigma_start, mu, device)
 
     # ------------------------------------------------------------------ text
     def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:

@@ -60,6 +60,10 @@ class FluxFamily(FlowFamily):
         """The pipeline's packed latents back to (B, 16, h, w)."""
         return pipe._unpack_latents(latents, resolution, resolution, self.vae_scale_factor(pipe))
 
+    def pipeline_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """FluxPipeline takes ``latents=`` packed."""
+        return self.pack(latents)
+
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) → (B, h/2 · w/2, 4C) tokens, the pipeline's packing."""
         from diffusers import FluxPipeline

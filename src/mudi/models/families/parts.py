@@ -74,6 +74,10 @@ class FamilyParts:
         """What ``pipe(..., output_type="latent")`` returned, as (B, C, h, w) latents (as is, unpacked)."""
         return latents
 
+    def pipeline_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents as the pipeline's ``latents=`` argument takes them (as they are, unpacked)."""
+        return latents
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
