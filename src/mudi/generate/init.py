@@ -173,6 +173,18 @@ def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> to
     return (m[0, 0] >= 0.5).float().to(device)
 
 
+def initial_noise(shape: tuple[int, ...], generator, device, dtype, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """ε (float32): ``noise`` checked, or drawn with the pipelines' own ``prepare_latents`` call (so it
+    matches the noise of ``--init none`` for the same generator)."""
+    if noise is None:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    elif tuple(noise.shape) != shape:
+        raise MudiError(f"noise has shape {tuple(noise.shape)}, expected {shape}.")
+    return noise.to(device=device, dtype=torch.float32)
+
+
 # ----------------------------------------------------------------------------- the API
 
 @torch.no_grad()
@@ -229,14 +241,7 @@ def mean_shifted_latents(
     channels = family.latent_channels(pipe)
     shape = (1, channels, height // f, width // f)
 
-    if noise is None:
-        from diffusers.utils.torch_utils import randn_tensor
-
-        # the same call as the pipelines' prepare_latents, so ε matches the no-init noise
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    elif tuple(noise.shape) != shape:
-        raise MudiError(f"noise has shape {tuple(noise.shape)}, expected {shape}.")
-    noise = noise.to(device=device, dtype=torch.float32)
+    noise = initial_noise(shape, generator, device, dtype, noise)
 
     canvas, mask, drawn = render_canvas(subjects_photos, layout, width, height)
     z = encode_canvas(pipe.vae, canvas, generator, device, family=family)
