@@ -255,3 +255,14 @@ def test_sd3_train_load_and_generate(tiny_models, subjects, tmp_path):
     assert main(["generate", "--lora", str(out), "--prompt", "a photo of {a}", "--out", str(gen), "--n", "1",
                  "--steps", "2", "--init", "none", "--no-progress"]) == 0
     assert (gen / "0000.png").is_file()
+
+
+def test_flux_gradient_checkpointing_trains_the_same_lora(tiny_models, subjects, tmp_path):
+    runs = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        assert _train_cli(tiny_models, subjects, out, "flux", "--steps", "1", "--gradient-checkpointing", mode) == 0
+        assert json.loads((out / "summary.json").read_text())["gradient_checkpointing"] is (mode == "on")
+        runs[mode] = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert all(torch.allclose(runs["off"][k], runs["on"][k], atol=1e-6) for k in runs["off"])
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in runs["on"].items() if "lora_B" in k)
