@@ -132,7 +132,7 @@ def test_identical_image_reaches_the_maximum(toy, tiny_vit, tiny_models):
     assert metrics.dino.n_embedded == 2 + 2  # each reference once, then the two images
 
 
-def test_evaluate_writes_the_metrics_and_their_models(toy, tiny_vit, tiny_models, tmp_path):
+def test_evaluate_writes_the_metrics_and_their_models(toy, tiny_vit, tiny_models, tmp_path, capsys):
     from mudi.cli import main
 
     sset, _, scene, (a, b) = toy
@@ -148,6 +148,9 @@ def test_evaluate_writes_the_metrics_and_their_models(toy, tiny_vit, tiny_models
     assert main(["evaluate", "--images", str(g), "--subjects", str(sset.root), "--detector", "toy", "--embedder",
                  "toy", "--clip", str(tiny_models / "clip"), "--dino-model", str(tiny_vit), "--no-report",
                  "--out", str(tmp_path / "E")]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[-6:] == ["ident", "miss", "dup", "DINO", "CLIP-I", "CLIP-T"]
+    assert row.split()[-5:-3] == ["0.50", "0.00"]  # missing per image 0 and 1, no duplicate
     per = json.loads((tmp_path / "E" / "per_image.json").read_text())
     for key in ("dnc", "dino", "clip_i", "clip_t", "identity", "missing", "duplicate"):
         assert all(p[key] is not None for p in per), key

@@ -125,12 +125,15 @@ def _fmt(v, pct: bool = False, nd: int = 3) -> str:
 
 
 def _print_summary(evaluations, fresh_specs, out: str) -> None:
-    print(f"{'run':<20} {'images':>6} {'D&C':>7} {'±sem':>6} {'success':>8} {'count err':>9} {'CLIP':>6}")
+    print(f"{'run':<20} {'images':>6} {'D&C':>7} {'±sem':>6} {'success':>8} {'count err':>9} {'CLIP':>6} "
+          f"{'ident':>6} {'miss':>5} {'dup':>5} {'DINO':>6} {'CLIP-I':>6} {'CLIP-T':>6}")
     for ev in evaluations:
         s = ev.summary
         print(f"{ev.label[:20]:<20} {s.get('n_scored', 0):>6} {_fmt(s.get('dnc_mean')):>7} {_fmt(s.get('dnc_sem')):>6} "
               f"{_fmt(s.get('success_rate'), True):>8} {_fmt(s.get('count_error_rate'), True):>9} "
-              f"{_fmt(s.get('clip_score_mean'), nd=2):>6}")
+              f"{_fmt(s.get('clip_score_mean'), nd=2):>6} {_fmt(s.get('identity_mean')):>6} "
+              f"{_fmt(s.get('missing_mean'), nd=2):>5} {_fmt(s.get('duplicate_mean'), nd=2):>5} "
+              f"{_fmt(s.get('dino_mean')):>6} {_fmt(s.get('clip_i_mean')):>6} {_fmt(s.get('clip_t_mean')):>6}")
     fresh = {spec.label for spec in fresh_specs}
     for ev in evaluations:
         if ev.label in fresh and ev.summary.get("n_errors"):
