@@ -223,6 +223,7 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     vae: str | None = None,
     variant: str = AUTO,
+    quantize: str = "none",
 ):
     """Load a text-to-image pipeline of a supported family (SD 1.x/2.x, SDXL, FLUX.1, SD3/3.5).
 
@@ -237,7 +238,10 @@ def load_pipeline(
         vae: optional VAE override (folder or hub id, e.g. :data:`DEFAULT_SDXL_VAE`).
         variant: weights variant: ``auto`` (fp16 files for a float16 load when every component
             has them), ``none`` (the plain files) or a name (:mod:`mudi.models.variants`).
+        quantize: ``none``, ``nf4`` or ``int8``: the denoiser quantized (:mod:`mudi.models.quantize`).
     """
+    from mudi.models.quantize import is_quantized, pipeline_quantization
+
     path = resolve_model(name, "pipeline")
     index = _read_model_index(path)
     family = family_for_index(index, name)
@@ -246,6 +250,7 @@ def load_pipeline(
     chosen = pick_variant(path, weighted_components(index), variant, dtype)
     if chosen:
         kwargs["variant"] = chosen
+    kwargs.update(pipeline_quantization(quantize, dtype, index))
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if vae is not None:
@@ -260,7 +265,7 @@ def load_pipeline(
     # and load float32: cast, so fp16 on a GPU really is fp16 (an SDXL pipeline in fp32 is ~14 GB)
     for part in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         module = getattr(pipe, part, None)
-        if module is not None and part not in kwargs and next(module.parameters()).dtype != dtype:
+        if module is not None and part not in kwargs and not is_quantized(module) and next(module.parameters()).dtype != dtype:
             module.to(dtype=dtype)
     for part in family.tokenizer_names:
         validate_tokenizer(getattr(pipe, part, None), f"{name}: {part}")

@@ -26,6 +26,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 REGULARIZATIONS = ("auto", "dco", "prior", "none")
+QUANTIZE = ("none", "nf4", "int8")  # mudi.models.quantize.QUANTIZE_CHOICES
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -38,7 +39,7 @@ NEGATIVE_PROMPT = "sticker, collage, cartoon, abstract glitch, blurry"
 #: not change what the optimizer sees up to a given step.
 RESUME_SAFE_FIELDS = frozenset(
     {"max_train_steps", "checkpoint_every", "keep_checkpoints", "validate_every", "validation_inference_steps",
-     "log_every", "out", "gradient_checkpointing", "tf32"}
+     "log_every", "out", "gradient_checkpointing", "tf32", "memory_budget", "offload_vae"}
 )
 
 
@@ -141,6 +142,15 @@ class TrainConfig(Settings):
                                        metavar="PROMPT")
     keep_threshold: float = setting(-1.0, "keep round images with D&C >= this and no count error (-1 = the images "
                                           "the evaluation counts as successes)")
+    # memory
+    quantize: str = setting("none", "frozen denoiser weights quantized: nf4 (bitsandbytes 4-bit, CUDA; pip install "
+                                    "'mudi[nf4]') or int8 (torchao weight-only; pip install 'mudi[int8]'); the LoRA "
+                                    "stays float32", choices=QUANTIZE)
+    offload_vae: bool = setting(False, "keep the VAE in CPU memory, its layers moved to the device only while it "
+                                       "encodes/decodes (saves its weights on the GPU; slower composites/validation)")
+    memory_budget: float = setting(0.0, "device memory in GB the run may use: the estimate printed before training "
+                                        "must fit it, or the run stops with the options that would (0 = the CUDA "
+                                        "device's total memory; no check on other devices)", metavar="GB")
     # bookkeeping
     checkpoint_every: int = setting(500, "checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = setting(2, "checkpoints kept")
@@ -242,6 +252,9 @@ class TrainConfig(Settings):
             ("train_batch_size", self.train_batch_size >= 1, "must be >= 1"),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1"),
             ("max_train_steps (--steps)", self.max_train_steps >= 1, "must be >= 1"),
+            ("quantize", self.quantize in QUANTIZE, f"choose one of {', '.join(QUANTIZE)}"),
+            ("memory_budget", self.memory_budget >= 0 and math.isfinite(self.memory_budget),
+             "must be >= 0 GB (0 = the CUDA device's memory)"),
             ("mixed_precision", self.mixed_precision in MIXED_PRECISION, f"choose one of {', '.join(MIXED_PRECISION)}"),
             ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0 (0 = only at the end)"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, "must be >= 1"),
@@ -260,5 +273,5 @@ class TrainConfig(Settings):
         ]
 
 
-__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
+__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "QUANTIZE", "REGULARIZATIONS",
            "RESUME_SAFE_FIELDS", "TrainConfig"]

@@ -131,11 +131,27 @@ def init_lora_shape(cfg: TrainConfig) -> TrainConfig:
     return cfg.updated(shape)
 
 
+def _check_memory(cfg: TrainConfig, options: RunOptions, info: ModelInfo | None, *, prior: bool) -> None:
+    """The quantization backend and the memory estimate of a local base model (a hub model's
+    estimate comes after loading, :func:`~mudi.train.setup.setup_model`)."""
+    from mudi.models.quantize import check_quantize
+    from mudi.runtime import pick_device
+
+    device = pick_device(options.device)
+    check_quantize(cfg.quantize, device)
+    if info is not None and info.folder is not None:
+        from mudi.train.memory import meta_parts
+        from mudi.train.memory_check import check_run_memory
+
+        check_run_memory(cfg, device, meta_parts(info.folder), prior=prior)
+
+
 def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPlan:
     """Validate a run without loading weights and without writing anything.
 
     Raises MudiError for every user mistake: options, output folder, subject set, class set,
-    base model folder, resolution, LoRA target modules.
+    base model folder, resolution, LoRA target modules, a missing quantization backend, a run
+    whose estimated memory does not fit the device (or ``--memory-budget``).
     """
     check_launch_environment()
     if config.rounds:
@@ -149,6 +165,7 @@ def prepare_run(config: TrainConfig, options: RunOptions | None = None) -> RunPl
         cfg = init_lora_shape(cfg)
     sset, class_photos, class_names = _load_data(cfg)
     cfg, info = _check_model(cfg)
+    _check_memory(cfg, options, info, prior=class_photos is not None and cfg.prior_weight > 0)
     extra = []
     if cfg.extra_examples:
         from mudi.train.extra import load_extra

@@ -109,7 +109,8 @@ class LoRATrainer:
         self.pipe, self.family, cfg = setup_model(self.plan, self.cfg, self.precision, self.given_pipeline)  # 1.2
         self.cfg = setup_output_folder(cfg, self.options, self.accelerator, self.precision)  # 1.3 resolved config
         self.objective = make_objective(self.pipe, self.family, self.cfg)  # noising, target, denoiser call
-        place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype)
+        self.offload_hooks = place_frozen_parts(self.pipe, self.accelerator.device, self.precision.dtype,
+                                                self.cfg.offload_vae)
         self.tf32 = self._scope.enter_context(tf32_enabled(self.cfg.tf32, self.accelerator.device))  # until cleanup
         self.checkpointing = decide_gradient_checkpointing(self.cfg.gradient_checkpointing, self.accelerator.device)
         if self.accelerator.is_main_process:
@@ -230,6 +231,8 @@ class LoRATrainer:
         logger = getattr(self, "logger", None)
         if logger is not None:
             logger.close()
+        for hook in getattr(self, "offload_hooks", []):
+            hook.remove()
         self._scope.close()
         gc.collect()
 

@@ -55,14 +55,28 @@ def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
     if pipeline is None:
         with quiet_libraries():  # frozen weights in the training dtype from the start (no fp32 copy in RAM)
             pipeline = load_pipeline(cfg.base, dtype=precision.dtype, device="cpu", vae=cfg.vae or None,
-                                     variant=cfg.variant)
+                                     variant=cfg.variant, quantize=cfg.quantize)
     family = family_of(pipeline)
     if plan.model is None:  # hub model: check the resolution now that the configs are loaded
         info = family.info_of(pipeline, cfg.base)
         cfg = cfg.with_model_defaults(info)
         info.check_resolution(cfg.resolution)
+        _check_loaded_memory(plan, cfg, precision, pipeline)
     check_lora_targets(family.denoiser(pipeline), cfg.target_modules, where=cfg.base)
     return pipeline, family, cfg
+
+
+def _check_loaded_memory(plan, cfg: TrainConfig, precision: Precision, pipeline) -> None:
+    """The memory estimate of a hub model, from the loaded modules' configs (before anything is written)."""
+    from mudi.models.families import family_of
+    from mudi.train.memory import PipelineParts, meta_copy
+    from mudi.train.memory_check import check_run_memory
+
+    family = family_of(pipeline)
+    encoders = {f"text_encoder{'' if i == 0 else f'_{i + 1}'}": meta_copy(e)
+                for i, e in enumerate(family.text_encoders(pipeline))}
+    parts = PipelineParts(meta_copy(family.denoiser(pipeline)), encoders, meta_copy(pipeline.vae))
+    check_run_memory(cfg, precision.device, parts, prior=plan.class_photos is not None and cfg.prior_weight > 0)
 
 
 def setup_output_folder(cfg: TrainConfig, options: RunOptions, accelerator, precision: Precision) -> TrainConfig:
@@ -99,15 +113,19 @@ def make_objective(pipe, family, cfg: TrainConfig):
 
 
 def _move(module, device: torch.device, dtype: torch.dtype):
-    """Move a module; cast only when the dtype really changes (avoids diffusers' upcast warnings)."""
+    """Move a module; cast only when the dtype really changes (avoids diffusers' upcast warnings)
+    and never a quantized one (its weights stay quantized, the rest was loaded in ``dtype``)."""
+    from mudi.models.quantize import is_quantized
+
     module.to(device)
-    if next(module.parameters()).dtype != dtype:
+    if not is_quantized(module) and next(module.parameters()).dtype != dtype:
         module.to(dtype=dtype)
     return module
 
 
-def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
-    """Freeze VAE and text encoders and move everything to the device.
+def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype, offload_vae: bool = False) -> list:
+    """Freeze VAE and text encoders and move everything to the device (the VAE stays in CPU memory
+    with ``offload_vae``, :func:`~mudi.train.offload.offload_to_cpu`); returns the offload hooks.
 
     A VAE whose config asks for it (the SDXL base VAE: NaNs in fp16) runs in fp32, whoever chose
     it; the fp16-fix VAE (``force_upcast`` false) runs in the training dtype.
@@ -120,11 +138,19 @@ def place_frozen_parts(pipe, device: torch.device, dtype: torch.dtype) -> None:
     for enc in encoders:
         enc.requires_grad_(False).eval()
     vae_dtype = torch.float32 if getattr(pipe.vae.config, "force_upcast", False) else dtype
-    _move(pipe.vae, device, vae_dtype).eval()
+    hooks = []
+    if offload_vae:
+        from mudi.train.offload import offload_to_cpu
+
+        _move(pipe.vae, torch.device("cpu"), vae_dtype).eval()
+        hooks = offload_to_cpu(pipe.vae, device)
+    else:
+        _move(pipe.vae, device, vae_dtype).eval()
     _move(family.denoiser(pipe), device, dtype)
     for enc in encoders:
         _move(enc, device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    return hooks
 
 
 def setup_lora(unet, cfg: TrainConfig, checkpointing: bool = False) -> list[torch.nn.Parameter]:
