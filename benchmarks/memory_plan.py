@@ -123,13 +123,32 @@ def plan_rows(name: str, rank: int = 16, resolution: int = 1024, show_parts: boo
     return rows
 
 
+def explain(name: str, rank: int) -> int:
+    """Print the budget error of the plain bf16 run of ``name`` (what ``mudi train`` would print)."""
+    from mudi.errors import MudiError
+    from mudi.train.memory import MemorySettings
+    from mudi.train.memory_check import check_fits
+
+    s = MemorySettings(resolution=1024, dtype=torch.bfloat16, rank=rank, targets=TARGETS[name], cuda=True)
+    try:
+        est = check_fits(parts_of(name), s, int(BUDGET[name] * GB), f"a {BUDGET[name]} GB card", where=name)
+        print(est.table())
+    except MudiError as err:
+        print(f"error: {err}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the table (markdown)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", action="store_true", help="print every part of every estimate too")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--explain", choices=list(MODELS), help="print the error `mudi train` gives for this model in "
+                                                            "bf16 without checkpointing on its card, and stop")
     args = ap.parse_args(argv)
+    if args.explain:
+        return explain(args.explain, args.rank)
     print(f"LoRA rank {args.rank}, 1024 px, micro-batch 1, AdamW (fp32 moments unless 8-bit), CUDA reserve 1 GB")
     print("| model | plan | caching phase GB | training phase GB | peak GB | fits |")
     print("|---|---|---:|---:|---:|---|")

@@ -54,6 +54,10 @@ def test_tiny_flux_lora_exports_every_module_losslessly(tmp_path):
                 p.normal_()
     path = save_flux_comfy_lora(model, tmp_path / "lora.safetensors", alpha=8.0, base="tiny")
     sd = load_file(path)
+    from mudi.models.lora import save_kohya_lora  # the trainer's kohya/ComfyUI copy takes this path for FLUX.1
+
+    same = load_file(save_kohya_lora(model, tmp_path / "kohya.safetensors", alpha=8.0, family=None, base="tiny"))
+    assert set(same) == set(sd) and all(torch.equal(same[k], sd[k]) for k in sd)
     modules = {k.rsplit(".", 2)[0] if k.endswith("weight") else k.rsplit(".", 1)[0] for k in sd}
     expected = {f"lora_unet_double_blocks_{i}_{m}" for i in range(2) for m in
                 ("img_attn_qkv", "txt_attn_qkv", "img_attn_proj", "txt_attn_proj", "img_mlp_0", "img_mlp_2",

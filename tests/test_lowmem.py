@@ -275,3 +275,21 @@ def test_offloaded_vae_encodes_identically_and_unhooks(tiny_models):
     for h in handles:
         h.remove()
     assert not vae.encoder._forward_pre_hooks and not vae.encoder._forward_hooks
+
+
+def test_memory_plan_models_have_the_published_sizes():
+    """benchmarks/memory_plan.py builds the published architectures: parameter counts of the real checkpoints."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import memory_plan
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
+    flux = memory_plan.parts_of("flux1-dev")
+    assert count(flux.denoiser) == 11_901_408_320  # FLUX.1 [dev] transformer
+    assert count(flux.text_encoders["text_encoder_2 (T5-XXL)"]) == 4_762_310_656  # T5 v1.1 XXL encoder
+    klein = memory_plan.parts_of("flux2-klein-4b")
+    assert 3.8e9 < count(klein.denoiser) < 4.0e9 and 4.0e9 < count(klein.text_encoders["text_encoder (Qwen3-4B)"]) < 4.1e9
+    assert 2.2e9 < count(memory_plan.parts_of("sd35-medium").denoiser) < 2.6e9

@@ -208,12 +208,17 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
 
     ``family`` (a :class:`~mudi.models.families.UNetFamily`) decides the key scheme (SDXL: the
     original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
-    base-model version A1111 reads.
+    base-model version A1111 reads. A FLUX.1 transformer's LoRA gets the Black Forest Labs layout
+    ComfyUI reads for FLUX (:func:`mudi.models.comfy_flux.save_flux_comfy_lora`).
     """
     from mudi.models.lora_files import save_safetensors_atomic
 
     out_path = Path(out_path)
     model = _unwrap(unet)
+    if type(model).__name__ == "FluxTransformer2DModel":
+        from mudi.models.comfy_flux import save_flux_comfy_lora
+
+        return save_flux_comfy_lora(model, out_path, alpha=alpha, base=base)
     sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
     meta = lora_metadata(unet)
     metadata = {

@@ -50,8 +50,8 @@ def _smaller_resolution(resolution: int) -> int:
 
 def fitting_options(parts: PipelineParts, s: MemorySettings, budget: int, *,
                     batch_size: int = 1, cache: dict | None = None) -> list[tuple[str, int]]:
-    """``(option(s), estimated peak)`` for each single change of the run that fits ``budget``,
-    then all of them together when no single one does (its peak shown even if it still does not fit)."""
+    """``(option(s), estimated peak)`` for each single change of the run that fits ``budget``; when
+    none does, the changes added up in order until the run fits (its peak shown even if it never does)."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if s.quantize != "nf4" and s.cuda:
         changes.append(("--quantize nf4", {"quantize": "nf4"}))
@@ -75,11 +75,19 @@ def fitting_options(parts: PipelineParts, s: MemorySettings, budget: int, *,
         peak = estimate_memory(parts, dataclasses.replace(s, **change), cache=cache).peak
         if peak <= budget:
             found.append((flag, peak))
-    if not found and changes:
-        everything = {k: v for _, change in changes for k, v in change.items() if k != "quantize"}
-        everything["quantize"] = "nf4" if s.cuda else ("int8" if s.quantize == "none" else s.quantize)
-        flags = " ".join(f for f, c in changes if "quantize" not in c or c["quantize"] == everything["quantize"])
-        found.append((flags, estimate_memory(parts, dataclasses.replace(s, **everything), cache=cache).peak))
+    if not found:  # no single change fits: add them up, in the order above, until the run fits
+        together: dict[str, Any] = {}
+        flags: list[str] = []
+        for flag, change in changes:
+            if "quantize" in change and "quantize" in together:
+                continue
+            together.update(change)
+            flags.append(flag)
+            peak = estimate_memory(parts, dataclasses.replace(s, **together), cache=cache).peak
+            if peak <= budget:
+                break
+        if flags:
+            found.append((" ".join(flags), peak))
     return found
 
 
