@@ -21,17 +21,11 @@ default; ComfyUI applies every alpha.)
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from pathlib import Path
 
 import torch
 
 from mudi.errors import MudiError
-
-COMFY_FLUX_WEIGHT_NAME = "lora_comfy_flux.safetensors"
 
 #: diffusers layer (inside a double block) → (BFL module, part index, number of parts)
 _DOUBLE = {
@@ -169,28 +163,4 @@ def fused_part_dims(transformer) -> dict[str, list[int]]:
     return {k: [v[i] for i in sorted(v)] for k, v in dims.items()}
 
 
-def save_flux_comfy_lora(transformer, out_path: str | Path, *, alpha: float, base: str = "") -> Path:
-    """Write the ComfyUI/kohya copy of a FLUX.1 transformer's LoRA (safetensors, atomically)."""
-    from safetensors.torch import save_file
-
-    from mudi.models.lora import _unwrap, lora_metadata, lora_state_dict
-
-    out_path = Path(out_path)
-    model = _unwrap(transformer)
-    sd = flux_comfy_state_dict(lora_state_dict(model), alpha, fused_part_dims(model))
-    meta = lora_metadata(model)
-    metadata = {"ss_network_module": "networks.lora_flux", "ss_network_dim": str(meta["r"]),
-                "ss_network_alpha": str(alpha), "ss_base_model_version": "flux1", "ss_sd_model_name": str(base),
-                "mudi_lora_config": json.dumps(meta)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=metadata)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_path
-
-
-__all__ = ["COMFY_FLUX_WEIGHT_NAME", "bfl_module", "flux_comfy_state_dict", "fused_part_dims", "save_flux_comfy_lora"]
+__all__ = ["bfl_module", "flux_comfy_state_dict", "fused_part_dims"]

@@ -209,28 +209,23 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
     ``family`` (a :class:`~mudi.models.families.UNetFamily`) decides the key scheme (SDXL: the
     original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
     base-model version A1111 reads. A FLUX.1 transformer's LoRA gets the Black Forest Labs layout
-    ComfyUI reads for FLUX (:func:`mudi.models.comfy_flux.save_flux_comfy_lora`).
+    ComfyUI reads for FLUX (:mod:`mudi.models.comfy_flux`).
     """
     from mudi.models.lora_files import save_safetensors_atomic
 
-    out_path = Path(out_path)
     model = _unwrap(unet)
-    if type(model).__name__ == "FluxTransformer2DModel":
-        from mudi.models.comfy_flux import save_flux_comfy_lora
-
-        return save_flux_comfy_lora(model, out_path, alpha=alpha, base=base)
-    sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
     meta = lora_metadata(unet)
-    metadata = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(meta["r"]),
-        "ss_network_alpha": str(alpha),
-        "ss_base_model_version": family.kohya_base_version(model),
-        "ss_v2": str(family.is_v2(model)),
-        "ss_sd_model_name": str(base),
-        "mudi_lora_config": json.dumps(meta),
-    }
-    return save_safetensors_atomic(sd, metadata, out_path)
+    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(meta["r"]), "ss_network_alpha": str(alpha),
+                "ss_sd_model_name": str(base), "mudi_lora_config": json.dumps(meta)}
+    if type(model).__name__ == "FluxTransformer2DModel":
+        from mudi.models.comfy_flux import flux_comfy_state_dict, fused_part_dims
+
+        sd = flux_comfy_state_dict(lora_state_dict(model), alpha, fused_part_dims(model))
+        metadata.update(ss_network_module="networks.lora_flux", ss_base_model_version="flux1")
+    else:
+        sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
+        metadata.update(ss_base_model_version=family.kohya_base_version(model), ss_v2=str(family.is_v2(model)))
+    return save_safetensors_atomic(sd, metadata, Path(out_path))
 
 
 def _unwrap(model):
