@@ -171,6 +171,21 @@ def test_int8_base_loads_trains_and_switches_off(tiny_models, subjects, tmp_path
 
 
 # ------------------------------------------------------------------------------ memory estimate
+def test_a_component_that_cannot_be_built_is_named_not_counted(tiny_models, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "sd"
+    shutil.copytree(tiny_models / "sd", folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder"] = ["transformers", "NoSuchTextModel"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    parts = meta_parts(folder)
+    assert parts.text_encoders == {} and parts.unknown == ["text_encoder (NoSuchTextModel)"]
+    est = estimate_memory(parts, MemorySettings(resolution=64, rank=4, cuda=False))
+    assert "not estimated" in est.table()
+
+
 def test_estimate_parts_of_a_tiny_pipeline(tiny_models):
     from mudi.models.loading import load_pipeline
     from mudi.models.lora import add_unet_lora

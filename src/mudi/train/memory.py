@@ -43,6 +43,7 @@ class PipelineParts:
     denoiser: torch.nn.Module
     text_encoders: dict[str, torch.nn.Module] = field(default_factory=dict)
     vae: torch.nn.Module | None = None
+    unknown: list[str] = field(default_factory=list)  # components that could not be built (not counted)
 
 
 @dataclass
@@ -246,6 +247,8 @@ def estimate_memory(parts: PipelineParts, s: MemorySettings, cache: dict | None 
         rows.append(MemoryPart(f"{name} weights", weight_bytes(enc, s.dtype), "caching",
                                f"{type(enc).__name__}; freed after caching"))
     rows += _vae_parts(parts.vae, s)
+    rows += [MemoryPart(f"{name} weights", 0, "caching", "not estimated: its class could not be built")
+             for name in parts.unknown]
     lora = lora_parameter_count(parts.denoiser, s.rank, s.targets)
     per = 4 + 4 + (2 if s.adam_8bit else 8)
     rows.append(MemoryPart("LoRA weights + grads + optimizer", lora * per, "training",
@@ -291,15 +294,20 @@ def meta_parts(folder: str | Path) -> PipelineParts:
 
     folder = Path(folder)
     index = read_config(folder / "model_index.json", "the pipeline")
-    modules = {}
+    modules, unknown = {}, []
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or None in entry:
             continue
         if name in ("transformer", "unet", "vae") or name.startswith("text_encoder"):
-            modules[name] = _meta_component(folder, name, entry[0], entry[1])
+            try:
+                modules[name] = _meta_component(folder, name, entry[0], entry[1])
+            except (AttributeError, OSError, TypeError, ValueError):  # a class or config mudi cannot build
+                if name in ("transformer", "unet"):
+                    raise
+                unknown.append(f"{name} ({entry[1]})")
     denoiser = modules.pop("transformer", None) or modules.pop("unet")
     vae = modules.pop("vae", None)
-    return PipelineParts(denoiser, dict(sorted(modules.items())), vae)
+    return PipelineParts(denoiser, dict(sorted(modules.items())), vae, unknown)
 
 
 __all__ = ["CUDA_RESERVE", "GB", "MemoryEstimate", "MemoryPart", "MemorySettings", "PipelineParts", "activation_bytes",
