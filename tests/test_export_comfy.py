@@ -91,6 +91,24 @@ def test_tiny_flux_lora_exports_every_module_losslessly(tmp_path):
     torch.testing.assert_close(ada, torch.cat([shift, scale]))
 
 
+def test_adapter_on_some_parts_of_a_fused_module(tmp_path):
+    """The FLUX family's default targets put no LoRA on proj_mlp: linear1 still has q, k, v and a
+    zero block of the MLP input's size (read from the frozen layers under the LoRA layers)."""
+    from peft import LoraConfig
+
+    torch.manual_seed(0)
+    model = _tiny_flux(num_layers=1, num_single_layers=1)
+    model.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_k", "to_v"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    assert fused_part_dims(model)["single_blocks.0.linear1"] == [32, 32, 32, 128]
+    sd = load_file(save_kohya_lora(model, tmp_path / "k.safetensors", alpha=2.0, family=None))
+    up = sd["lora_unet_single_blocks_0_linear1.lora_up.weight"]
+    assert up.shape == (224, 8) and up[96:].abs().sum() == 0 and up[:96].abs().sum() > 0
+
+
 def test_fused_module_with_some_parts_gets_zero_blocks():
     model = _tiny_flux(num_layers=1, num_single_layers=1)
     dims = fused_part_dims(model)

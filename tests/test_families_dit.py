@@ -176,7 +176,9 @@ def test_flux_train_exports_a_lora_diffusers_loads(tiny_models, flux_lora):
     summary = json.loads((flux_lora / "summary.json").read_text())
     assert summary["finished"] and summary["model"] == "flux" and summary["prediction_type"] == "flow_matching"
     assert summary["text_encoder_calls_training"] == 0 and summary["guidance"] == 3.5
-    assert not (flux_lora / "lora_kohya.safetensors").exists()
+    comfy = load_file(str(flux_lora / "lora_kohya.safetensors"))  # the ComfyUI copy, BFL layout
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight" in comfy and all(
+        k.startswith("lora_unet_") for k in comfy)
     keys = load_file(str(flux_lora / "pytorch_lora_weights.safetensors"))
     assert keys and all(k.startswith("transformer.") for k in keys)
     assert any(".ff_context.net.2." in k for k in keys) and any(".attn.add_q_proj." in k for k in keys)

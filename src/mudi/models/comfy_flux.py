@@ -153,6 +153,7 @@ def fused_part_dims(transformer) -> dict[str, list[int]]:
     """Output sizes of the parts of every fused BFL module of a diffusers FLUX.1 transformer."""
     dims: dict[str, dict[int, int]] = {}
     for name, module in transformer.named_modules():
+        module = getattr(module, "base_layer", module)  # a layer that carries a LoRA: its frozen Linear
         if isinstance(module, torch.nn.Linear) and _BLOCK.match(name):
             try:
                 bfl, part, parts = bfl_module(name)

@@ -24,6 +24,7 @@ class FluxFamily(FlowFamily):
     """
 
     name = "flux"
+    writes_kohya = True  # the ComfyUI/kohya copy in the BFL layout (mudi.models.comfy_flux)
     pipeline_names = ("FluxPipeline",)
     transformer_class_name = "FluxTransformer2DModel"
     default_lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
