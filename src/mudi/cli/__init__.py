@@ -29,6 +29,7 @@ COMMANDS = [
     "evaluate",
     "bench",
     "tiny_models",
+    "ui",
 ]
 
 

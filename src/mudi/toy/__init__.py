@@ -11,7 +11,8 @@ Public API (used by ``mudi demo``):
 - :data:`DEMO_PROMPTS` -- prompts for the demo (:func:`demo_prompts` for 3 or 4 subjects);
   :data:`SUBJECTS`, :func:`similar_subjects` (2-4 similar subjects), :data:`CLASSES`.
 - :func:`register` -- makes ``--detector toy`` / ``--embedder toy`` known to ``mudi evaluate``
-  (called through the ``mudi.plugins`` entry point, so the product never imports the toy world).
+  and the ``toy`` preset known to ``mudi ui`` (called through the ``mudi.plugins`` entry point,
+  so the product never imports the toy world).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def register() -> None:
     """Register the toy detector and embedder under the name ``toy`` (the ``mudi.plugins`` entry point)."""
     from mudi.evaluate.registry import register_detector, register_embedder
 
+    from mudi.ui.presets import register_preset
+
     register_detector("toy", toy_detector)
     register_embedder("toy", toy_embedder)
+    register_preset("toy", "mudi.toy.ui_preset:toy_preset")  # a reference: imported when the UI asks
 
 
 __all__ = [

@@ -152,11 +152,13 @@ class LoRATrainer:
                 self.logger.log(done, row)  # 2.2 log
                 bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 bar.update(1)
-                if self.on_step is not None:
-                    self.on_step(done, row)
+                if self.on_step is not None and self.on_step(done, row) is True:
+                    self.end_step = done  # a stop asked by the caller: checkpoint here, then leave
                 self.maybe_checkpoint(done)  # 2.3 checkpoint
                 self.maybe_validate(done)  # 2.4 validation grid
                 self.accelerator.wait_for_everyone()
+                if done >= self.end_step:
+                    break
         finally:
             self.step_fn.close()
             bar.close()
@@ -246,7 +248,8 @@ def train(config: TrainConfig, options: RunOptions | None = None, *, pipeline=No
         options: how to run it (resume, overwrite, device, progress); never saved.
         pipeline: optional already-loaded SD/SDXL pipeline to train (its UNet receives the
             LoRA adapter); by default the base model is loaded from ``config.base``.
-        on_step: called after every optimizer step with (step, log row).
+        on_step: called after every optimizer step with (step, log row); returning True stops the
+            run after that step as ``stop_after`` would (checkpoint written, resumable).
         stop_after: stop (as if killed) after this optimizer step; 0 = run to the end.
 
     Returns:

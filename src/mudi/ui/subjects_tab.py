@@ -1,0 +1,161 @@
+"""Tab 1, Subjects: name 2-5 subjects, upload their photos, get a subject set with masks.
+
+The page only gathers inputs; :func:`mudi.prepare` makes the set (masks from uploaded mask
+files, boxes typed in the page, the preset's detector, or GrabCut/SAM) and its contact sheet.
+A bad mask is fixed by uploading a mask named like the photo, or typing its box, and building again
+with *Replace* ticked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mudi.errors import MudiError
+from mudi.ui.common import AppContext, guarded, ok
+from mudi.ui.workspace import check_name, check_upload, replace_folder, store_uploads
+
+MAX_SUBJECTS = 5
+CLASS_HINT = ("descriptive class, e.g. 'corgi dog' rather than 'dog' (the detector looks for it, "
+              "and a precise class keeps similar subjects apart)")
+
+
+def subject_rows(values: list) -> list[tuple[str, str, list[str]]]:
+    """(identifier, class, photo paths) of the filled rows; a half-filled row is a MudiError."""
+    rows = []
+    for i in range(MAX_SUBJECTS):
+        ident, cls, photos = values[3 * i: 3 * i + 3]
+        ident, cls, photos = (ident or "").strip(), " ".join((cls or "").split()), list(photos or [])
+        if not (ident or cls or photos):
+            continue
+        where = f"subject {i + 1}"
+        if not ident or " " in ident:
+            raise MudiError(f"{where}: give a one-word identifier (a rare token such as 'olis').")
+        if not cls:
+            raise MudiError(f"{where}: give its class ({CLASS_HINT}).")
+        if not photos:
+            raise MudiError(f"{where} ({ident} {cls}): upload at least one photo.")
+        rows.append((ident, cls, photos))
+    if not 2 <= len(rows) <= MAX_SUBJECTS:
+        raise MudiError(f"fill in 2 to {MAX_SUBJECTS} subjects (got {len(rows)}).")
+    idents = [r[0] for r in rows]
+    if len(set(idents)) != len(idents):
+        raise MudiError("two subjects share an identifier; give each its own.")
+    return rows
+
+
+def parse_boxes(text: str) -> dict:
+    """The boxes typed in the page: ``{"photo.png": [x0, y0, x1, y1]}`` (empty text = none)."""
+    if not (text or "").strip():
+        return {}
+    try:
+        boxes = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MudiError(f"boxes: not valid JSON ({exc.msg}); write {{\"photo.png\": [x0, y0, x1, y1]}}.") from None
+    if not isinstance(boxes, dict):
+        raise MudiError("boxes: write an object like {\"photo.png\": [x0, y0, x1, y1]}.")
+    return boxes
+
+
+def build_subject_set(ctx: AppContext, name: str, values: list, masks: list | None, boxes_text: str,
+                      replace: bool):
+    """Check the inputs and uploads, then run :func:`mudi.prepare`; returns its PrepareReport."""
+    import mudi
+
+    name = check_name(name, "subject-set name")
+    out = ctx.ws.path("subjects", name, "subject-set name")
+    if out.is_dir() and any(out.iterdir()) and not replace:
+        raise MudiError(f"a subject set named {name!r} exists; tick 'Replace' to rebuild it, or choose another name.")
+    rows = subject_rows(values)
+    boxes = parse_boxes(boxes_text)
+    # every upload is checked before anything is written
+    names = [check_upload(p, ctx.max_bytes)[0] for _, _, photos in rows for p in photos]
+    if len(set(names)) != len(names):
+        raise MudiError("two photos have the same file name; rename one (masks and boxes are matched by name).")
+    for m in masks or []:
+        check_upload(m, ctx.max_bytes)
+    uploads = ctx.ws.path("uploads", name)
+    replace_folder(uploads)  # the app's own copy of the previous uploads of this set
+    specs = []
+    for ident, cls, photos in rows:
+        folder = uploads / ident
+        store_uploads(photos, folder, ctx.max_bytes, f"{ident} photos")
+        specs.append(f"{ident} {cls}={folder}")
+    extra: dict = {}
+    if masks:
+        extra["masks"] = str(store_uploads(masks, uploads / "_masks", ctx.max_bytes, "masks")[0].parent)
+    if boxes:
+        (uploads / "_boxes.json").write_text(json.dumps(boxes), encoding="utf-8")
+        extra["boxes"] = str(uploads / "_boxes.json")
+    preset = ctx.preset
+    if preset.segmenter:
+        extra["segmenter"] = preset.segmenter
+    config = mudi.PrepareConfig(subjects=specs, out=str(out), **extra)
+    return mudi.prepare(config, ctx.options(overwrite=replace), detector=_detector(preset.detector))
+
+
+def _detector(name: str):
+    """The preset's detector object for a registry name (``None`` = PrepareConfig's own OWLv2)."""
+    if not name:
+        return None
+    from mudi.evaluate.registry import DETECTORS
+
+    return DETECTORS.build(name, option="preset detector", device="cpu", batch_size=1, nms_iou=0.5)
+
+
+def report_outputs(report) -> tuple[str, str, str]:
+    """(status, contact-sheet path, failures as Markdown) of a PrepareReport."""
+    sset = report.subject_set
+    n = sum(len(s.photos) for s in sset.subjects)
+    phrases = ", ".join(s.phrase for s in sset.subjects)
+    status = ok(f"subject set {report.out.name}: {n} photos of {phrases}; {len(report.failures)} failed.")
+    if report.failures:
+        lines = [f"- **{Path(str(r.path)).name}** ({r.phrase}): {r.reason}" for r in report.failures]
+        failed = "**Photos left out** (fix by uploading a mask named like the photo or typing its box, then "
+        failed += "build again with Replace):\n" + "\n".join(lines)
+    else:
+        failed = "Every photo got a mask."
+    return status, str(report.out / "contact_sheet.png"), failed
+
+
+def build(ctx: AppContext) -> dict:
+    """Lay out the tab; returns the components other tabs refresh from."""
+    import gradio as gr
+
+    gr.Markdown("Name 2-5 subjects (an identifier word + " + CLASS_HINT + ") and upload their photos. "
+                f"Masks: {_mask_source(ctx)}.")
+    name = gr.Textbox("my-subjects", label="subject-set name", elem_id="subjects-name")
+    inputs = []
+    for i in range(MAX_SUBJECTS):
+        with gr.Row(visible=True) if i < 2 else gr.Accordion(f"subject {i + 1} (optional)", open=False):
+            inputs += [gr.Textbox(label=f"subject {i + 1}: identifier", elem_id=f"subject-{i}-id", scale=1),
+                       gr.Textbox(label="class", elem_id=f"subject-{i}-class", scale=1),
+                       gr.File(label="photos", file_count="multiple", file_types=["image"], type="filepath",
+                               elem_id=f"subject-{i}-photos", scale=2)]
+    with gr.Accordion("fix masks: upload masks or type boxes", open=False):
+        masks = gr.File(label="masks named like the photos (NAME.png or mask_NAME.png; white = subject)",
+                        file_count="multiple", file_types=["image"], type="filepath", elem_id="subject-masks")
+        boxes = gr.Textbox(label='boxes: {"photo.png": [x0, y0, x1, y1]} (pixels)', lines=2, elem_id="subject-boxes")
+    replace = gr.Checkbox(False, label="Replace a subject set of the same name", elem_id="subjects-replace")
+    go = gr.Button("Build subject set", variant="primary", elem_id="subjects-build")
+    status = gr.HTML(elem_id="subjects-status")
+    sheet = gr.Image(label="masks (contact sheet)", type="filepath", interactive=False, elem_id="subjects-sheet")
+    failed = gr.Markdown(elem_id="subjects-failed")
+
+    @guarded(3)
+    def on_build(name_value, *values):
+        report = build_subject_set(ctx, name_value, list(values[:-3]), values[-3], values[-2], values[-1])
+        return report_outputs(report)
+
+    go.click(on_build, [name, *inputs, masks, boxes, replace], [status, sheet, failed])
+    return {"build": go}
+
+
+def _mask_source(ctx: AppContext) -> str:
+    p = ctx.preset
+    if p.detector and p.segmenter == "grabcut":
+        return f"found by the {p.detector} detector and cut out with GrabCut (weight-free)"
+    return "found by OWLv2 and cut out with SAM (they need the model files), or from masks you upload"
+
+
+__all__ = ["MAX_SUBJECTS", "build", "build_subject_set", "parse_boxes", "report_outputs", "subject_rows"]

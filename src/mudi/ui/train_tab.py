@@ -1,0 +1,164 @@
+"""Tab 3, Train: the common options, a run in the background worker, live progress, stop/resume.
+
+The run is :func:`mudi.train` with ``on_step`` feeding the page; it lives in the server, so
+closing the browser does not stop it, and reopening the page shows it again. A stopped run
+resumes with ``RunOptions(resume=True)`` from its checkpoint (bitwise the same LoRA on a CPU).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from mudi.errors import MudiError
+from mudi.ui.common import AppContext, guarded, need, ok
+from mudi.ui.worker import RUNNING, STOPPING
+
+REGULARIZATION = ("none", "dco")
+
+
+def new_run_config(ctx: AppContext, subjects: str, name: str, base: str, mix: str, steps: int, rank: int,
+                   lr: float, reg: str, resolution: int):
+    """The TrainConfig of a new run ``runs/<name>`` (preset values, then the page's), checked."""
+    import mudi
+
+    need(subjects, "a subject set")
+    out = ctx.ws.path("runs", name, "run name")
+    if out.is_dir() and any(out.iterdir()):
+        raise MudiError(f"a run named {name!r} exists; press Resume to continue it, or choose another name.")
+    values = dict(ctx.preset.train)
+    values.update(subjects=str(ctx.ws.path("subjects", subjects, "subject set")), out=str(out),
+                  base=base or ctx.preset.base, mix=mix, max_train_steps=int(steps), rank=int(rank),
+                  alpha=float(rank), learning_rate=float(lr), reg=reg, resolution=int(resolution))
+    config = mudi.TrainConfig().updated(values)
+    config.check()
+    return config
+
+
+def saved_run(ctx: AppContext, name: str, steps: int | None = None):
+    """(TrainConfig, losses so far) of run ``runs/<name>``, to resume it (``steps`` may raise the total)."""
+    import mudi
+
+    out = ctx.ws.path("runs", need(name, "a run"), "run")
+    if not (out / "config.toml").is_file():
+        raise MudiError(f"run {name!r} has no config.toml: it never started; start it anew.")
+    config = mudi.TrainConfig.from_toml(out / "config.toml").updated({"out": str(out)})
+    if steps:
+        config = config.updated({"max_train_steps": max(int(steps), config.max_train_steps)})
+    return config, read_losses(out)
+
+
+def read_losses(out: Path) -> list[tuple[int, float]]:
+    """(step, loss) rows of a run's train_log.jsonl."""
+    log = out / "train_log.jsonl"
+    if not log.is_file():
+        return []
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(int(r["step"]), float(r["loss"])) for r in rows if "loss" in r]
+
+
+def start(ctx: AppContext, config, *, resume: bool) -> None:
+    """Hand the run to the background worker (refused while another one runs)."""
+    import mudi
+
+    options = ctx.options(resume=resume)
+    first = read_losses(Path(config.out))[-1][0] if resume and read_losses(Path(config.out)) else 0
+    ctx.worker.start(config.out, config.max_train_steps, first,
+                     lambda on_step: mudi.train(config, options, on_step=on_step),
+                     losses=read_losses(Path(config.out)) if resume else [])
+
+
+def progress_html(ctx: AppContext) -> str:
+    """The progress bar, step count, ETA and state of the worker's run."""
+    s = ctx.worker.status()
+    if not s.out:
+        return '<div class="mudi-progress">No training run yet.</div>'
+    pct = 100.0 * s.step / s.total if s.total else 0.0
+    eta = s.eta_seconds()
+    eta_text = f", ETA {int(eta // 60)} min {int(eta % 60)} s" if eta is not None else ""
+    msg = f" — {html.escape(s.message)}" if s.message else ""
+    cls = "mudi-error" if s.state == "failed" else "mudi-progress"
+    return (f'<div class="{cls}" id="train-state" data-state="{s.state}">{html.escape(Path(s.out).name)}: '
+            f'{s.state}, step {s.step} / {s.total}{eta_text}{msg}</div>'
+            f'<progress max="{s.total}" value="{s.step}" style="width:100%"></progress> <span>{pct:.0f} %</span>')
+
+
+def loss_frame(ctx: AppContext):
+    """The loss curve of the worker's run as a DataFrame for a LinePlot."""
+    import pandas as pd
+
+    losses = ctx.worker.status().losses
+    return pd.DataFrame({"step": [s for s, _ in losses], "loss": [v for _, v in losses]})
+
+
+def validation_items(ctx: AppContext) -> list[tuple[str, str]]:
+    """The run's validation grids, newest first, captioned with their step."""
+    grids = ctx.worker.status().validation_images()
+    return [(str(p), f"step {int(p.stem.split('_')[-1])}") for p in reversed(grids)]
+
+
+def build(ctx: AppContext, subject_choice, run_choice) -> None:
+    """Lay out the tab; registers its dropdowns for refreshing."""
+    import gradio as gr
+
+    t = ctx.preset.train
+    gr.Markdown(f"Base model: **{ctx.preset.description or ctx.preset.base}**. Training runs in the background: "
+                "closing the page does not stop it.")
+    with gr.Row():
+        sets = gr.Dropdown(choices=ctx.ws.names("subjects"), label="subject set", elem_id="train-set")
+        name = gr.Textbox("run1", label="run name", elem_id="train-name")
+        base = gr.Textbox(ctx.preset.base, label="base model (hub id or folder)", elem_id="train-base")
+    with gr.Row():
+        mix = gr.Radio(["segmix", "cutmix", "none"], value="segmix", label="mix (none = DreamBooth)")
+        steps = gr.Number(t.get("max_train_steps", 2010), label="steps", precision=0, elem_id="train-steps")
+        rank = gr.Number(t.get("rank", 32), label="LoRA rank", precision=0)
+        lr = gr.Number(t.get("learning_rate", 1e-4), label="learning rate")
+        reg = gr.Radio(list(REGULARIZATION), value="none", label="regularization")
+        res = gr.Number(t.get("resolution", 0), label="resolution (0 = the model's)", precision=0)
+    with gr.Row():
+        go = gr.Button("Start", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", elem_id="train-stop")
+        runs = gr.Dropdown(choices=ctx.ws.names("runs"), label="run to resume", elem_id="train-run")
+        resume = gr.Button("Resume", elem_id="train-resume")
+    status = gr.HTML(elem_id="train-status")
+    bar = gr.HTML(progress_html(ctx), elem_id="train-progress")
+    with gr.Row():
+        curve = gr.LinePlot(loss_frame(ctx), x="step", y="loss", label="loss", elem_id="train-loss")
+        grids = gr.Gallery(label="validation images", columns=1, elem_id="train-validation")
+
+    @guarded(1)
+    def on_start(*values):
+        config = new_run_config(ctx, *values)
+        start(ctx, config, resume=False)
+        return ok(f"training {Path(config.out).name}: {config.max_train_steps} steps")
+
+    @guarded(1)
+    def on_resume(run, steps_value):
+        config, _ = saved_run(ctx, run, steps_value)
+        start(ctx, config, resume=True)
+        return ok(f"resuming {run}")
+
+    @guarded(1)
+    def on_stop():
+        if not ctx.worker.stop():
+            raise MudiError("no training run is in progress.")
+        return ok("stopping after the current step (a checkpoint is written there)")
+
+    go.click(on_start, [sets, name, base, mix, steps, rank, lr, reg, res], status)
+    resume.click(on_resume, [runs, steps], status)
+    stop.click(on_stop, None, status)
+    timer = gr.Timer(1.0)
+    timer.tick(lambda: (progress_html(ctx), loss_frame(ctx), validation_items(ctx)), None, [bar, curve, grids],
+               show_progress="hidden")
+    subject_choice.append(sets)
+    run_choice.append(runs)
+
+
+def busy(ctx: AppContext) -> bool:
+    """True while the worker trains (or is stopping)."""
+    return ctx.worker.status().state in (RUNNING, STOPPING)
+
+
+__all__ = ["build", "busy", "loss_frame", "new_run_config", "progress_html", "read_losses", "saved_run", "start",
+           "validation_items"]
