@@ -53,6 +53,14 @@ def generate_config(ctx: AppContext, run: str, prompt: str, layout: str, layout_
     return mudi.GenerateConfig().updated(values)
 
 
+def layout_text(config) -> str:
+    """How the layout was chosen, for the status line (a dragged layout: its boxes)."""
+    if config.layout in LAYOUTS:
+        return config.layout
+    boxes = json.loads(Path(config.layout).read_text(encoding="utf-8"))["boxes"]
+    return "dragged boxes " + ", ".join(f"{k} {v}" for k, v in boxes.items())
+
+
 def result_items(out: Path) -> tuple[list[tuple[str, str]], str | None]:
     """(image, caption) of a generate folder and its init sheet (``None`` without one)."""
     items = []
@@ -113,7 +121,7 @@ def build(ctx: AppContext, run_choice) -> None:
                                  gamma_value, seed_value, n_value, init_value)
         mudi.generate(config, ctx.options())
         items, sheet = result_items(Path(config.out))
-        return ok(f"{len(items)} images in {Path(config.out).name} (layout {layout_value})"), items, sheet
+        return ok(f"{len(items)} images in {Path(config.out).name}; layout: {layout_text(config)}"), items, sheet
 
     runs.change(on_run, runs, [board, *chips, *sizes])
     for chip in chips:

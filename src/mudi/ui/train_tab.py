@@ -148,9 +148,16 @@ def build(ctx: AppContext, subject_choice, run_choice) -> None:
     go.click(on_start, [sets, name, base, mix, steps, rank, lr, reg, res], status)
     resume.click(on_resume, [runs, steps], status)
     stop.click(on_stop, None, status)
-    timer = gr.Timer(1.0)
-    timer.tick(lambda: (progress_html(ctx), loss_frame(ctx), validation_items(ctx)), None, [bar, curve, grids],
-               show_progress="hidden")
+    seen = gr.State(None)
+
+    def on_tick(last):
+        s = ctx.worker.status()
+        now = (s.out, s.state, s.step, len(s.validation_images()))
+        if now == last:
+            return gr.skip(), gr.skip(), gr.skip(), last
+        return progress_html(ctx), loss_frame(ctx), validation_items(ctx), now
+
+    gr.Timer(1.0).tick(on_tick, seen, [bar, curve, grids, seen], show_progress="hidden")
     subject_choice.append(sets)
     run_choice.append(runs)
 

@@ -1,0 +1,175 @@
+"""mudi ui in a real headless Chromium (Debian's package, driven by Playwright with the system
+browser; no browser download): the whole workflow on the toy world, asserting on what the page shows.
+
+Without /usr/bin/chromium (or $MUDI_CHROMIUM) these tests skip, except under CI=true, where
+they fail. ``MUDI_UI_SCREENSHOTS=DIR`` also saves a PNG of each tab there (the README's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed: pip install -e '.[ui]'")
+CHROMIUM = os.environ.get("MUDI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI: no system chromium at {CHROMIUM}; .ci/run installs Debian's chromium package",
+                    pytrace=False)
+    pytest.skip(f"no system chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+
+SHOTS = os.environ.get("MUDI_UI_SCREENSHOTS", "")
+TIMEOUT = 400_000  # ms: training on a shared 2-core CPU (other jobs may load it)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app on the toy world, served from this process on a free local port."""
+    from mudi.ui.app import CSS, build_app
+    from mudi.ui.config import UIConfig
+
+    root = tmp_path_factory.mktemp("ui")
+    config = UIConfig(workdir=str(root / "work"), device="cpu", port=_free_port(), no_browser=True)
+    demo, ctx = build_app(config)
+    demo.queue().launch(server_name="127.0.0.1", server_port=config.port, prevent_thread_lock=True, quiet=True,
+                        allowed_paths=[str(ctx.ws.root)], css=CSS, show_error=False)
+    yield f"http://127.0.0.1:{config.port}/", ctx, root
+    ctx.worker.stop()
+    ctx.worker.join(60)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1200, "height": 1000})
+        pg.set_default_timeout(TIMEOUT)
+        sync_api.expect.set_options(timeout=TIMEOUT)
+        pg.goto(server[0])
+        yield pg
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def photos(server):
+    """Toy photos and exact masks as a user would have them on disk (nothing in the workdir)."""
+    from mudi.toy import make_subject_set
+
+    return make_subject_set(server[2] / "photos", n_photos=3)
+
+
+def _shot(page, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SHOTS) / f"ui_{name}.png"))
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+    page.keyboard.press("Escape")
+
+
+def _status(page, elem_id: str, text: str) -> str:
+    loc = page.locator(f"#{elem_id}")
+    sync_api.expect(loc).to_contain_text(text)
+    return loc.inner_text()
+
+
+def test_a_mistake_is_a_message_in_the_page(page, server):
+    page.fill("#subject-0-id input, #subject-0-id textarea", "wip")
+    page.locator("#subjects-build").click()
+    text = _status(page, "subjects-status", "Error:")
+    assert "give its class" in text and "Traceback" not in page.content()
+    assert not (server[1].ws.root / "subjects").exists()
+
+
+def test_whole_workflow_on_the_toy_world(page, server, photos):
+    ctx, root = server[1], server[2]
+    # 1. subjects from uploads (photo b02 gets an uploaded mask: the fix-a-mask path)
+    for i, (ident, key) in enumerate([("wip", "a"), ("jam", "b")]):
+        page.fill(f"#subject-{i}-id textarea, #subject-{i}-id input", ident)
+        page.fill(f"#subject-{i}-class textarea, #subject-{i}-class input", "circle")
+        page.locator(f"#subject-{i}-photos input[type=file]").set_input_files(
+            sorted(str(p) for p in photos.glob(f"{key}0[0-9].png")))
+    page.get_by_text("fix masks: upload masks or type boxes").click()
+    page.locator("#subject-masks input[type=file]").set_input_files([str(photos / "mask_b02.png")])
+    page.fill("#subjects-name input, #subjects-name textarea", "toys")
+    page.locator("#subjects-build").click()
+    assert "6 photos of wip circle, jam circle; 0 failed" in _status(page, "subjects-status", "subject set toys")
+    sync_api.expect(page.locator("#subjects-sheet img")).to_be_visible()
+    _shot(page, "subjects")
+    report = json.loads((ctx.ws.root / "subjects" / "toys" / "prepare.json").read_text())
+    assert {Path(p["photo"]).name: p["method"] for p in report["photos"]}["b02.png"] != \
+        {Path(p["photo"]).name: p["method"] for p in report["photos"]}["b00.png"]
+    # 2. composites
+    _tab(page, "2. Compose")
+    _choose(page, "compose-set", "toys")
+    page.locator("#compose-run").click()
+    _status(page, "compose-status", "8 examples")
+    assert page.locator("#compose-gallery img").count() >= 1
+    _shot(page, "compose")
+    # 3. train a few steps in the background
+    _tab(page, "3. Train")
+    _choose(page, "train-set", "toys")
+    page.fill("#train-steps input", "4")
+    page.locator("#train-start").click()
+    _status(page, "train-status", "training run1: 4 steps")
+    _status(page, "train-progress", "finished, step 4 / 4")
+    sync_api.expect(page.locator("#train-validation img").first).to_be_visible()
+    _shot(page, "train")
+    # 4. generate with a dragged layout
+    _tab(page, "4. Generate")
+    _choose(page, "gen-run", "run1")
+    box = page.locator("#gen-canvas .mudi-box[data-key=a]")
+    sync_api.expect(box).to_be_visible()
+    page.locator("#gen-chip-0").click()
+    sync_api.expect(page.locator("#gen-prompt textarea")).to_have_value("a photo of a wip circle")
+    page.fill("#gen-prompt textarea", "a photo of a wip circle and a jam circle")
+    start = box.bounding_box()
+    page.mouse.move(start["x"] + 20, start["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(start["x"] + 20, start["y"] - 40, steps=5)
+    page.mouse.up()
+    moved = box.bounding_box()
+    assert abs((start["y"] - moved["y"]) - 60) <= 2  # clamped at the canvas top, never outside
+    page.locator("#gen-run-button").click()
+    text = _status(page, "gen-status", "2 images in run1")
+    a_box = [int(v) for v in re.search(r"dragged boxes a \[([^\]]+)\]", text).group(1).split(",")]
+    assert a_box[1] == round(json.loads(_default_layout())["boxes"]["a"][1]) - 60
+    sync_api.expect(page.locator("#gen-init img")).to_be_visible()
+    assert page.locator("#gen-images img").count() >= 2
+    _shot(page, "generate")
+    # 5. Detect-and-Compare
+    _tab(page, "5. Evaluate")
+    _choose(page, "eval-gens", "run1")
+    page.locator("#eval-run").click()
+    _status(page, "eval-status", "evaluated 1 folder")
+    summary = page.locator("#eval-summary").inner_text()
+    assert "mean D&C" in summary and re.search(r"run1\s+2\s+-?\d\.\d{3}\s+\d+ %", summary)
+    assert page.locator("#eval-thumbs img").count() == 2
+    _shot(page, "evaluate")
+
+
+def _default_layout() -> str:
+    from mudi.ui.canvas import default_layout
+
+    return default_layout({"a": "wip circle", "b": "jam circle"})
