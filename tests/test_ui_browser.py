@@ -56,7 +56,9 @@ def server(tmp_path_factory):
 def page(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1200, "height": 1000})
+        context = browser.new_context(viewport={"width": 1200, "height": 1000})
+        context.set_default_timeout(TIMEOUT)
+        pg = context.new_page()
         pg.set_default_timeout(TIMEOUT)
         sync_api.expect.set_options(timeout=TIMEOUT)
         pg.goto(server[0])
@@ -73,9 +75,16 @@ def photos(server):
 
 
 def _shot(page, name: str) -> None:
+    """A small PNG of the page for the README (only with MUDI_UI_SCREENSHOTS=DIR)."""
     if SHOTS:
+        import io
+
+        from PIL import Image
+
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"ui_{name}.png"))
+        img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+        img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.LANCZOS).quantize(colors=96)
+        img.save(Path(SHOTS) / f"ui_{name}.png", optimize=True)
 
 
 def _tab(page, name: str) -> None:
@@ -167,6 +176,32 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     assert "mean D&C" in summary and re.search(r"run1\s+2\s+-?\d\.\d{3}\s+\d+ %", summary)
     assert page.locator("#eval-thumbs img").count() == 2
     _shot(page, "evaluate")
+
+
+def test_training_survives_the_page_and_stops_and_resumes(page, server):
+    """A run started in one tab keeps going after the tab closes; another tab stops and resumes it."""
+    _tab(page, "3. Train")
+    _choose(page, "train-set", "toys")
+    page.fill("#train-name input, #train-name textarea", "run2")
+    page.fill("#train-steps input", "6")
+    page.locator("#train-start").click()
+    _status(page, "train-status", "training run2: 6 steps")
+    page.close()
+    other = page.context.new_page()
+    other.goto(server[0])
+    _tab(other, "3. Train")
+    _status(other, "train-progress", "run2: running")
+    other.locator("#train-stop").click()
+    text = _status(other, "train-progress", "stopped after step")
+    stopped = int(re.search(r"stopped after step (\d+) of 6", text).group(1))
+    assert 1 <= stopped < 6
+    assert not (server[1].ws.root / "runs" / "run2" / "pytorch_lora_weights.safetensors").exists()
+    _choose(other, "train-run", "run2")
+    other.locator("#train-resume").click()
+    _status(other, "train-progress", "run2: finished, step 6 / 6")
+    assert (server[1].ws.root / "runs" / "run2" / "pytorch_lora_weights.safetensors").is_file()
+    steps = [json.loads(x)["step"] for x in (server[1].ws.root / "runs" / "run2" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def _default_layout() -> str:

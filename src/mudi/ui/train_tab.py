@@ -36,17 +36,14 @@ def new_run_config(ctx: AppContext, subjects: str, name: str, base: str, mix: st
     return config
 
 
-def saved_run(ctx: AppContext, name: str, steps: int | None = None):
-    """(TrainConfig, losses so far) of run ``runs/<name>``, to resume it (``steps`` may raise the total)."""
+def saved_run(ctx: AppContext, name: str):
+    """The TrainConfig of run ``runs/<name>``, to resume it with its own settings."""
     import mudi
 
     out = ctx.ws.path("runs", need(name, "a run"), "run")
     if not (out / "config.toml").is_file():
         raise MudiError(f"run {name!r} has no config.toml: it never started; start it anew.")
-    config = mudi.TrainConfig.from_toml(out / "config.toml").updated({"out": str(out)})
-    if steps:
-        config = config.updated({"max_train_steps": max(int(steps), config.max_train_steps)})
-    return config, read_losses(out)
+    return mudi.TrainConfig.from_toml(out / "config.toml").updated({"out": str(out)})
 
 
 def read_losses(out: Path) -> list[tuple[int, float]]:
@@ -63,10 +60,9 @@ def start(ctx: AppContext, config, *, resume: bool) -> None:
     import mudi
 
     options = ctx.options(resume=resume)
-    first = read_losses(Path(config.out))[-1][0] if resume and read_losses(Path(config.out)) else 0
-    ctx.worker.start(config.out, config.max_train_steps, first,
-                     lambda on_step: mudi.train(config, options, on_step=on_step),
-                     losses=read_losses(Path(config.out)) if resume else [])
+    losses = read_losses(Path(config.out)) if resume else []
+    ctx.worker.start(config.out, config.max_train_steps, losses[-1][0] if losses else 0,
+                     lambda on_step: mudi.train(config, options, on_step=on_step), losses=losses)
 
 
 def progress_html(ctx: AppContext) -> str:
@@ -134,8 +130,8 @@ def build(ctx: AppContext, subject_choice, run_choice) -> None:
         return ok(f"training {Path(config.out).name}: {config.max_train_steps} steps")
 
     @guarded(1)
-    def on_resume(run, steps_value):
-        config, _ = saved_run(ctx, run, steps_value)
+    def on_resume(run):
+        config = saved_run(ctx, run)
         start(ctx, config, resume=True)
         return ok(f"resuming {run}")
 
@@ -146,7 +142,7 @@ def build(ctx: AppContext, subject_choice, run_choice) -> None:
         return ok("stopping after the current step (a checkpoint is written there)")
 
     go.click(on_start, [sets, name, base, mix, steps, rank, lr, reg, res], status)
-    resume.click(on_resume, [runs, steps], status)
+    resume.click(on_resume, runs, status)
     stop.click(on_stop, None, status)
     seen = gr.State(None)
 

@@ -1,0 +1,262 @@
+"""mudi ui without a browser: safety checks (host/auth, uploads, names, no overwrite), page
+messages instead of tracebacks, the toy preset, the canvas layout, the training worker and
+the trainer's stop request (resumes bitwise)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from mudi.cli import main
+from mudi.errors import MudiError
+from mudi.ui.config import AUTH_ENV, UIConfig
+from mudi.ui.workspace import Workspace, check_name, check_upload, store_uploads
+
+
+def _png(path: Path, size=(16, 16)) -> Path:
+    Image.fromarray(np.full((size[1], size[0], 3), 200, np.uint8)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- serving safety
+
+
+def test_local_host_by_default_and_other_hosts_need_auth(monkeypatch):
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    assert UIConfig().host == "127.0.0.1"
+    UIConfig().check()
+    with pytest.raises(MudiError, match="--auth"):
+        UIConfig(host="0.0.0.0").check()
+    UIConfig(host="0.0.0.0", auth="me:secret").check()
+    assert UIConfig(auth="me:secret").credentials() == ("me", "secret")
+    monkeypatch.setenv(AUTH_ENV, "env:pw")
+    UIConfig(host="0.0.0.0").check()
+    assert UIConfig().credentials() == ("env", "pw")
+    for bad in ("nopassword", ":pw", "user:"):
+        with pytest.raises(MudiError, match="USER:PASSWORD"):
+            UIConfig(host="0.0.0.0", auth=bad).check()
+    with pytest.raises(MudiError, match="--port"):
+        UIConfig(port=0).check()
+
+
+def test_cli_help_and_refusals_write_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    with pytest.raises(SystemExit):
+        main(["ui", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--port", "--host", "--no-browser", "--workdir", "--auth", "--base", "--max-upload-mb"):
+        assert flag in out
+    work = tmp_path / "work"
+    assert main(["ui", "--host", "0.0.0.0", "--workdir", str(work), "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert "--auth" in err and "Traceback" not in err
+    assert not work.exists()
+
+
+def test_missing_gradio_is_a_message(monkeypatch):
+    import builtins
+
+    from mudi.ui.app import require_gradio
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "gradio":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(MudiError, match=r"mudi\[ui\]"):
+        require_gradio()
+
+
+# ----------------------------------------------------------------------------- uploads and names
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "", "a b", "x" * 65, "..x"])
+def test_names_cannot_escape_the_workdir(name, tmp_path):
+    with pytest.raises(MudiError):
+        Workspace(tmp_path).path("subjects", name)
+
+
+def test_workspace_names_and_fresh_names(tmp_path):
+    ws = Workspace(tmp_path)
+    assert ws.path("gen", "run1") == tmp_path.resolve() / "gen" / "run1"
+    (tmp_path / "gen" / "run1").mkdir(parents=True)
+    (tmp_path / "gen" / "run1" / "0000.png").write_bytes(b"x")
+    (tmp_path / "gen" / "empty").mkdir()
+    assert ws.names("gen") == ["run1"] and ws.fresh_name("gen", "run1") == "run1-2"
+    assert check_name(" ok-1.2 ") == "ok-1.2"
+
+
+def test_upload_checks(tmp_path):
+    good = _png(tmp_path / "a.png")
+    assert check_upload(good, 10**6)[0] == "a.png"
+    text = tmp_path / "notes.txt"
+    text.write_text("hi")
+    with pytest.raises(MudiError, match="not an image type"):
+        check_upload(text, 10**6)
+    with pytest.raises(MudiError, match="upload limit"):
+        check_upload(good, 10)
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"\x89PNG not really")
+    with pytest.raises(MudiError, match="does not decode"):
+        check_upload(fake, 10**6)
+    bad_name = _png(tmp_path / "bad name.png")
+    with pytest.raises(MudiError, match="uploaded file"):
+        check_upload(bad_name, 10**6)
+    # all or nothing: one bad file and nothing is copied
+    dest = tmp_path / "dest"
+    with pytest.raises(MudiError, match="fake.png"):
+        store_uploads([good, fake], dest, 10**6, "photos")
+    assert not dest.exists()
+    other = tmp_path / "sub"
+    other.mkdir()
+    with pytest.raises(MudiError, match="two uploads are named a.png"):
+        store_uploads([good, _png(other / "a.png")], dest, 10**6, "photos")
+    assert [p.name for p in store_uploads([good], dest, 10**6, "photos")] == ["a.png"]
+
+
+# ----------------------------------------------------------------------------- the tabs' logic
+
+
+@pytest.fixture()
+def ctx(tmp_path):
+    from mudi.ui.app import make_context
+
+    return make_context(UIConfig(workdir=str(tmp_path / "work"), device="cpu"))
+
+
+@pytest.fixture()
+def toy_photos(tmp_path):
+    from mudi.toy import make_subject_set
+
+    return make_subject_set(tmp_path / "photos", n_photos=2)
+
+
+def _rows(photos: Path) -> list:
+    return ["wip", "circle", sorted(map(str, photos.glob("a0?.png"))),
+            "jam", "circle", sorted(map(str, photos.glob("b0?.png")))] + ["", "", None] * 3
+
+
+def test_toy_preset_comes_through_the_plugin(ctx):
+    from mudi.ui.presets import get_preset, preset_names
+
+    assert "toy" in preset_names()
+    assert ctx.preset.name == "toy" and (Path(ctx.preset.base) / "model_index.json").is_file()
+    assert ctx.preset.evaluate["detector"] == "toy"
+    with pytest.raises(MudiError, match="--base"):
+        get_preset("nothing-registered")
+
+
+def test_subject_set_mistakes_and_no_overwrite(ctx, toy_photos):
+    from mudi.ui.subjects_tab import build_subject_set
+
+    rows = _rows(toy_photos)
+    with pytest.raises(MudiError, match="2 to 5 subjects"):
+        build_subject_set(ctx, "s", rows[:3] + ["", "", None] * 4, None, "", False)
+    with pytest.raises(MudiError, match="give its class"):
+        build_subject_set(ctx, "s", rows[:4] + [""] + rows[5:], None, "", False)
+    with pytest.raises(MudiError, match="boxes: not valid JSON"):
+        build_subject_set(ctx, "s", rows, None, "{", False)
+    assert not ctx.ws.root.exists() or not any(ctx.ws.root.rglob("*.png"))
+    report = build_subject_set(ctx, "s", rows, None, "", False)
+    assert [s.phrase for s in report.subject_set.subjects] == ["wip circle", "jam circle"]
+    with pytest.raises(MudiError, match="tick 'Replace'"):
+        build_subject_set(ctx, "s", rows, None, "", False)
+    # a mask uploaded for one photo is used for it (the fix-a-mask path), with Replace
+    report = build_subject_set(ctx, "s", rows, [str(toy_photos / "mask_a00.png")], "", True)
+    methods = {Path(str(r.path)).name: r.method for r in report.results}
+    assert methods["a00.png"] != methods["a01.png"]
+
+
+def test_guarded_handlers_show_messages_not_tracebacks(capsys):
+    from mudi.ui.common import guarded
+
+    @guarded(2)
+    def user_mistake():
+        raise MudiError("choose a run <first>")
+
+    @guarded(1)
+    def bug():
+        raise ZeroDivisionError("boom")
+
+    message, rest = user_mistake()
+    assert message == '<div class="mudi-error">Error: choose a run &lt;first&gt;</div>'
+    assert "unexpected ZeroDivisionError: boom" in bug()
+    assert "Traceback" in capsys.readouterr().err  # the details go to the server log only
+
+
+def test_canvas_layout_reaches_generate(ctx):
+    from mudi.generate.layout import parse_layout_json
+    from mudi.ui.canvas import SIDE, default_layout, layout_for
+
+    value = default_layout({"a": "wip circle", "b": "jam circle"})
+    data = json.loads(value)
+    assert data["size"] == [SIDE, SIDE] and set(data["boxes"]) == {"a", "b"}
+    only_a = layout_for(value, ["a"])
+    assert list(only_a["boxes"]) == ["a"]
+    boxes = parse_layout_json(only_a, 64, 64, lambda k: k, "canvas")
+    x0, y0, x1, y1 = data["boxes"]["a"]
+    assert boxes == [("a", (round(x0 * 64 / SIDE), round(y0 * 64 / SIDE), round(x1 * 64 / SIDE),
+                            round(y1 * 64 / SIDE)))]
+
+
+# ----------------------------------------------------------------------------- worker and stop/resume
+
+
+def test_worker_reports_progress_stop_and_errors():
+    from mudi.ui.worker import FAILED, FINISHED, STOPPED, TrainWorker
+
+    worker = TrainWorker()
+    go = threading.Event()
+
+    def fake_train(on_step):
+        for step in range(1, 11):
+            if step == 3:
+                go.wait(10)
+            if on_step(step, {"loss": 1.0 / step}):
+                return
+
+    worker.start("out", 10, 0, fake_train)
+    with pytest.raises(MudiError, match="already in progress"):
+        worker.start("out", 10, 0, fake_train)
+    assert worker.stop()
+    go.set()
+    worker.join(10)
+    s = worker.status()
+    assert s.state == STOPPED and s.step == 3 and "Resume" in s.message
+    assert [v for _, v in s.losses] == [1.0, 0.5, 1 / 3]
+    worker.start("out", 10, 3, fake_train)
+    worker.join(10)
+    assert worker.status().state == FINISHED
+    worker.start("out", 10, 0, lambda on_step: (_ for _ in ()).throw(MudiError("bad subject set")))
+    worker.join(10)
+    assert worker.status().state == FAILED and worker.status().message == "bad subject set"
+    assert not worker.stop()
+
+
+def test_a_stop_request_checkpoints_and_resumes_bitwise(tiny_models, data_dir, tmp_path):
+    """on_step returning True stops after that step with a checkpoint; resume ends identical."""
+    from mudi.settings import RunOptions
+    from mudi.train import TrainConfig, train
+
+    kw = dict(subjects=str(data_dir / "subjects" / "dog6_and_dog2"), base=str(tiny_models / "sd"), resolution=64,
+              validate_every=-1, checkpoint_every=0, max_train_steps=4, learning_rate=1e-2, p=0.5)
+    train(TrainConfig(out=str(tmp_path / "full"), **kw), RunOptions(progress=False))
+    part = tmp_path / "part"
+    seen = []
+    train(TrainConfig(out=str(part), **kw), RunOptions(progress=False),
+          on_step=lambda step, row: seen.append(step) or step == 2)
+    assert seen == [1, 2] and not (part / "pytorch_lora_weights.safetensors").exists()
+    assert (part / "checkpoints" / "step_000002").is_dir()
+    train(TrainConfig(out=str(part), **kw), RunOptions(progress=False, resume=True))
+    a, b = (load_file(str(p / "pytorch_lora_weights.safetensors")) for p in (tmp_path / "full", part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
