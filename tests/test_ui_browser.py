@@ -83,7 +83,7 @@ def _shot(page, name: str) -> None:
 
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
-        img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.LANCZOS).quantize(colors=96)
+        img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS).quantize(colors=64)
         img.save(Path(SHOTS) / f"ui_{name}.png", optimize=True)
 
 

@@ -80,7 +80,9 @@ def build(ctx: AppContext, run_choice) -> None:
         runs = gr.Dropdown(choices=ctx.ws.names("runs"), label="trained run", elem_id="gen-run")
         refresh = gr.Button("↻", scale=0, elem_id="gen-refresh")
     prompt = gr.Textbox(label="prompt (click a subject to add it)", elem_id="gen-prompt")
-    chips = [gr.Button(visible=False, size="sm", elem_id=f"gen-chip-{i}") for i in range(MAX_SUBJECTS)]
+    with gr.Row():
+        chips = [gr.Button(visible=False, size="sm", scale=0, min_width=120, elem_id=f"gen-chip-{i}")
+                 for i in range(MAX_SUBJECTS)]
     with gr.Row():
         with gr.Column():
             layout = gr.Radio(list(LAYOUTS), value="drag", label="layout (drag the boxes, or auto / LLM)",
