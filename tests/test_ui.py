@@ -260,3 +260,19 @@ def test_a_stop_request_checkpoints_and_resumes_bitwise(tiny_models, data_dir, t
     train(TrainConfig(out=str(part), **kw), RunOptions(progress=False, resume=True))
     a, b = (load_file(str(p / "pytorch_lora_weights.safetensors")) for p in (tmp_path / "full", part))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_photo_box_canvas_round_trip(ctx, toy_photos):
+    from mudi.ui.canvas import SIDE, photo_box, photo_canvas
+    from mudi.ui.subjects_tab import add_box, box_canvas, build_subject_set
+
+    value = photo_canvas("/x.png", (64, 32), [8, 4, 40, 28], "a00.png")
+    assert json.loads(value)["boxes"]["box"] == [8 * SIDE // 64, 4 * SIDE // 32, 40 * SIDE // 64, 28 * SIDE // 32]
+    assert photo_box(value) == [8, 4, 40, 28]
+    with pytest.raises(MudiError, match="build the set first"):
+        box_canvas(ctx, "s", "a00.png")
+    build_subject_set(ctx, "s", _rows(toy_photos), None, "", False)
+    start = json.loads(box_canvas(ctx, "s", "a01.png"))
+    assert start["background"].startswith("/gradio_api/file=") and start["size"] == [64, 64]
+    boxes = json.loads(add_box('{"b00.png": [1, 2, 3, 4]}', "a01.png", json.dumps(start)))
+    assert set(boxes) == {"b00.png", "a01.png"} and len(boxes["a01.png"]) == 4

@@ -125,10 +125,26 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     page.locator("#subjects-build").click()
     assert "6 photos of wip circle, jam circle; 0 failed" in _status(page, "subjects-status", "subject set toys")
     sync_api.expect(page.locator("#subjects-sheet img")).to_be_visible()
+    # draw a box on a photo with the mouse and build again with it (the fix-a-box path)
+    _choose(page, "subjects-box-photo", "a01.png")
+    handle = page.locator("#subjects-box-canvas .mudi-box .mudi-handle")
+    sync_api.expect(handle).to_be_visible()
+    hb = handle.bounding_box()
+    page.mouse.move(hb["x"] + 6, hb["y"] + 6)
+    page.mouse.down()
+    page.mouse.move(hb["x"] + 30, hb["y"] + 30, steps=4)
+    page.mouse.up()
+    page.locator("#subjects-box-use").click()
+    sync_api.expect(page.locator("#subject-boxes textarea")).to_have_value(
+        re.compile(r'"a01.png": \[\d+, \d+, \d+, \d+\]'))
+    _status(page, "subjects-status", "box of a01.png set")
+    page.locator("#subjects-replace input").check()
+    page.locator("#subjects-build").click()
+    _status(page, "subjects-status", "subject set toys: 6 photos")
     _shot(page, "subjects")
     report = json.loads((ctx.ws.root / "subjects" / "toys" / "prepare.json").read_text())
-    assert {Path(p["photo"]).name: p["method"] for p in report["photos"]}["b02.png"] != \
-        {Path(p["photo"]).name: p["method"] for p in report["photos"]}["b00.png"]
+    methods = {Path(p["photo"]).name: p["method"] for p in report["photos"]}
+    assert (methods["a01.png"], methods["b02.png"], methods["b00.png"]) == ("user box", "mask file", "detected")
     # 2. composites
     _tab(page, "2. Compose")
     _choose(page, "compose-set", "toys")
@@ -178,8 +194,19 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     _shot(page, "evaluate")
 
 
-def test_training_survives_the_page_and_stops_and_resumes(page, server):
+def test_training_survives_the_page_and_stops_and_resumes(page, server, monkeypatch):
     """A run started in one tab keeps going after the tab closes; another tab stops and resumes it."""
+    import threading
+
+    worker, gate = server[1].worker, threading.Event()
+    on_step = worker._on_step
+
+    def held(step, row):  # the run waits after its step 2 until the test has pressed Stop
+        if step == 2:
+            gate.wait(TIMEOUT / 1000)
+        return on_step(step, row)
+
+    monkeypatch.setattr(worker, "_on_step", held)
     _tab(page, "3. Train")
     _choose(page, "train-set", "toys")
     page.fill("#train-name input, #train-name textarea", "run2")
@@ -190,11 +217,12 @@ def test_training_survives_the_page_and_stops_and_resumes(page, server):
     other = page.context.new_page()
     other.goto(server[0])
     _tab(other, "3. Train")
-    _status(other, "train-progress", "run2: running")
+    _status(other, "train-progress", "run2: running, step 1 / 6")
     other.locator("#train-stop").click()
-    text = _status(other, "train-progress", "stopped after step")
-    stopped = int(re.search(r"stopped after step (\d+) of 6", text).group(1))
-    assert 1 <= stopped < 6
+    _status(other, "train-status", "stopping after the current step")
+    gate.set()
+    _status(other, "train-progress", "stopped after step 2 of 6")
+    monkeypatch.undo()
     assert not (server[1].ws.root / "runs" / "run2" / "pytorch_lora_weights.safetensors").exists()
     _choose(other, "train-run", "run2")
     other.locator("#train-resume").click()

@@ -1,7 +1,8 @@
 """The layout canvas of the Generate tab: one box per subject, dragged and resized with the mouse.
 
 Its value is JSON in the format ``mudi generate --layout FILE`` reads:
-``{"size": [W, H], "boxes": {"KEY": [x0, y0, x1, y1], ...}, "labels": {"KEY": "phrase"}}``. The
+``{"size": [W, H], "boxes": {"KEY": [x0, y0, x1, y1], ...}, "labels": {"KEY": "phrase"}}``; the
+Subjects tab uses the same canvas over a photo (``"background"``) to draw a subject's box. The
 browser code only moves boxes and writes that JSON back; the boxes are checked by
 :mod:`mudi.generate`'s layout reader when the images are made.
 """
@@ -32,6 +33,8 @@ const draw = () => {
   root.innerHTML = '';
   let data;
   try { data = JSON.parse(props.value || '{}'); } catch (e) { return; }
+  root.style.backgroundImage = data.background ? 'url("' + data.background + '")' : 'none';
+  root.style.backgroundSize = '100%% 100%%';
   const colors = %(colors)s;
   const keys = Object.keys(data.boxes || {});
   keys.forEach((key, i) => {
@@ -100,6 +103,22 @@ def default_layout(phrases: dict[str, str]) -> str:
     return json.dumps({"size": [SIDE, SIDE], "boxes": boxes, "labels": dict(phrases)})
 
 
+def photo_canvas(url: str, size: tuple[int, int], box: list[float] | None, label: str) -> str:
+    """Canvas JSON showing a photo (stretched to the canvas) with one box to drag, given in photo
+    pixels (``None``: the middle half of the photo)."""
+    w, h = size
+    box = box or [w / 4, h / 4, 3 * w / 4, 3 * h / 4]
+    scaled = [round(box[0] * SIDE / w), round(box[1] * SIDE / h), round(box[2] * SIDE / w), round(box[3] * SIDE / h)]
+    return json.dumps({"size": [w, h], "background": url, "boxes": {"box": scaled}, "labels": {"box": label}})
+
+
+def photo_box(value: str) -> list[int]:
+    """The dragged box of a :func:`photo_canvas`, back in photo pixels ``[x0, y0, x1, y1]``."""
+    data = json.loads(value or "{}")
+    (w, h), b = data["size"], data["boxes"]["box"]
+    return [round(b[0] * w / SIDE), round(b[1] * h / SIDE), round(b[2] * w / SIDE), round(b[3] * h / SIDE)]
+
+
 def layout_for(value: str, keys: list[str]) -> dict:
     """The canvas JSON reduced to the subjects ``keys`` (those the prompt names), for a layout file."""
     data = json.loads(value or "{}")
@@ -107,4 +126,4 @@ def layout_for(value: str, keys: list[str]) -> dict:
     return {"size": data.get("size", [SIDE, SIDE]), "boxes": boxes}
 
 
-__all__ = ["CSS", "JS", "SIDE", "TEMPLATE", "default_layout", "layout_for"]
+__all__ = ["CSS", "JS", "SIDE", "TEMPLATE", "default_layout", "layout_for", "photo_box", "photo_canvas"]

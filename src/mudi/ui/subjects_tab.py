@@ -1,9 +1,9 @@
 """Tab 1, Subjects: name 2-5 subjects, upload their photos, get a subject set with masks.
 
 The page only gathers inputs; :func:`mudi.prepare` makes the set (masks from uploaded mask
-files, boxes typed in the page, the preset's detector, or GrabCut/SAM) and its contact sheet.
-A bad mask is fixed by uploading a mask named like the photo, or typing its box, and building again
-with *Replace* ticked.
+files, boxes drawn or typed in the page, the preset's detector, or GrabCut/SAM) and its contact
+sheet. A bad mask is fixed by uploading a mask named like the photo, or drawing its box on the
+photo, and building again with *Replace* ticked.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 from mudi.errors import MudiError
-from mudi.ui.common import AppContext, guarded, ok
+from mudi.ui import canvas
+from mudi.ui.common import AppContext, guarded, need, ok
 from mudi.ui.workspace import check_name, check_upload, replace_folder, store_uploads
 
 MAX_SUBJECTS = 5
@@ -103,6 +104,39 @@ def _detector(name: str):
     return DETECTORS.build(name, option="preset detector", device="cpu", batch_size=1, nms_iou=0.5)
 
 
+def uploaded_photos(ctx: AppContext, name: str) -> dict[str, Path]:
+    """Photo file name → its uploaded copy, for the subject set ``name`` (empty before a build)."""
+    folder = ctx.ws.path("uploads", check_name(name, "subject-set name"))
+    if not folder.is_dir():
+        return {}
+    return {p.name: p for p in sorted(folder.glob("*/*")) if p.parent.name != "_masks" and p.is_file()}
+
+
+def box_canvas(ctx: AppContext, name: str, photo: str) -> str:
+    """The canvas JSON to draw ``photo``'s box on (starting from the box prepare used, if any)."""
+    from PIL import Image
+
+    path = uploaded_photos(ctx, name).get(photo)
+    if path is None:
+        raise MudiError(f"{photo!r}: no such uploaded photo in subject set {name!r}; build the set first.")
+    report = ctx.ws.path("subjects", name) / "prepare.json"
+    box = None
+    if report.is_file():
+        rows = [r for r in json.loads(report.read_text(encoding="utf-8")).get("photos", [])
+                if Path(str(r.get("photo", ""))).name == photo]
+        box = rows[0].get("box") if rows else None
+    with Image.open(path) as img:
+        size = img.size
+    return canvas.photo_canvas(f"/gradio_api/file={path}", size, box, photo)
+
+
+def add_box(boxes_text: str, photo: str, value: str) -> str:
+    """The boxes JSON with ``photo``'s box set to the one dragged on the canvas."""
+    boxes = parse_boxes(boxes_text)
+    boxes[need(photo, "a photo")] = canvas.photo_box(value)
+    return json.dumps(boxes)
+
+
 def report_outputs(report) -> tuple[str, str, str]:
     """(status, contact-sheet path, failures as Markdown) of a PrepareReport."""
     sset = report.subject_set
@@ -135,6 +169,13 @@ def build(ctx: AppContext) -> dict:
     with gr.Accordion("fix masks: upload masks or type boxes", open=False):
         masks = gr.File(label="masks named like the photos (NAME.png or mask_NAME.png; white = subject)",
                         file_count="multiple", file_types=["image"], type="filepath", elem_id="subject-masks")
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Dropdown(choices=[], label="photo to draw a box on (after a build)",
+                                    elem_id="subjects-box-photo")
+                use = gr.Button("Use this box", elem_id="subjects-box-use")
+            board = gr.HTML("", html_template=canvas.TEMPLATE, css_template=canvas.CSS, js_on_load=canvas.JS,
+                            elem_id="subjects-box-canvas")
         boxes = gr.Textbox(label='boxes: {"photo.png": [x0, y0, x1, y1]} (pixels)', lines=2, elem_id="subject-boxes")
     replace = gr.Checkbox(False, label="Replace a subject set of the same name", elem_id="subjects-replace")
     go = gr.Button("Build subject set", variant="primary", elem_id="subjects-build")
@@ -147,8 +188,20 @@ def build(ctx: AppContext) -> dict:
         report = build_subject_set(ctx, name_value, list(values[:-3]), values[-3], values[-2], values[-1])
         return report_outputs(report)
 
-    go.click(on_build, [name, *inputs, masks, boxes, replace], [status, sheet, failed])
+    go.click(on_build, [name, *inputs, masks, boxes, replace], [status, sheet, failed]).then(
+        lambda n: gr.update(choices=list(_photo_names(ctx, n))), name, photo)
+    photo.change(guarded(2)(lambda n, p: (ok(f"drag the box of {p}, then press 'Use this box'"),
+                                          box_canvas(ctx, n, p))), [name, photo], [status, board])
+    use.click(guarded(2)(lambda b, p, v: (ok(f"box of {p} set; build again with Replace"), add_box(b, p, v))),
+              [boxes, photo, board], [status, boxes])
     return {"build": go}
+
+
+def _photo_names(ctx: AppContext, name: str) -> list[str]:
+    try:
+        return list(uploaded_photos(ctx, name))
+    except MudiError:
+        return []
 
 
 def _mask_source(ctx: AppContext) -> str:
@@ -158,4 +211,5 @@ def _mask_source(ctx: AppContext) -> str:
     return "found by OWLv2 and cut out with SAM (they need the model files), or from masks you upload"
 
 
-__all__ = ["MAX_SUBJECTS", "build", "build_subject_set", "parse_boxes", "report_outputs", "subject_rows"]
+__all__ = ["MAX_SUBJECTS", "add_box", "box_canvas", "build", "build_subject_set", "parse_boxes", "report_outputs",
+           "subject_rows", "uploaded_photos"]

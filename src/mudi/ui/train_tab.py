@@ -150,10 +150,11 @@ def build(ctx: AppContext, subject_choice, run_choice) -> None:
         s = ctx.worker.status()
         now = (s.out, s.state, s.step, len(s.validation_images()))
         if now == last:
-            return gr.skip(), gr.skip(), gr.skip(), last
-        return progress_html(ctx), loss_frame(ctx), validation_items(ctx), now
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), last
+        runs_now = gr.update(choices=ctx.ws.names("runs")) if last is None or now[:2] != last[:2] else gr.skip()
+        return progress_html(ctx), loss_frame(ctx), validation_items(ctx), runs_now, now
 
-    gr.Timer(1.0).tick(on_tick, seen, [bar, curve, grids, seen], show_progress="hidden")
+    gr.Timer(1.0).tick(on_tick, seen, [bar, curve, grids, runs, seen], show_progress="hidden")
     subject_choice.append(sets)
     run_choice.append(runs)
 
