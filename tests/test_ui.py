@@ -276,3 +276,51 @@ def test_photo_box_canvas_round_trip(ctx, toy_photos):
     assert start["background"].startswith("/gradio_api/file=") and start["size"] == [64, 64]
     boxes = json.loads(add_box('{"b00.png": [1, 2, 3, 4]}', "a01.png", json.dumps(start)))
     assert set(boxes) == {"b00.png", "a01.png"} and len(boxes["a01.png"]) == 4
+
+
+def test_mudi_ui_serves_on_localhost_behind_its_login(tmp_path):
+    """The real command: binds 127.0.0.1, the page needs the --auth login (a wrong password fails)."""
+    import http.cookiejar
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    pytest.importorskip("gradio", reason="the ui extra (gradio) is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work, log = tmp_path / "work", tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env.pop(AUTH_ENV, None)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mudi.cli", "ui", "--no-browser", "--port", str(port),
+                                 "--workdir", str(work), "--auth", "me:secret"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.time() < deadline, log.read_text()
+                time.sleep(1)
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(url + "/config", timeout=10)
+        assert exc.value.code == 401
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        with pytest.raises(urllib.error.HTTPError):
+            opener.open(url + "/login", urllib.parse.urlencode({"username": "me", "password": "bad"}).encode())
+        opener.open(url + "/login", urllib.parse.urlencode({"username": "me", "password": "secret"}).encode())
+        assert opener.open(url + "/config", timeout=10).status == 200
+        assert f"http://127.0.0.1:{port}" in log.read_text() and work.is_dir()
+    finally:
+        proc.terminate()
+        proc.wait(30)
