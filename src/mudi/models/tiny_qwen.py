@@ -13,6 +13,8 @@ Sizes: 64 px images are 8×8 latents (VAE factor 8) and 4×4 = 16 image tokens (
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -31,8 +33,14 @@ _TEMPLATE = ("system\nDescribe the image by detailing the color, shape, size, te
              "relationships of the objects and background:\nuser\nassistant\n")
 
 
-def qwen_tokenizer(vocab_size: int = 3000, model_max_length: int = 32768):
-    """A Qwen2 byte-level BPE tokenizer trained offline (see the module docstring)."""
+def qwen_tokenizer():
+    """A Qwen2 byte-level BPE tokenizer trained offline (see the module docstring); trained once per
+    process, each call returns a fresh copy."""
+    return copy.deepcopy(_trained_tokenizer())
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_tokenizer(vocab_size: int = 3000, model_max_length: int = 32768):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
