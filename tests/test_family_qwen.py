@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -170,3 +171,25 @@ def test_generate_from_the_cli(lora, tmp_path):
     side = json.loads((out / "0000.json").read_text())
     assert side["init"] == "none" and side["negative_prompt"] == " " and side["guidance_scale"] == 4.0
     assert (out / "0000.png").is_file()
+
+
+def test_priors_then_prior_preservation(tiny_models, subjects, tmp_path, monkeypatch):
+    """Class images through the pipeline (true CFG), then training whose batches mix instance and
+    class captions of different token lengths (padded, masked)."""
+    from mudi.prepare import segment as prepare_segment
+
+    def box(self, image, b):
+        m = np.zeros((image.size[1], image.size[0]), dtype=bool)
+        m[8:56, 8:56] = True
+        return m
+
+    monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", box)
+    classes = tmp_path / "classes"
+    assert main(["priors", "--base", str(tiny_models / PART), "--subjects", str(subjects), "--n", "1",
+                 "--detector", "none", "--segmenter", "grabcut", "--steps", "2", "--resolution", "64",
+                 "--out", str(classes), "--no-progress"]) == 0
+    out = tmp_path / "prior"
+    assert main(["train", "--subjects", str(subjects), "--base", str(tiny_models / PART), "--out", str(out),
+                 "--prior-dir", str(classes), "--steps", "1", *FAST]) == 0
+    row = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(row["loss_prior"]) and row["loss"] == pytest.approx(row["loss_instance"] + row["loss_prior"])

@@ -158,7 +158,7 @@ def encode_canvas(vae, canvas: Image.Image, generator: torch.Generator | None, d
         vae.to(torch.float32)
     try:
         enc_dtype = torch.float32 if upcast else vae_dtype
-        dist = vae.encode(pixels.to(device=device, dtype=enc_dtype)).latent_dist
+        dist = family.vae_encode(vae, pixels.to(device=device, dtype=enc_dtype))
         z = dist.sample(generator=generator).float()
     finally:
         if upcast:

@@ -77,7 +77,7 @@ def generate_batch(
     if callback is not None:
         kwargs["callback_on_step_end"] = callback
     with torch.no_grad():
-        result = pipe(**kwargs)
+        result = pipe(**family_of(pipe).call_kwargs(pipe, kwargs))
     return list(zip(result.images, inits))
 
 

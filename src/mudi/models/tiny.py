@@ -28,9 +28,10 @@ import torch
 from mudi.errors import MudiError
 from mudi.models.clip_tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, clip_tokenizer
 from mudi.models.tiny_dit import build_flux, build_sd3
+from mudi.models.tiny_qwen import build_flux2_klein, build_qwen_image
 from mudi.runtime import forked_rng, quiet_libraries
 
-ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip", "flux", "sd3")
+ALL_PARTS: tuple[str, ...] = ("sdxl", "sd", "owlv2", "sam", "dinov2", "clip", "flux", "sd3", "flux2-klein", "qwen-image")
 
 #: Stable Diffusion v1/v2/XL's training noise schedule (used by the tiny and the toy pipelines).
 SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
@@ -259,6 +260,8 @@ _BUILDERS = {
     "clip": _build_clip,
     "flux": lambda out: build_flux(out, _text_config(projection_dim=32)),
     "sd3": lambda out: build_sd3(out, _text_config(projection_dim=32)),
+    "flux2-klein": build_flux2_klein,
+    "qwen-image": build_qwen_image,
 }
 
 
@@ -284,7 +287,7 @@ def build_tiny_models(
         out_dir: folder to write into (created if needed); each part goes to ``out_dir/<part>``.
             Existing part folders are overwritten; callers guarding user outputs should use
             :func:`mudi.io.claim_output_dir` first.
-        parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip, flux, sd3`` to build.
+        parts: which of ``sdxl, sd, owlv2, sam, dinov2, clip, flux, sd3, flux2-klein, qwen-image`` to build.
         seed: every part's weights are a deterministic function of (seed, part).
 
     Returns:

@@ -121,7 +121,7 @@ class LatentEncoder:
     def distribution(self, image) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the VAE posterior of a PIL image, float32."""
         x = image_to_tensor(image).to(self.device, self.dtype)
-        dist = self.vae.encode(x).latent_dist
+        dist = self.family.vae_encode(self.vae, x)
         self.encodes += 1
         return dist.mean.float(), dist.std.float()
 

@@ -230,11 +230,11 @@ class ClassImageSampler:
     def sample(self, text: str, seeds: list[int]) -> list[Image.Image]:
         """One pipeline call: ``len(seeds)`` images of ``text``, one generator per image."""
         cfg = self.config
-        return self.pipe(
-            [text] * len(seeds), negative_prompt=[cfg.negative_prompt] * len(seeds) if cfg.negative_prompt else None,
-            num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-            height=self.size, width=self.size, generator=[generator(s) for s in seeds],
-        ).images
+        kwargs = dict(prompt=[text] * len(seeds),
+                      negative_prompt=[cfg.negative_prompt] * len(seeds) if cfg.negative_prompt else None,
+                      num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                      height=self.size, width=self.size, generator=[generator(s) for s in seeds])
+        return self.pipe(**family_of(self.pipe).call_kwargs(self.pipe, kwargs)).images
 
 
 def generate_class_set(

@@ -28,7 +28,7 @@ def decode_latents(pipe, family, latents: torch.Tensor) -> list:
     z = family.from_latents(vae, latents.to(param.device, param.dtype))
     images = []
     for i in range(z.shape[0]):  # one at a time: a 1024 px fp32 decode of a batch is several GB
-        image = vae.decode(z[i : i + 1], return_dict=False)[0]
+        image = family.vae_decode(vae, z[i : i + 1])
         images.extend(pipe.image_processor.postprocess(image.float(), output_type="pil"))
     return images
 
@@ -77,8 +77,9 @@ class Validator:
         gens = [torch.Generator("cpu").manual_seed(s.seed + 1000 * pi + j) for j in range(n)]
         kw = self.family.pipeline_embeds(self.text.get([prompt]).repeat(n), self.text.uncond.repeat(n))
         with self.autocast(self.family.denoiser(self.pipe)):  # the denoiser only: see decode_latents for the VAE
-            res = self.pipe(**kw, num_inference_steps=s.steps, output_type="latent", guidance_scale=s.guidance_scale,
-                            height=s.resolution, width=s.resolution, generator=gens)
+            kw.update(num_inference_steps=s.steps, output_type="latent", guidance_scale=s.guidance_scale,
+                      height=s.resolution, width=s.resolution, generator=gens)
+            res = self.pipe(**self.family.call_kwargs(self.pipe, kw))
         return decode_latents(self.pipe, self.family, self.family.grid_latents(self.pipe, res.images, s.resolution))
 
 

@@ -15,20 +15,23 @@ from mudi.errors import MudiError
 from mudi.models.families.base import ModelFamily, ModelInfo, SamplingDefaults, TextEmbeds, UNetFamily, read_config
 from mudi.models.families.flow import FlowFamily
 from mudi.models.families.flux import FluxFamily
+from mudi.models.families.flux2 import Flux2KleinFamily
+from mudi.models.families.qwen_image import QwenImageFamily
 from mudi.models.families.sd import SDFamily
 from mudi.models.families.sd3 import SD3Family
 from mudi.models.families.sdxl import SDXLFamily
 
 #: Every supported family, tried in this order: the DiT families match their pipeline class
 #: exactly; SDXL (a second text encoder) before the looser SD match.
-FAMILIES: tuple[ModelFamily, ...] = (FluxFamily(), SD3Family(), SDXLFamily(), SDFamily())
+FAMILIES: tuple[ModelFamily, ...] = (FluxFamily(), Flux2KleinFamily(), SD3Family(), QwenImageFamily(), SDXLFamily(), SDFamily())
 #: What the error for an unsupported model folder lists.
 SUPPORTED = ("Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), "
-             "FLUX.1 [dev]/[schnell] (FluxPipeline), SD3/SD3.5 (StableDiffusion3Pipeline)")
+             "FLUX.1 [dev]/[schnell] (FluxPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), "
+             "FLUX.2 [klein] (Flux2KleinPipeline), Qwen-Image (QwenImagePipeline)")
 
 
 def family_named(name: str) -> ModelFamily:
-    """The family with this short name ("sd", "sdxl", "flux", "sd3")."""
+    """The family with this short name ("sd", "sdxl", "flux", "sd3", "flux2", "qwen-image")."""
     for family in FAMILIES:
         if family.name == name:
             return family
@@ -65,9 +68,11 @@ def family_of(pipe: Any) -> ModelFamily:
 __all__ = [
     "FAMILIES",
     "FlowFamily",
+    "Flux2KleinFamily",
     "FluxFamily",
     "ModelFamily",
     "ModelInfo",
+    "QwenImageFamily",
     "SD3Family",
     "SDFamily",
     "SDXLFamily",

@@ -33,36 +33,46 @@ from mudi.models.families.parts import FamilyParts, denormalize_latents, normali
 
 @dataclass(frozen=True)
 class TextEmbeds:
-    """Prompt embeddings of a batch: the per-token states and, for SDXL, the pooled embedding."""
+    """Prompt embeddings of a batch: the per-token states, the pooled embedding (SDXL, FLUX.1,
+    SD3) and, for text encoders whose prompts differ in length (Qwen-Image), the padding mask
+    (B, L) of the token states (1 = a real token)."""
 
     tokens: torch.Tensor
     pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def _map(self, fn, pooled_fn=None, mask_fn=None) -> "TextEmbeds":
+        pooled = None if self.pooled is None else (pooled_fn or fn)(self.pooled)
+        mask = None if self.mask is None else (mask_fn or fn)(self.mask)
+        return TextEmbeds(fn(self.tokens), pooled, mask)
 
     def row(self, i: int) -> "TextEmbeds":
         """The embeddings of prompt ``i`` (batch dimension kept)."""
-        return TextEmbeds(self.tokens[i : i + 1], None if self.pooled is None else self.pooled[i : i + 1])
+        return self._map(lambda x: x[i : i + 1])
 
     def repeat(self, n: int) -> "TextEmbeds":
         """The batch repeated ``n`` times (one prompt → ``n`` images)."""
-        pooled = None if self.pooled is None else self.pooled.repeat(n, 1)
-        return TextEmbeds(self.tokens.repeat(n, 1, 1), pooled)
+        return self._map(lambda x: x.repeat(n, 1, 1), lambda x: x.repeat(n, 1), lambda x: x.repeat(n, 1))
 
     def zeros_like(self) -> "TextEmbeds":
-        """All-zero embeddings of the same shapes."""
-        pooled = None if self.pooled is None else torch.zeros_like(self.pooled)
-        return TextEmbeds(torch.zeros_like(self.tokens), pooled)
+        """All-zero embeddings of the same shapes (the padding mask kept)."""
+        return self._map(torch.zeros_like, mask_fn=lambda x: x)
 
     def to(self, device, dtype) -> "TextEmbeds":
-        """Moved and cast."""
-        pooled = None if self.pooled is None else self.pooled.to(device, dtype)
-        return TextEmbeds(self.tokens.to(device, dtype), pooled)
+        """Moved and cast (the padding mask only moved)."""
+        return self._map(lambda x: x.to(device, dtype), mask_fn=lambda x: x.to(device))
 
     @staticmethod
     def cat(items: list["TextEmbeds"]) -> "TextEmbeds":
-        """Concatenate along the batch dimension."""
-        tokens = torch.cat([x.tokens for x in items])
+        """Concatenate along the batch dimension; with padding masks, shorter token states are
+        zero-padded (mask 0) to the longest."""
         pooled = None if items[0].pooled is None else torch.cat([x.pooled for x in items])
-        return TextEmbeds(tokens, pooled)
+        if items[0].mask is None:
+            return TextEmbeds(torch.cat([x.tokens for x in items]), pooled)
+        n = max(x.tokens.shape[1] for x in items)
+        tokens = torch.cat([torch.nn.functional.pad(x.tokens, (0, 0, 0, n - x.tokens.shape[1])) for x in items])
+        mask = torch.cat([torch.nn.functional.pad(x.mask, (0, n - x.mask.shape[1])) for x in items])
+        return TextEmbeds(tokens, pooled, mask)
 
 
 #: METHOD.md §4's negative prompt (the default of SD 1.x/2.x families).
@@ -151,6 +161,9 @@ class ModelFamily(Protocol):
     def pipeline_embeds(self, cond: TextEmbeds, uncond: TextEmbeds) -> dict[str, torch.Tensor]: ...
     def to_latents(self, vae, sample: torch.Tensor) -> torch.Tensor: ...
     def from_latents(self, vae, z: torch.Tensor) -> torch.Tensor: ...
+    def vae_encode(self, vae, pixels: torch.Tensor) -> Any: ...
+    def vae_decode(self, vae, z: torch.Tensor) -> torch.Tensor: ...
+    def call_kwargs(self, pipe, kwargs: dict) -> dict: ...
     def denoise(self, unet, noisy: torch.Tensor, t: torch.Tensor, embeds: TextEmbeds, resolution: int) -> torch.Tensor: ...
     def denoiser(self, pipe) -> torch.nn.Module: ...
     def training_objective(self, pipe, resolution: int, flow: Any = None) -> Any: ...

@@ -78,6 +78,19 @@ class FamilyParts:
         """(B, C, h, w) latents as the pipeline's ``latents=`` argument takes them (as they are, unpacked)."""
         return latents
 
+    def vae_encode(self, vae, pixels: torch.Tensor):
+        """The VAE posterior (``latent_dist``) of (B, 3, H, W) images in [-1, 1]."""
+        return vae.encode(pixels).latent_dist
+
+    def vae_decode(self, vae, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) raw VAE latents (:meth:`from_latents`) → (B, 3, H, W) images."""
+        return vae.decode(z, return_dict=False)[0]
+
+    def call_kwargs(self, pipe, kwargs: dict) -> dict:
+        """The keyword arguments of a ``pipe(...)`` call in the family pipeline's own terms
+        (``prompt``, ``negative_prompt``, ``guidance_scale``, ... pass as they are by default)."""
+        return kwargs
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
