@@ -46,3 +46,19 @@ def data_dir() -> Path:
     path = Path(__file__).resolve().parents[1] / "examples"
     assert (path / "subjects").is_dir(), f"{path}/subjects is missing from the checkout"
     return path
+
+
+@pytest.fixture
+def box_segmenter(monkeypatch):
+    """GrabCut replaced by a fixed central box (48×48 of a 64 px image), so `mudi priors` on a
+    tiny pipeline's random images always keeps them."""
+    import numpy as np
+
+    from mudi.prepare import segment as prepare_segment
+
+    def box(self, image, b):
+        m = np.zeros((image.size[1], image.size[0]), dtype=bool)
+        m[8:56, 8:56] = True
+        return m
+
+    monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", box)

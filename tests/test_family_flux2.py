@@ -8,7 +8,6 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -190,15 +189,7 @@ def test_generate_from_the_cli(lora, tmp_path):
     assert json.loads((neg / "0000.json").read_text())["negative_prompt"] == "blurry"
 
 
-def test_priors_from_the_cli(tiny_models, subjects, tmp_path, monkeypatch):
-    from mudi.prepare import segment as prepare_segment
-
-    def box(self, image, b):
-        m = np.zeros((image.size[1], image.size[0]), dtype=bool)
-        m[8:56, 8:56] = True
-        return m
-
-    monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", box)
+def test_priors_from_the_cli(tiny_models, subjects, tmp_path, box_segmenter):
     classes = tmp_path / "classes"
     assert main(["priors", "--base", str(tiny_models / PART), "--subjects", str(subjects), "--n", "1",
                  "--detector", "none", "--segmenter", "grabcut", "--steps", "1", "--resolution", "64",

@@ -173,17 +173,9 @@ def test_generate_from_the_cli(lora, tmp_path):
     assert (out / "0000.png").is_file()
 
 
-def test_priors_then_prior_preservation(tiny_models, subjects, tmp_path, monkeypatch):
+def test_priors_then_prior_preservation(tiny_models, subjects, tmp_path, box_segmenter):
     """Class images through the pipeline (true CFG), then training whose batches mix instance and
     class captions of different token lengths (padded, masked)."""
-    from mudi.prepare import segment as prepare_segment
-
-    def box(self, image, b):
-        m = np.zeros((image.size[1], image.size[0]), dtype=bool)
-        m[8:56, 8:56] = True
-        return m
-
-    monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", box)
     classes = tmp_path / "classes"
     assert main(["priors", "--base", str(tiny_models / PART), "--subjects", str(subjects), "--n", "1",
                  "--detector", "none", "--segmenter", "grabcut", "--steps", "2", "--resolution", "64",
