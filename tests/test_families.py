@@ -55,7 +55,7 @@ def test_unknown_pipeline_is_a_clear_error(tmp_path):
     with pytest.raises(MudiError, match="model_index.json"):
         family_for_folder(tmp_path)
     assert family_named("sdxl") is next(f for f in FAMILIES if f.name == "sdxl")
-    with pytest.raises(MudiError, match="known: flux, sd3, sdxl, sd"):
+    with pytest.raises(MudiError, match="known: flux, flux2, sd3, qwen-image, sdxl, sd"):
         family_named("qwen")
 
 

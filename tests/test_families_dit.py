@@ -63,8 +63,8 @@ def test_dit_folders_are_recognized(tiny_models, part, family, multiple, resolut
 
 
 def test_unsupported_pipeline_lists_the_families(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline", "transformer": []}))
-    with pytest.raises(MudiError, match=r"QwenImagePipeline.*FLUX\.1.*SD3") as exc:
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanDiTPipeline", "transformer": []}))
+    with pytest.raises(MudiError, match=r"HunyuanDiTPipeline.*FLUX\.1.*SD3") as exc:
         family_for_folder(tmp_path)
     assert "SDXL" in str(exc.value) and "Stable Diffusion 1.x/2.x" in str(exc.value)
 
