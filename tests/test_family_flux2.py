@@ -195,3 +195,12 @@ def test_priors_from_the_cli(tiny_models, subjects, tmp_path, box_segmenter):
                  "--detector", "none", "--segmenter", "grabcut", "--steps", "1", "--resolution", "64",
                  "--out", str(classes), "--no-progress"]) == 0
     assert (classes / "corgi_0000.png").is_file() and (classes / "mask_chow_chow_0000.png").is_file()
+
+
+def test_init_mudi_is_refused_clearly(lora, tmp_path, capsys):
+    """No flow-matching mean-shifted init for this family yet: a clear error, nothing written."""
+    out = tmp_path / "gen"
+    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a}", "--out", str(out), "--n", "1",
+                 "--steps", "2", "--init", "mudi", "--no-progress"]) == 2
+    assert "--init mudi is not available for the flux2 family" in capsys.readouterr().err
+    assert not (out / "0000.png").exists()

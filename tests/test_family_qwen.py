@@ -185,3 +185,12 @@ def test_priors_then_prior_preservation(tiny_models, subjects, tmp_path, box_seg
                  "--prior-dir", str(classes), "--steps", "1", *FAST]) == 0
     row = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
     assert np.isfinite(row["loss_prior"]) and row["loss"] == pytest.approx(row["loss_instance"] + row["loss_prior"])
+
+
+def test_init_mudi_is_refused_clearly(lora, tmp_path, capsys):
+    """No flow-matching mean-shifted init for this family yet: a clear error, nothing written."""
+    out = tmp_path / "gen"
+    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a}", "--out", str(out), "--n", "1",
+                 "--steps", "2", "--init", "mudi", "--no-progress"]) == 2
+    assert "--init mudi is not available for the qwen-image family" in capsys.readouterr().err
+    assert not (out / "0000.png").exists()
