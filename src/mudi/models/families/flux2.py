@@ -123,7 +123,8 @@ class Flux2KleinFamily(NeedsDiffusers, FlowFamily):
 
         objective = super().training_objective(pipe, resolution, flow)
         if objective.mu is not None:
-            objective.mu = float(compute_empirical_mu(self.image_seq_len(pipe, resolution), self.sampling.steps))
+            objective.mu = float(compute_empirical_mu(self.image_seq_len(pipe, resolution, resolution),
+                                                          self.sampling.steps))
         return objective
 
     def denoise(self, transformer, noisy: torch.Tensor, t: torch.Tensor, embeds: TextEmbeds, resolution: int,

@@ -58,6 +58,10 @@ class QwenImageFamily(NeedsDiffusers, FlowFamily):
         """Pixels per latent cell: 2 per down-sampling stage of the video VAE (8)."""
         return self._vae_factor(pipe.vae.config)
 
+    def latent_channels(self, pipe) -> int:
+        """Channels of the latent grid (the video VAE's ``z_dim``, 16)."""
+        return int(pipe.vae.config.z_dim)
+
     # ------------------------------------------------------------------ VAE (frame axis)
     def vae_encode(self, vae, pixels: torch.Tensor):
         """The posterior of (B, 3, H, W) images as one-frame videos, with the frame axis removed."""
