@@ -374,7 +374,7 @@ def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subject
     assert "auto: cpu device" in sa["gradient_checkpointing_reason"]
     assert sa["optimizer"] == "AdamW" and sa["tf32"] is False  # the CPU loop and no TF32 off CUDA
     _train(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw)
-    la, lc = _log(tmp_path / "a")[0]["loss"], _log(tmp_path / "c")[0]["loss"]
+    la, lc = _log(tmp_path / "a")[0]["loss_instance"], _log(tmp_path / "c")[0]["loss_instance"]
     assert lc < la  # alpha 0: only subject pixels count, the (white/empty) rest weighs 0
     _train(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw)
     assert TrainConfig.from_toml(tmp_path / "d" / "config.toml").mixed_precision == "bf16"

@@ -81,9 +81,9 @@ class TrainConfig(Settings):
                                         "the reference trainer's segmix_start_step)", metavar="N")
     # regularization: prior preservation (METHOD §3) or DCO (the reference trainer's default)
     reg: str = setting("auto", "regularization: prior = prior preservation with --prior-dir; dco = Direct "
-                               "Consistency Optimization against the base model (LoRA disabled), as the reference "
-                               "trainer; none; auto = prior with --prior-dir, else none (the paper-faithful "
-                               "default dco comes with issue 12's defaults work)", choices=REGULARIZATIONS)
+                               "Consistency Optimization against the base model (LoRA disabled), the reference "
+                               "trainer's default; none = unregularized (the old default); auto = prior with "
+                               "--prior-dir, else dco", choices=REGULARIZATIONS)
     dco_beta: float = setting(1000.0, "DCO beta: loss = -log sigmoid(-beta (MSE_lora - MSE_base))")
     prior_dir: str = setting("", "class set from `mudi priors` (empty = no prior preservation)", metavar="DIR")
     prior_weight: float = setting(1.0, "prior-preservation loss weight")
@@ -177,9 +177,10 @@ class TrainConfig(Settings):
                             self.guidance_embed, self.timestep_shift)
 
     def resolved_reg(self) -> str:
-        """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``none``."""
+        """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``dco`` (the
+        reference trainer's default, ``train_segmix_lora_sdxl.py``: ``dco_beta`` 1000)."""
         if self.reg == "auto":
-            return "prior" if self.prior_dir else "none"
+            return "prior" if self.prior_dir else "dco"
         return self.reg
 
     # ------------------------------------------------------------- validation
