@@ -26,6 +26,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 REGULARIZATIONS = ("auto", "dco", "prior", "none")
+LOSS_MASKS = ("composites", "instance")
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -74,6 +75,10 @@ class TrainConfig(Settings):
     p: float = setting(0.3, "probability that an example is a composite")
     k: int = setting(2, "subjects per composite")
     loss_alpha: float = setting(1.0, "mask loss weighting w = M(1-alpha)+alpha (1 = off)")
+    loss_mask: str = setting("composites", "which rows --loss-alpha weights: composites = every composite, instance "
+                                           "and class alike, plain photos unweighted (the reference trainer); instance "
+                                           "= every instance row, class rows unweighted (the old default)",
+                             choices=LOSS_MASKS)
     segmix_margin: float = setting(-1.0, "Seg-Mix margin in px (-1 = automatic: 32 px, S/8 below 256 px)")
     relative_sizes: str = setting("", "fixed relative Seg-Mix sizes, e.g. a=1,b=0.6 (empty = random sizes)",
                                   metavar="NAME=C,...")
@@ -222,6 +227,7 @@ class TrainConfig(Settings):
             ("p", 0.0 <= self.p <= 1.0, "the Seg-Mix probability must be in [0, 1]"),
             ("k", self.k >= 2, "a composite holds at least 2 subjects"),
             ("loss_alpha", 0.0 <= self.loss_alpha <= 1.0, "must be in [0, 1] (1 = no mask weighting)"),
+            ("loss_mask", self.loss_mask in LOSS_MASKS, f"choose one of {', '.join(LOSS_MASKS)}"),
             ("segmix_margin", self.segmix_margin >= 0 or self.segmix_margin == -1, "must be >= 0 (or -1 = automatic)"),
             ("segmix_start_step", self.segmix_start_step >= 0, "must be >= 0 (0 = composites from the start)"),
             ("reg", self.reg in REGULARIZATIONS, f"choose one of {', '.join(REGULARIZATIONS)}"),
@@ -261,5 +267,5 @@ class TrainConfig(Settings):
         ]
 
 
-__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
+__all__ = ["GRADIENT_CHECKPOINTING", "LOSS_MASKS", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
            "RESUME_SAFE_FIELDS", "TrainConfig"]

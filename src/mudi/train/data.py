@@ -115,7 +115,7 @@ class MicroBatch:
     latents: list[torch.Tensor] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # plain / segmix / cutmix
-    weights: list[torch.Tensor] = field(default_factory=list)  # mask loss weights of instance rows (alpha < 1)
+    weights: list[torch.Tensor] = field(default_factory=list)  # mask loss weights of every row (alpha < 1)
     noise: list[torch.Tensor] = field(default_factory=list)
     timesteps: list[torch.Tensor] = field(default_factory=list)
 
@@ -130,13 +130,14 @@ class MicroBatchBuilder:
     """
 
     def __init__(self, *, composer, schedule: ExampleSchedule, latents, plain_examples: dict, batch_size: int,
-                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int = 1000,
+                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int = 1000, loss_mask: str = "composites",
                  class_photos: dict | None = None, class_names: dict | None = None,
                  segmix_start_step: int = 0, examples_per_step: int = 1,
                  draw_timestep: Callable[[torch.Generator], torch.Tensor] | None = None):
         self.composer, self.schedule, self.latents = composer, schedule, latents
         self.plain_examples = plain_examples
         self.batch_size, self.p, self.mix, self.loss_alpha = batch_size, p, mix, loss_alpha
+        self.loss_mask = loss_mask
         self.num_train_timesteps = num_train_timesteps
         self.draw_timestep = draw_timestep or self._uniform_timestep  # the objective's (flow: a σ)
         self.class_photos, self.class_names = class_photos, class_names
@@ -179,8 +180,10 @@ class MicroBatchBuilder:
         batch.latents.append(z)
         batch.captions.append(x.caption)
         batch.kinds.append(x.kind)
-        if role == "instance" and self.loss_alpha < 1.0:
-            w = loss_weight_map(x.mask, self.loss_alpha, tuple(z.shape[-2:]))
+        if self.loss_alpha < 1.0:
+            grid = tuple(z.shape[-2:])
+            weighted = x.kind != "plain" if self.loss_mask == "composites" else role == "instance"
+            w = loss_weight_map(x.mask, self.loss_alpha, grid) if weighted else np.ones(grid, np.float32)
             batch.weights.append(torch.from_numpy(w)[None, None])
         batch.noise.append(torch.randn(z.shape, generator=gen, dtype=torch.float32))
         batch.timesteps.append(self.draw_timestep(gen))

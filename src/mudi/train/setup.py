@@ -205,7 +205,7 @@ def setup_data(trainer):
     batches = MicroBatchBuilder(
         composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
         batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
-        segmix_start_step=cfg.segmix_start_step,
+        loss_mask=cfg.loss_mask, segmix_start_step=cfg.segmix_start_step,
         examples_per_step=cfg.train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes,
         draw_timestep=trainer.objective.draw_timestep,
         class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)

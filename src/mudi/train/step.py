@@ -1,7 +1,7 @@
 """One optimizer step of DreamBooth-LoRA: micro-batches, loss, backward, clipping, update.
 
-The loss is the denoising MSE of instance examples (mask-weighted with ``loss_alpha < 1``) plus
-``prior_weight`` × that of the class examples (prior preservation); with DCO
+The loss is the denoising MSE of instance examples plus ``prior_weight`` × that of the class
+examples (prior preservation), composites mask-weighted with ``loss_alpha < 1`` (``--loss-mask``); with DCO
 (:mod:`mudi.train.dco`) it is the DCO loss of the instance loss against the base model's. Gradients of the
 micro-batches of one step are accumulated; under DDP only the last one synchronizes.
 """
@@ -147,23 +147,28 @@ class TrainStep:
         err = (pred.float() - target.float()) ** 2
         return err if weight is None else err * weight.to(err.device)
 
+    def _rows_loss(self, pred: torch.Tensor, target: torch.Tensor, batch, role: str,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising MSE of the rows of ``role``, mask-weighted when the batch has weights (every
+        row has one then; ``--loss-mask`` decided which are all ones): ``mean(w * err)`` as the reference."""
+        err = self.squared_error(pred, target, weight)
+        rows = torch.tensor([r == role for r in batch.roles], device=self.device)
+        if batch.weights:
+            return (err[rows] * torch.cat(batch.weights).to(self.device)[rows]).mean()
+        return err[rows].mean()
+
     def instance_loss(self, pred: torch.Tensor, target: torch.Tensor, batch,
                       weight: torch.Tensor | None = None) -> torch.Tensor:
         """The denoising MSE of the instance rows (mask-weighted when the batch has weights)."""
-        err = self.squared_error(pred, target, weight)
-        inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
-        if batch.weights:
-            return (err[inst] * torch.cat(batch.weights).to(self.device)).mean()
-        return err[inst].mean()
+        return self._rows_loss(pred, target, batch, "instance", weight)
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor, batch,
                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instance loss (mask-weighted when the batch has weights) and prior loss (0 without prior)."""
+        """Instance loss and prior (class) loss (0 without prior), each mask-weighted when the batch has weights."""
         loss_inst = self.instance_loss(pred, target, batch, weight)
         if not self.use_prior:
             return loss_inst, torch.zeros((), device=self.device)
-        inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
-        return loss_inst, self.squared_error(pred, target, weight)[~inst].mean()
+        return loss_inst, self._rows_loss(pred, target, batch, "class", weight)
 
 
 __all__ = ["StepResult", "TrainStep"]
