@@ -97,3 +97,83 @@ def _examples(builder, g: int):
     rng = builder.schedule.numpy_rng(g)
     ex = builder.instance_example(key, idx, rng, g)
     return [ex, builder.composer.mix_like(builder.class_photos, ex, rng, class_names=builder.class_names)]
+
+
+# ----------------------------------------------------------------------------- --plain-crop
+
+
+@pytest.fixture(scope="module")
+def wide_subjects(subjects, tmp_path_factory) -> Path:
+    """The example pair with landscape photos (512x352, masks alike): every plain photo has many crops."""
+    import shutil
+
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("wide") / "set"
+    shutil.copytree(subjects, out)
+    for f in sorted(out.glob("*.jpg")) + sorted(out.glob("mask_*.png")):
+        img = Image.open(f)
+        img.resize((512, 352), Image.NEAREST if f.suffix == ".png" else Image.BICUBIC).save(f)
+    return out
+
+
+def test_random_crops_are_a_function_of_the_example_number(tiny_models, wide_subjects):
+    """--plain-crop random: each plain example is its photo cropped at the offset drawn from the
+    example's crop stream (the class photo after the instance one), encoded per example; the same
+    numbers give the same batches in a fresh builder; center keeps the one cached crop."""
+    from mudi.compose import plain, plain_resized_size
+
+    assert TrainConfig().plain_crop == "random"
+    rand = _builder(tiny_models, wide_subjects, p=0.0, loss_alpha=1.0, plain_crop="random")
+    center = _builder(tiny_models, wide_subjects, p=0.0, loss_alpha=1.0, plain_crop="center")
+    offsets = set()
+    for g in range(6):
+        a, c = rand.build(g), center.build(g)
+        key, idx = rand.schedule.item(g)
+        crop = rand.schedule.crop_rng(g)
+        inst_photo = rand.composer.set.photos(key)[idx]
+        cls_photo = _examples(rand, g)[1]
+        cls_photo = rand.class_photos[key][cls_photo.placements[0].photo]
+        for row, ph in enumerate((inst_photo, cls_photo)):
+            nw, nh = plain_resized_size(ph, 64)
+            assert (nw, nh) == (93, 64)
+            off = (int(crop.integers(0, nw - 64 + 1)), int(crop.integers(0, nh - 64 + 1)))
+            offsets.add(off)
+            want = plain(ph, 64, key=key, photo_index=0, offset=off).image
+            dist = rand.latents.distribution(want)
+            gen = rand.schedule.torch_generator(g)
+            if row == 1:  # the class row's VAE noise comes after the instance row's noise and timestep
+                rand.latents.sample(dist, gen), torch.randn(a.latents[0].shape, generator=gen), torch.randint(0, 1000, (1,), generator=gen)
+            assert torch.equal(a.latents[row], rand.latents.sample(dist, gen))
+        assert torch.equal(a.noise[0], c.noise[0]) and torch.equal(a.timesteps[1], c.timesteps[1])  # other streams unchanged
+        again = _builder(tiny_models, wide_subjects, p=0.0, loss_alpha=1.0, plain_crop="random").build(g)
+        assert all(torch.equal(x, y) for x, y in zip(a.latents, again.latents))
+    assert len(offsets) > 3  # the crops move
+    cached = center.latents.cache[("instance", "a", 0)]
+    assert center.latents.encodes == len(center.latents.cache)  # center: nothing encoded after the cache
+    assert torch.equal(cached[0], center.latents.distribution(center.plain_examples[("a", 0)].image)[0])
+
+
+def test_random_crops_resume_bitwise(tiny_models, wide_subjects, tmp_path):
+    """A --plain-crop random run (DCO, the default) stopped after step 2 and resumed ends with
+    exactly the LoRA of an uninterrupted one, and differs from the --plain-crop center run."""
+    from safetensors.torch import load_file
+
+    from mudi.settings import RunOptions
+    from mudi.train import train
+
+    def run(out, stop_after=0, resume=False, **kw):
+        cfg = TrainConfig(subjects=str(wide_subjects), base=str(tiny_models / "sd"), out=str(out), resolution=64,
+                          validate_every=-1, checkpoint_every=1, max_train_steps=4, p=0.3, learning_rate=1e-2, **kw)
+        return train(cfg, RunOptions(progress=False, resume=resume), stop_after=stop_after)
+
+    full = run(tmp_path / "full")
+    run(tmp_path / "cut", stop_after=2)
+    resumed = run(tmp_path / "cut", resume=True)
+    center = run(tmp_path / "center", plain_crop="center")
+    a, b, c = (load_file(r.lora) for r in (full, resumed, center))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert full.summary["reg"] == "dco" and full.summary["latents_cached"] == 0
+    assert full.summary["vae_encodes_training"] == 8  # every example is encoded (4 steps x 2 micro-batches)
+    assert center.summary["latents_cached"] == 10 and center.summary["vae_encodes_training"] < 8

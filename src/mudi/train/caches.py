@@ -137,23 +137,28 @@ class LatentEncoder:
         eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(mean.device)
         return self.family.to_latents(self.vae, mean + std * eps)
 
-    def cache_plain(self, subject_set, resolution: int, class_photos=None, class_names=None) -> dict:
-        """Encode every plain photo once (instance photos, then class photos).
+    def cache_plain(self, subject_set, resolution: int, class_photos=None, class_names=None, *,
+                    every_photo: bool = True) -> dict:
+        """Encode the plain photos once (instance photos, then class photos): every one, or with
+        ``every_photo=False`` (random crops) only those with a single crop (square photos).
 
-        Returns the plain instance examples by ``(key, photo index)`` (their resize and crop done once).
+        Returns the plain instance examples by ``(key, photo index)`` (their resize and centre crop done once).
         """
         from mudi.compose import plain
+        from mudi.train.data import single_crop
 
         plain_examples = {}
         for s in subject_set:
             for i, ph in enumerate(subject_set.photos(s.key)):
                 ex = plain(ph, resolution, ph.caption, key=s.key, photo_index=i)
                 plain_examples[(s.key, i)] = ex
-                self.cached(("instance", s.key, i), ex.image)
+                if every_photo or single_crop(ex):
+                    self.cached(("instance", s.key, i), ex.image)
         for key, phs in (class_photos or {}).items():
             for i, ph in enumerate(phs):
-                image = plain(ph, resolution, ph.caption, key=key, photo_index=i).image
-                self.cached(("class", class_names[key], i), image)
+                ex = plain(ph, resolution, ph.caption, key=key, photo_index=i)
+                if every_photo or single_crop(ex):
+                    self.cached(("class", class_names[key], i), ex.image)
         return plain_examples
 
 

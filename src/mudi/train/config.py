@@ -27,6 +27,7 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 REGULARIZATIONS = ("auto", "dco", "prior", "none")
 LOSS_MASKS = ("composites", "instance")
+PLAIN_CROPS = ("random", "center")
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -70,6 +71,11 @@ class TrainConfig(Settings):
     init_lora: str = setting("", "start from this LoRA (a `mudi merge` or `mudi train` folder) instead of a fresh "
                                  "one; its rank, alpha and targets replace --rank/--alpha/--target-modules",
                              metavar="DIR")
+    plain_crop: str = setting("random", "S×S crop of plain (non-composite) photos after resizing the shortest side "
+                                        "to S: random = a new crop per example, drawn from the example number "
+                                        "(the reference trainer; latents of non-square photos are encoded per "
+                                        "step), center = one centre crop, encoded once (the old default)",
+                              choices=PLAIN_CROPS)
     # Seg-Mix (METHOD §2)
     mix: str = setting("segmix", "composition: segmix (MuDI), cutmix or none (DreamBooth)", choices=MIX_MODES)
     p: float = setting(0.3, "probability that an example is a composite")
@@ -227,6 +233,7 @@ class TrainConfig(Settings):
             ("p", 0.0 <= self.p <= 1.0, "the Seg-Mix probability must be in [0, 1]"),
             ("k", self.k >= 2, "a composite holds at least 2 subjects"),
             ("loss_alpha", 0.0 <= self.loss_alpha <= 1.0, "must be in [0, 1] (1 = no mask weighting)"),
+            ("plain_crop", self.plain_crop in PLAIN_CROPS, f"choose one of {', '.join(PLAIN_CROPS)}"),
             ("loss_mask", self.loss_mask in LOSS_MASKS, f"choose one of {', '.join(LOSS_MASKS)}"),
             ("segmix_margin", self.segmix_margin >= 0 or self.segmix_margin == -1, "must be >= 0 (or -1 = automatic)"),
             ("segmix_start_step", self.segmix_start_step >= 0, "must be >= 0 (0 = composites from the start)"),
@@ -267,5 +274,5 @@ class TrainConfig(Settings):
         ]
 
 
-__all__ = ["GRADIENT_CHECKPOINTING", "LOSS_MASKS", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "REGULARIZATIONS",
+__all__ = ["GRADIENT_CHECKPOINTING", "LOSS_MASKS", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PLAIN_CROPS", "PRIOR_PROMPT", "REGULARIZATIONS",
            "RESUME_SAFE_FIELDS", "TrainConfig"]

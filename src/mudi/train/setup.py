@@ -175,7 +175,8 @@ def setup_caches(trainer):
         text.release_encoders(owned=trainer.given_pipeline is None)
     c.text_encoder_calls_setup, c.captions_cached = text.calls, len(text.cond)
     latents = LatentEncoder(trainer.pipe.vae, trainer.family, trainer.accelerator.device)
-    plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names)
+    plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names,
+                                         every_photo=cfg.plain_crop == "center")
     if plan.extra:
         from mudi.train.extra import plain_extra
 
@@ -205,7 +206,7 @@ def setup_data(trainer):
     batches = MicroBatchBuilder(
         composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
         batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
-        loss_mask=cfg.loss_mask, segmix_start_step=cfg.segmix_start_step,
+        loss_mask=cfg.loss_mask, segmix_start_step=cfg.segmix_start_step, plain_crop=cfg.plain_crop,
         examples_per_step=cfg.train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes,
         draw_timestep=trainer.objective.draw_timestep,
         class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)
