@@ -66,7 +66,7 @@ def lora_target_choices(model) -> list[str]:
     return sorted({_target_name(n) for n, m in model.named_modules() if n and isinstance(m, _LORA_MODULE_TYPES)})
 
 
-def check_lora_targets(model, targets: list[str], *, where: str) -> None:
+def check_lora_targets(model, targets: list[str], *, where: str, part: str = "UNet") -> None:
     """Raise MudiError unless every name in ``targets`` matches a LoRA-capable module of ``model``.
 
     A target matches like peft matches it: the module's full name, or a name ending in
@@ -79,7 +79,7 @@ def check_lora_targets(model, targets: list[str], *, where: str) -> None:
     if bad:
         choices = ", ".join(lora_target_choices(model))
         raise MudiError(
-            f"target_modules {', '.join(repr(t) for t in bad)} not found in the UNet of {where}; "
+            f"target_modules {', '.join(repr(t) for t in bad)} not found in the {part} of {where}; "
             f"choose among its Linear/Conv layers: {choices}."
         )
 
@@ -125,8 +125,13 @@ def lora_metadata(unet) -> dict:
     return meta
 
 
-def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: str = "unet") -> Path:
+def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: str = "unet",
+                        text_encoders: dict | None = None) -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format), atomically.
+
+    ``text_encoders`` (pipeline attribute name → text encoder with a LoRA, ``--train-text-encoder``)
+    are stored under their names' prefixes (``text_encoder.``, ``text_encoder_2.``), with their LoRA
+    configs, as ``load_lora_weights`` reads them.
 
     ``pipeline_cls`` is the base model's pipeline class and ``component`` the denoiser ``unet``
     holds the LoRA of (``unet``, or ``transformer`` for FLUX / SD3): the class's
@@ -139,12 +144,17 @@ def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = lora_state_dict(unet)
+    extra = {}
+    for name, enc in (text_encoders or {}).items():
+        extra[f"{name}_lora_layers"] = lora_state_dict(enc)
+        extra[f"{name}_lora_adapter_metadata"] = lora_metadata(enc)
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out_dir))
     try:
         pipeline_cls.save_lora_weights(
             tmp,
             **{f"{component}_lora_layers": layers, f"{component}_lora_adapter_metadata": lora_metadata(unet)},
             safe_serialization=True,
+            **extra,
         )
         os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
     finally:
@@ -203,8 +213,10 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
     return out
 
 
-def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: str = "") -> Path:
-    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically).
+def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: str = "",
+                    text_encoders: dict | None = None) -> Path:
+    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically), with the
+    text encoders' LoRA (``lora_te_*``, or ``lora_te1_*`` / ``lora_te2_*``) when given.
 
     ``family`` (a :class:`~mudi.models.families.UNetFamily`) decides the key scheme (SDXL: the
     original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
@@ -215,6 +227,10 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
     out_path = Path(out_path)
     model = _unwrap(unet)
     sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
+    if text_encoders:
+        from mudi.models.text_lora import kohya_text_state_dict
+
+        sd.update(kohya_text_state_dict({n: lora_state_dict(e) for n, e in text_encoders.items()}, alpha))
     meta = lora_metadata(unet)
     metadata = {
         "ss_network_module": "networks.lora",

@@ -19,6 +19,7 @@ from mudi.compose.composer import CLASS_LAYOUTS
 from mudi.errors import MudiError
 from mudi.models.families.base import UNetFamily
 from mudi.models.families.objectives import TIMESTEP_SHIFTS, WEIGHTING_SCHEMES, FlowSettings
+from mudi.models.text_lora import TEXT_ENCODER_TARGETS
 from mudi.settings import Settings, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
@@ -120,6 +121,13 @@ class TrainConfig(Settings):
                                   choices=TIMESTEP_SHIFTS)
     guidance_embed: float = setting(3.5, "flow matching: guidance-embedding value while training a "
                                     "guidance-distilled model (FLUX.1 [dev])")
+    train_text_encoder: bool = setting(False, "LoRA on the text encoder(s) too (same rank and alpha; the reference "
+                                              "trainer's --train_text_encoder): captions are encoded at every step")
+    text_encoder_lr: float = setting(5e-6, "learning rate of the text encoders' LoRA (the reference trainer's "
+                                           "--text_encoder_lr default)")
+    text_encoder_target_modules: list[str] = setting(list(TEXT_ENCODER_TARGETS),
+                                                     "text-encoder modules that get a LoRA with --train-text-encoder "
+                                                     "(repeatable)", metavar="NAME")
     # optimisation
     learning_rate: float = setting(1e-4, "AdamW learning rate", flag="--lr")
     lr_scheduler: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
@@ -247,6 +255,8 @@ class TrainConfig(Settings):
             ("timestep_shift", self.timestep_shift in TIMESTEP_SHIFTS, f"choose one of {', '.join(TIMESTEP_SHIFTS)}"),
             ("guidance_embed", self.guidance_embed >= 0 and math.isfinite(self.guidance_embed), "must be >= 0"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+            ("text_encoder_lr", self.text_encoder_lr > 0 and math.isfinite(self.text_encoder_lr), "must be > 0"),
+            ("text_encoder_target_modules", bool(self.text_encoder_target_modules), "name at least one module (e.g. q_proj)"),
             ("learning_rate", self.learning_rate > 0 and math.isfinite(self.learning_rate), "must be > 0"),
             ("lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"choose one of {', '.join(LR_SCHEDULERS)}"),
             ("lr_warmup_steps", self.lr_warmup_steps >= 0, "must be >= 0"),

@@ -39,11 +39,14 @@ class TrainStep:
     every process (and a resumed run) draws exactly its own examples."""
 
     def __init__(self, *, unet, optimizer, params, batches, objective, text_cache, precision,
-                 accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False):
+                 accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False, text_encoders=(),
+                 text_params=()):
         self.unet, self.optimizer, self.params, self.batches = unet, optimizer, params, batches  # unet: the denoiser
         self.objective, self.text = objective, text_cache  # the family's noising rule, target and denoiser call
         self.precision, self.accelerator, self.cfg, self.use_prior = precision, accelerator, cfg, use_prior
         self.dco = dco  # DCO regularization (mudi.train.dco): the loss compares with the base model
+        self.text_encoders = list(text_encoders)  # --train-text-encoder: encoders with a LoRA (live captions)
+        self.text_params = list(text_params)  # their LoRA parameters (gradients averaged over processes)
         self.device = accelerator.device
         self._data_time, self._calls = 0.0, 0  # per optimizer step, reset by run()
 
@@ -87,6 +90,10 @@ class TrainStep:
             values, k = self.micro_step(g, sync=j == len(numbers) - 1)
             terms.append(values)
             kinds += k
+        if self.text_params and acc.num_processes > 1:  # the text encoders are not DDP-wrapped: average here
+            for p in self.text_params:
+                if p.grad is not None:
+                    p.grad = acc.reduce(p.grad, "mean")
         grad_norm = self.precision.clip(self.optimizer, self.params, cfg.max_grad_norm)
         self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
@@ -119,16 +126,21 @@ class TrainStep:
         target = self.objective.target(x0, eps, t)
         weight = self.objective.loss_weight(t)
         calls_before = self.text.calls
-        embeds = self.text.get(batch.captions)
-        self._calls += self.text.calls - calls_before
 
-        def denoise(unet):
+        def denoise(unet, live: bool = False):  # live: the captions through the current text encoders
             with self.precision.autocast():
-                return self.objective.denoise(unet, noisy.to(self.precision.dtype), t, embeds)
+                emb = self.text.get(batch.captions) if live else embeds
+                return self.objective.denoise(unet, noisy.to(self.precision.dtype), t, emb)
 
         no_sync = not sync and self.accelerator.num_processes > 1
         with self.accelerator.no_sync(self.unet) if no_sync else contextlib.nullcontext():
-            base = base_prediction(denoise, self.accelerator.unwrap_model(self.unet)) if self.dco else None
+            with self.precision.autocast() if self.text.live else contextlib.nullcontext():
+                embeds = self.text.get(batch.captions)  # live (--train-text-encoder): with gradients
+            base = None
+            if self.dco:
+                base = base_prediction(lambda u: denoise(u, live=self.text.live),
+                                       self.accelerator.unwrap_model(self.unet), self.text_encoders)
+            self._calls += self.text.calls - calls_before
             pred = denoise(self.unet)
             loss_inst, loss_prior = self.losses(pred, target, batch, weight)
             terms = [loss_inst, loss_prior]
