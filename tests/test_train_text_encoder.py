@@ -107,6 +107,9 @@ def test_text_encoder_run_resumes_bitwise(tiny_models, subjects, tmp_path):
     assert set(a) == set(b) and any(k.startswith("text_encoder.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.summary["reg"] == "dco" and full.summary["dco"]["steps"] == 4
+    # captions encoded per micro-batch twice: through the LoRA encoder (with gradients) and, for
+    # DCO's base pass, with its adapter off (2 micro-batches x 2 passes x 1 encoder)
+    assert full.summary["text_encoder_calls_per_step"] == 4 and full.summary["captions_cached"] == 0
     ckpt = load_file(tmp_path / "full" / "checkpoints" / "step_000004" / "lora.safetensors")
     assert any(k.startswith("text_encoder.") for k in ckpt) and not any(k.startswith("unet.") for k in ckpt)
     state = json.loads((tmp_path / "full" / "checkpoints" / "step_000004" / "state.json").read_text())
