@@ -1,4 +1,5 @@
-"""LoRA on the UNet: attach, export (diffusers and kohya/ComfyUI formats), restore.
+"""LoRA on the UNet: attach, export (diffusers and kohya/ComfyUI formats), restore; the exports
+also carry the text encoders' LoRA when they were trained (:mod:`mudi.models.text_lora`).
 
 - :func:`add_unet_lora` attaches a peft LoRA adapter to the UNet attention projections
   (METHOD.md §3: to_q, to_k, to_v, to_out.0; rank 32, alpha 32) and freezes everything else.
@@ -200,16 +201,40 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
         names = {k: _sgm_block_name(k, int(sgm_layers_per_block)) for k in state}
         if all(names.values()):
             state = {names[k]: v for k, v in state.items()}
+    return kohya_named(state, "lora_unet_", alpha)
+
+
+def kohya_named(state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """peft-named LoRA weights → ``{prefix}{module path with _}.lora_down/lora_up.weight`` (``lora_A`` →
+    ``lora_down``, ``lora_B`` → ``lora_up``) plus ``<module>.alpha`` = alpha for every module."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
             if key.endswith(peft_name):
-                module = "lora_unet_" + key[: -len(peft_name)].replace(".", "_")
+                module = prefix + key[: -len(peft_name)].replace(".", "_")
                 out[f"{module}.{kohya_name}.weight"] = value.contiguous()
                 out[f"{module}.alpha"] = torch.tensor(float(alpha))
                 break
         else:
             raise ValueError(f"unexpected LoRA key {key}")
+    return out
+
+
+def kohya_text_prefixes(names: list[str]) -> dict[str, str]:
+    """Kohya key prefix of each text encoder: ``lora_te_`` for a single one, else ``lora_te1_``, ``lora_te2_``."""
+    if len(names) == 1:
+        return {names[0]: "lora_te_"}
+    return {n: f"lora_te{i + 1}_" for i, n in enumerate(names)}
+
+
+def kohya_text_state_dict(layers: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """peft-named text-encoder LoRA weights by encoder → kohya keys:
+    ``text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight`` of ``text_encoder_2`` becomes
+    ``lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight`` (+ one ``alpha`` per module)."""
+    prefixes = kohya_text_prefixes(list(layers))
+    out: dict[str, torch.Tensor] = {}
+    for name, state in layers.items():
+        out.update(kohya_named(state, prefixes[name], alpha))
     return out
 
 
@@ -228,8 +253,6 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
     model = _unwrap(unet)
     sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
     if text_encoders:
-        from mudi.models.text_lora import kohya_text_state_dict
-
         sd.update(kohya_text_state_dict({n: lora_state_dict(e) for n, e in text_encoders.items()}, alpha))
     meta = lora_metadata(unet)
     metadata = {
@@ -260,6 +283,9 @@ __all__ = [
     "KOHYA_WEIGHT_NAME",
     "add_unet_lora",
     "check_lora_targets",
+    "kohya_named",
+    "kohya_text_prefixes",
+    "kohya_text_state_dict",
     "kohya_state_dict",
     "load_lora_state_dict",
     "lora_metadata",

@@ -3,9 +3,9 @@
 The adapters go on the CLIP attention projections (``q_proj``, ``k_proj``, ``v_proj``,
 ``out_proj``), as the reference trainer and diffusers' ``train_dreambooth_lora_sdxl.py`` put them,
 with the UNet LoRA's rank and alpha. Text encoders are named by their pipeline attribute
-(``text_encoder``, ``text_encoder_2``): the diffusers file stores their weights under those
-prefixes (what ``load_lora_weights`` reads), the kohya copy under ``lora_te_`` (one encoder, SD
-1.x/2.x) or ``lora_te1_`` / ``lora_te2_`` (SDXL).
+(``text_encoder``, ``text_encoder_2``): :mod:`mudi.models.lora` stores their weights under those
+prefixes in the diffusers file (what ``load_lora_weights`` reads), and under ``lora_te_`` (one
+encoder, SD 1.x/2.x) or ``lora_te1_`` / ``lora_te2_`` (SDXL) in the kohya copy.
 """
 
 from __future__ import annotations
@@ -66,30 +66,4 @@ class AdapterSwitch:
         self._set(True)
 
 
-def kohya_text_prefixes(names: list[str]) -> dict[str, str]:
-    """Kohya key prefix of each text encoder: ``lora_te_`` for a single one, else ``lora_te1_``, ``lora_te2_``."""
-    if len(names) == 1:
-        return {names[0]: "lora_te_"}
-    return {n: f"lora_te{i + 1}_" for i, n in enumerate(names)}
-
-
-def kohya_text_state_dict(layers: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
-    """peft-named text-encoder LoRA weights by encoder → kohya keys:
-    ``text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight`` of ``text_encoder_2`` becomes
-    ``lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight`` (+ one ``alpha`` per module)."""
-    prefixes = kohya_text_prefixes(list(layers))
-    out: dict[str, torch.Tensor] = {}
-    for name, state in layers.items():
-        for key, value in state.items():
-            for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
-                if key.endswith(peft_name):
-                    module = prefixes[name] + key[: -len(peft_name)].replace(".", "_")
-                    out[f"{module}.{kohya_name}.weight"] = value.contiguous()
-                    out[f"{module}.alpha"] = torch.tensor(float(alpha))
-                    break
-            else:
-                raise ValueError(f"unexpected text-encoder LoRA key {key}")
-    return out
-
-
-__all__ = ["AdapterSwitch", "TEXT_ENCODER_TARGETS", "add_text_encoder_lora", "kohya_text_prefixes", "kohya_text_state_dict"]
+__all__ = ["AdapterSwitch", "TEXT_ENCODER_TARGETS", "add_text_encoder_lora"]
