@@ -277,6 +277,8 @@ def test_cli_config_file_and_flag_override(tiny_models, subjects, tmp_path):
         (["--reg", "dco", "--prior-dir", "/some/priors"], "used only with --reg prior"),
         (["--dco-beta", "0"], "dco_beta"),
         (["--segmix-start-step", "-1"], "segmix_start_step"),
+        (["--text-encoder-lr", "0"], "text_encoder_lr"),
+        (["--train-text-encoder", "--text-encoder-target-modules", "to_q"], "not found in the text_encoder"),
     ],
 )
 def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, message):
