@@ -177,3 +177,25 @@ def test_random_crops_resume_bitwise(tiny_models, wide_subjects, tmp_path):
     assert full.summary["reg"] == "dco" and full.summary["latents_cached"] == 0
     assert full.summary["vae_encodes_training"] == 8  # every example is encoded (4 steps x 2 micro-batches)
     assert center.summary["latents_cached"] == 10 and center.summary["vae_encodes_training"] < 8
+
+
+def test_runs_saved_before_the_new_defaults_resume_with_their_old_values(tmp_path):
+    """A config.toml written before --plain-crop/--loss-mask/--class-layout/--reg existed resumes
+    with the values the run was made with (centre crops, instance masking, the instance layout, no
+    DCO); a config that names them is read as it is."""
+    from mudi.train.checkpoints import resolve_resume
+
+    out = tmp_path / "run"
+    out.mkdir()
+    new_keys = ("plain_crop", "loss_mask", "class_layout", "reg", "dco_beta", "train_text_encoder",
+                "text_encoder_lr", "text_encoder_target_modules")
+    text = TrainConfig(subjects="s", base="b", out=str(out), max_train_steps=10).to_toml()
+    old = "\n".join(ln for ln in text.splitlines() if not ln.split(" = ")[0] in new_keys)
+    (out / "config.toml").write_text(old + "\n")
+    merged = resolve_resume(TrainConfig(out=str(out)))
+    assert (merged.plain_crop, merged.loss_mask, merged.class_layout, merged.reg) == ("center", "instance", "instance", "none")
+    (out / "config.toml").write_text(old.replace('prior_dir = ""', 'prior_dir = "/p"') + "\n")
+    assert resolve_resume(TrainConfig(out=str(out))).reg == "prior"
+    (out / "config.toml").write_text(text)
+    merged = resolve_resume(TrainConfig(out=str(out)))
+    assert (merged.plain_crop, merged.loss_mask, merged.class_layout, merged.reg) == ("random", "composites", "reference", "auto")

@@ -250,12 +250,22 @@ def abs_if_local(p: str) -> str:
     return str(path.resolve()) if path.exists() else p
 
 
+#: Options whose default changed after runs could be saved without them (issue 12): a run's
+#: ``config.toml`` that lacks one was made with this value, so resuming it keeps that value.
+OLD_DEFAULTS = {"plain_crop": "center", "loss_mask": "instance", "class_layout": "instance"}
+
+
 def saved_config(path: Path) -> TrainConfig:
-    """The ``OUT/config.toml`` of a run (also one written when invocation options were saved in it)."""
+    """The ``OUT/config.toml`` of a run (also one written when invocation options were saved in it,
+    or before an option existed: it gets the value the run was made with, :data:`OLD_DEFAULTS`;
+    a run saved before ``reg`` existed is ``prior`` with a class set, else unregularized)."""
     from mudi.settings import read_section
 
     values = {k: v for k, v in read_section(path, TrainConfig.SECTION).items() if k not in LEGACY_INVOCATION_KEYS}
-    return TrainConfig().updated(values, where=str(path))
+    old = {k: v for k, v in OLD_DEFAULTS.items() if k in TrainConfig.__dataclass_fields__}
+    if "reg" not in values:
+        old["reg"] = "prior" if values.get("prior_dir") else "none"
+    return TrainConfig().updated({**old, **values}, where=str(path))
 
 
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:
