@@ -152,3 +152,15 @@ def test_text_encoder_options_are_checked(tiny_models, subjects, tmp_path):
         TrainConfig(subjects="s", base="b", out="o", text_encoder_lr=0.0).check()
     assert (TrainConfig().train_text_encoder, TrainConfig().text_encoder_lr) == (False, 5e-6)
     assert TrainConfig().text_encoder_target_modules == ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def test_text_encoder_lora_with_gradient_checkpointing(tiny_models, subjects, tmp_path):
+    """--gradient-checkpointing on recomputes the text encoders' activations too: their LoRA still
+    gets gradients and the run ends with the same weights as without checkpointing."""
+    from safetensors.torch import load_file
+
+    a = load_file(_train(tiny_models, subjects, tmp_path / "a", gradient_checkpointing="off").lora)
+    b = load_file(_train(tiny_models, subjects, tmp_path / "b", gradient_checkpointing="on").lora)
+    te = [k for k in a if k.startswith("text_encoder.") and "lora_B" in k]
+    assert te and all(b[k].abs().sum() > 0 for k in te)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

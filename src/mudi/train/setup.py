@@ -179,8 +179,8 @@ def setup_text_encoder_lora(pipe, family, cfg: TrainConfig, checkpointing: bool 
     params = add_text_encoder_lora(encoders, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                                    target_modules=cfg.text_encoder_target_modules)
     for enc in encoders.values():
-        if checkpointing:
-            enc.gradient_checkpointing_enable()
+        if checkpointing:  # transformers >= 5 names it activation checkpointing
+            (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
         enc.train()
     return encoders, params
 
