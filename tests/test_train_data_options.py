@@ -24,7 +24,7 @@ def _step(use_prior: bool = True):
 
     acc = SimpleNamespace(device=torch.device("cpu"), num_processes=1, process_index=0, unwrap_model=lambda m: m,
                           no_sync=lambda m: contextlib.nullcontext())
-    return TrainStep(unet=None, optimizer=None, params=[], batches=None, family=None, noise_scheduler=None,
+    return TrainStep(unet=None, optimizer=None, params=[], batches=None, objective=None,
                      text_cache=None, precision=None, accelerator=acc, cfg=TrainConfig(), use_prior=use_prior)
 
 
