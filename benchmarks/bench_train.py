@@ -6,7 +6,8 @@ then runs, each in its own fresh subprocess (one CPU thread):
 
 - ``mudi``: :func:`mudi.train.train` at 128 px with METHOD.md defaults (rank 32 on
   to_q/to_k/to_v/to_out.0, AdamW, batch 1 x accumulation 2, Seg-Mix p = 0.3), no validation,
-  no intermediate checkpoints. Time per optimizer step is mudi's own ``step_time`` log field
+  no intermediate checkpoints, ``--reg none`` (the default DCO adds a no-grad base-model forward
+  pass per micro-batch that the bare loop does not have). Time per optimizer step is mudi's own ``step_time`` log field
   (and ``step_cpu_time``; everything inside the step: composing examples, VAE encoding of composites, text-cache
   look-up, UNet forward/backward, clipping, optimizer step, logging).
 - ``bare``: the UNet alone with the same LoRA and optimizer, random latents and text
@@ -103,7 +104,7 @@ def child_mudi(model: str, subjects: str, out: str, steps: int, mix: str = "segm
 
     before = rss_kb()
     train(TrainConfig(subjects=subjects, base=model, out=out, resolution=RES, max_train_steps=steps,
-                      validate_every=-1, checkpoint_every=0, mix=mix), RunOptions(progress=False))
+                      validate_every=-1, checkpoint_every=0, mix=mix, reg="none"), RunOptions(progress=False))
     rows = [json.loads(ln) for ln in (Path(out) / "train_log.jsonl").read_text().splitlines()]
     summary = json.loads((Path(out) / "summary.json").read_text())
     return {"step_times": [r["step_time"] for r in rows], "cpu_times": [r["step_cpu_time"] for r in rows],

@@ -277,6 +277,8 @@ def test_cli_config_file_and_flag_override(tiny_models, subjects, tmp_path):
         (["--reg", "dco", "--prior-dir", "/some/priors"], "used only with --reg prior"),
         (["--dco-beta", "0"], "dco_beta"),
         (["--segmix-start-step", "-1"], "segmix_start_step"),
+        (["--text-encoder-lr", "0"], "text_encoder_lr"),
+        (["--train-text-encoder", "--text-encoder-target-modules", "to_q"], "not found in the text_encoder"),
     ],
 )
 def test_bad_input_exits_2(tiny_models, subjects, tmp_path, capsys, extra, message):
@@ -374,7 +376,7 @@ def test_gradient_checkpointing_and_bf16_and_loss_weighting(tiny_models, subject
     assert "auto: cpu device" in sa["gradient_checkpointing_reason"]
     assert sa["optimizer"] == "AdamW" and sa["tf32"] is False  # the CPU loop and no TF32 off CUDA
     _train(tiny_models, subjects, tmp_path / "c", "sd", loss_alpha=0.0, **kw)
-    la, lc = _log(tmp_path / "a")[0]["loss"], _log(tmp_path / "c")[0]["loss"]
+    la, lc = _log(tmp_path / "a")[0]["loss_instance"], _log(tmp_path / "c")[0]["loss_instance"]
     assert lc < la  # alpha 0: only subject pixels count, the (white/empty) rest weighs 0
     _train(tiny_models, subjects, tmp_path / "d", "sd", mixed_precision="bf16", **kw)
     assert TrainConfig.from_toml(tmp_path / "d" / "config.toml").mixed_precision == "bf16"

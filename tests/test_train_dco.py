@@ -216,16 +216,21 @@ def test_dco_run_resumes_bitwise_with_segmix_start_step(tiny_models, subjects, t
 
 
 def test_plain_run_records_reg(tiny_models, subjects, tmp_path):
-    """This session keeps the old default (auto: prior with --prior-dir, else none); the saved
-    config records what it resolved to."""
+    """The default is auto: prior with --prior-dir, else DCO (the reference trainer's default);
+    the saved config and the summary record what it resolved to, with beta."""
     assert (TrainConfig().reg, TrainConfig().dco_beta, TrainConfig().segmix_start_step) == ("auto", 1000.0, 0)
-    assert TrainConfig(prior_dir="p").resolved_reg() == "prior" and TrainConfig().resolved_reg() == "none"
+    assert TrainConfig(prior_dir="p").resolved_reg() == "prior" and TrainConfig().resolved_reg() == "dco"
     out = tmp_path / "o"
     _train(tiny_models, subjects, out, max_train_steps=1)
     saved = TrainConfig.from_toml(out / "config.toml")
-    assert (saved.reg, saved.dco_beta, saved.segmix_start_step) == ("none", 1000.0, 0)  # auto, resolved
-    assert json.loads((out / "summary.json").read_text())["reg"] == "none"
-    assert "loss_reference" not in _log(out)[0]
+    assert (saved.reg, saved.dco_beta, saved.segmix_start_step) == ("dco", 1000.0, 0)  # auto, resolved
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reg"] == "dco" and summary["dco"]["beta"] == 1000.0
+    assert "loss_reference" in _log(out)[0]
+    old = tmp_path / "old"  # --reg none: the old default, unregularized
+    _train(tiny_models, subjects, old, max_train_steps=1, reg="none")
+    assert TrainConfig.from_toml(old / "config.toml").reg == "none"
+    assert json.loads((old / "summary.json").read_text())["reg"] == "none" and "loss_reference" not in _log(old)[0]
 
 
 # ----------------------------------------------------------------------------- --segmix-start-step

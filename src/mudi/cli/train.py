@@ -14,10 +14,12 @@ HELP = "train a multi-subject LoRA with Seg-Mix (DreamBooth-LoRA; SD 1.x/2.x and
 
 #: TrainConfig fields as flags, by argument group.
 GROUPS = {
-    "data and model": ("subjects", "only", "base", "out", "vae", "variant", "resolution", "init_lora", "extra_examples"),
-    "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "segmix_margin", "segmix_start_step"),
+    "data and model": ("subjects", "only", "base", "out", "vae", "variant", "resolution", "plain_crop", "init_lora",
+                       "extra_examples"),
+    "Seg-Mix": ("mix", "p", "k", "relative_sizes", "loss_alpha", "loss_mask", "segmix_margin", "segmix_start_step"),
     "regularization (prior preservation, DCO)": ("reg", "prior_dir", "prior_weight", "class_layout", "dco_beta"),
-    "LoRA": ("rank", "alpha", "target_modules", "lora_dropout"),
+    "LoRA": ("rank", "alpha", "target_modules", "lora_dropout", "train_text_encoder", "text_encoder_lr",
+             "text_encoder_target_modules"),
     "flow matching (FLUX.1, SD3.5)": ("weighting_scheme", "logit_mean", "logit_std", "mode_scale", "timestep_shift",
                                       "guidance_embed"),
     "optimisation": ("max_train_steps", "learning_rate", "lr_scheduler", "lr_warmup_steps", "weight_decay",

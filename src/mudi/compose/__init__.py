@@ -14,7 +14,7 @@ from mudi.compose.composer import MIX_KINDS, ClassPhotos, Composer, parse_relati
 from mudi.compose.config import ComposeConfig
 from mudi.compose.cutmix import cut_mix
 from mudi.compose.cutout import RESAMPLE, WHITE, Crop, binary_mask, crop_photo, paste_crop, white_canvas
-from mudi.compose.examples import Example, Placement, composite_caption, loss_weight_map, plain
+from mudi.compose.examples import Example, Placement, composite_caption, loss_weight_map, plain, plain_resized_size
 from mudi.compose.preview import ComposeResult, compose
 from mudi.compose.segmix import (
     DEFAULT_LOW,
@@ -53,6 +53,7 @@ __all__ = [
     "parse_relative_sizes",
     "paste_crop",
     "plain",
+    "plain_resized_size",
     "seg_mix",
     "slot_bounds",
     "white_canvas",

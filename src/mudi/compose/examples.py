@@ -2,7 +2,8 @@
 and the plain (non-composite) example.
 
 Plain examples: the photo is resized so its shortest side is S (bicubic) and centre-cropped to
-S×S; its mask is transformed identically (bilinear, threshold 128); the caption is the photo's own.
+S×S (or cropped at a given offset: training's random crops); its mask is transformed identically
+(bilinear, threshold 128); the caption is the photo's own.
 """
 
 from __future__ import annotations
@@ -86,13 +87,24 @@ def composite_caption(phrases: Sequence[str]) -> str:
     return f"a photo of {body}, simple background."
 
 
-def plain(photo: SegmentedPhoto, size: int, caption: str | None = None, *, key: str = "",
-          photo_index: int | None = None) -> Example:
-    """The photo resized (shortest side = S) and centre-cropped to S×S, mask transformed alike."""
+def plain_resized_size(photo: SegmentedPhoto, size: int) -> tuple[int, int]:
+    """(width, height) of ``photo`` resized so its shortest side is ``size``: the S×S crops of
+    :func:`plain` have their left edge in ``[0, width - size]`` and their top in ``[0, height - size]``."""
     H, W = photo.image.shape[:2]
     scale = size / min(W, H)
-    nw, nh = max(size, round(W * scale)), max(size, round(H * scale))
-    left, top = (nw - size) // 2, (nh - size) // 2
+    return max(size, round(W * scale)), max(size, round(H * scale))
+
+
+def plain(photo: SegmentedPhoto, size: int, caption: str | None = None, *, key: str = "",
+          photo_index: int | None = None, offset: tuple[int, int] | None = None) -> Example:
+    """The photo resized (shortest side = S) and cropped to S×S, mask transformed alike: the centre
+    crop, or the one whose top-left corner is ``offset`` = (left, top) in the resized photo."""
+    H, W = photo.image.shape[:2]
+    scale = size / min(W, H)
+    nw, nh = plain_resized_size(photo, size)
+    left, top = ((nw - size) // 2, (nh - size) // 2) if offset is None else (int(offset[0]), int(offset[1]))
+    if not (0 <= left <= nw - size and 0 <= top <= nh - size):
+        raise ValueError(f"crop offset {(left, top)} outside the resized photo {(nw, nh)} for size {size}")
     box = (left, top, left + size, top + size)
     img = Image.fromarray(photo.image, "RGB").resize((nw, nh), RESAMPLE).crop(box)
     m_img = Image.fromarray(np.where(photo.mask, 255, 0).astype(np.uint8), "L")
@@ -117,4 +129,4 @@ def loss_weight_map(mask: np.ndarray, alpha: float = 1.0, grid: int | tuple[int,
     return (m * (1.0 - alpha) + alpha).astype(np.float32)
 
 
-__all__ = ["Example", "Placement", "composite_caption", "loss_weight_map", "plain"]
+__all__ = ["Example", "Placement", "composite_caption", "loss_weight_map", "plain", "plain_resized_size"]

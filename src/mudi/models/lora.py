@@ -1,4 +1,5 @@
-"""LoRA on the UNet: attach, export (diffusers and kohya/ComfyUI formats), restore.
+"""LoRA on the UNet: attach, export (diffusers and kohya/ComfyUI formats), restore; the exports
+also carry the text encoders' LoRA when they were trained (:mod:`mudi.models.text_lora`).
 
 - :func:`add_unet_lora` attaches a peft LoRA adapter to the UNet attention projections
   (METHOD.md §3: to_q, to_k, to_v, to_out.0; rank 32, alpha 32) and freezes everything else.
@@ -66,7 +67,7 @@ def lora_target_choices(model) -> list[str]:
     return sorted({_target_name(n) for n, m in model.named_modules() if n and isinstance(m, _LORA_MODULE_TYPES)})
 
 
-def check_lora_targets(model, targets: list[str], *, where: str) -> None:
+def check_lora_targets(model, targets: list[str], *, where: str, part: str = "UNet") -> None:
     """Raise MudiError unless every name in ``targets`` matches a LoRA-capable module of ``model``.
 
     A target matches like peft matches it: the module's full name, or a name ending in
@@ -79,7 +80,7 @@ def check_lora_targets(model, targets: list[str], *, where: str) -> None:
     if bad:
         choices = ", ".join(lora_target_choices(model))
         raise MudiError(
-            f"target_modules {', '.join(repr(t) for t in bad)} not found in the UNet of {where}; "
+            f"target_modules {', '.join(repr(t) for t in bad)} not found in the {part} of {where}; "
             f"choose among its Linear/Conv layers: {choices}."
         )
 
@@ -125,8 +126,13 @@ def lora_metadata(unet) -> dict:
     return meta
 
 
-def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: str = "unet") -> Path:
+def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: str = "unet",
+                        text_encoders: dict | None = None) -> Path:
     """Write ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format), atomically.
+
+    ``text_encoders`` (pipeline attribute name → text encoder with a LoRA, ``--train-text-encoder``)
+    are stored under their names' prefixes (``text_encoder.``, ``text_encoder_2.``), with their LoRA
+    configs, as ``load_lora_weights`` reads them.
 
     ``pipeline_cls`` is the base model's pipeline class and ``component`` the denoiser ``unet``
     holds the LoRA of (``unet``, or ``transformer`` for FLUX / SD3): the class's
@@ -139,12 +145,17 @@ def save_diffusers_lora(pipeline_cls, unet, out_dir: str | Path, *, component: s
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = lora_state_dict(unet)
+    extra = {}
+    for name, enc in (text_encoders or {}).items():
+        extra[f"{name}_lora_layers"] = lora_state_dict(enc)
+        extra[f"{name}_lora_adapter_metadata"] = lora_metadata(enc)
     tmp = Path(tempfile.mkdtemp(prefix=".lora.", dir=out_dir))
     try:
         pipeline_cls.save_lora_weights(
             tmp,
             **{f"{component}_lora_layers": layers, f"{component}_lora_adapter_metadata": lora_metadata(unet)},
             safe_serialization=True,
+            **extra,
         )
         os.replace(tmp / DIFFUSERS_WEIGHT_NAME, out_dir / DIFFUSERS_WEIGHT_NAME)
     finally:
@@ -190,11 +201,17 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
         names = {k: _sgm_block_name(k, int(sgm_layers_per_block)) for k in state}
         if all(names.values()):
             state = {names[k]: v for k, v in state.items()}
+    return kohya_named(state, "lora_unet_", alpha)
+
+
+def kohya_named(state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, torch.Tensor]:
+    """peft-named LoRA weights → ``{prefix}{module path with _}.lora_down/lora_up.weight`` (``lora_A`` →
+    ``lora_down``, ``lora_B`` → ``lora_up``) plus ``<module>.alpha`` = alpha for every module."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
             if key.endswith(peft_name):
-                module = "lora_unet_" + key[: -len(peft_name)].replace(".", "_")
+                module = prefix + key[: -len(peft_name)].replace(".", "_")
                 out[f"{module}.{kohya_name}.weight"] = value.contiguous()
                 out[f"{module}.alpha"] = torch.tensor(float(alpha))
                 break
@@ -203,8 +220,28 @@ def kohya_state_dict(state: dict[str, torch.Tensor], alpha: float, *,
     return out
 
 
-def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: str = "") -> Path:
-    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically).
+def kohya_text_prefixes(names: list[str]) -> dict[str, str]:
+    """Kohya key prefix of each text encoder: ``lora_te_`` for a single one, else ``lora_te1_``, ``lora_te2_``."""
+    if len(names) == 1:
+        return {names[0]: "lora_te_"}
+    return {n: f"lora_te{i + 1}_" for i, n in enumerate(names)}
+
+
+def kohya_text_state_dict(layers: dict[str, dict[str, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """peft-named text-encoder LoRA weights by encoder → kohya keys:
+    ``text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight`` of ``text_encoder_2`` becomes
+    ``lora_te2_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight`` (+ one ``alpha`` per module)."""
+    prefixes = kohya_text_prefixes(list(layers))
+    out: dict[str, torch.Tensor] = {}
+    for name, state in layers.items():
+        out.update(kohya_named(state, prefixes[name], alpha))
+    return out
+
+
+def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: str = "",
+                    text_encoders: dict | None = None) -> Path:
+    """Write a kohya/ComfyUI-style copy of the UNet LoRA (safetensors, atomically), with the
+    text encoders' LoRA (``lora_te_*``, or ``lora_te1_*`` / ``lora_te2_*``) when given.
 
     ``family`` (a :class:`~mudi.models.families.UNetFamily`) decides the key scheme (SDXL: the
     original UNet's block names, ``lora_unet_input_blocks_*``, as kohya's own SDXL LoRAs) and the
@@ -225,6 +262,8 @@ def save_kohya_lora(unet, out_path: str | Path, *, alpha: float, family, base: s
     else:
         sd = kohya_state_dict(lora_state_dict(unet), alpha, sgm_layers_per_block=family.kohya_block_layers(model))
         metadata.update(ss_base_model_version=family.kohya_base_version(model), ss_v2=str(family.is_v2(model)))
+    if text_encoders:
+        sd.update(kohya_text_state_dict({n: lora_state_dict(e) for n, e in text_encoders.items()}, alpha))
     return save_safetensors_atomic(sd, metadata, Path(out_path))
 
 
@@ -244,6 +283,9 @@ __all__ = [
     "KOHYA_WEIGHT_NAME",
     "add_unet_lora",
     "check_lora_targets",
+    "kohya_named",
+    "kohya_text_prefixes",
+    "kohya_text_state_dict",
     "kohya_state_dict",
     "load_lora_state_dict",
     "lora_metadata",

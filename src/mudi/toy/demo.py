@@ -105,6 +105,9 @@ class DemoConfig(Settings):
         TOY_SUCCESS_THRESHOLD, "D&C at or above which an image with the right count is a success (toy embedder)")
     full: bool = setting(False, "also the curves (success rate vs number of subjects, mean D&C vs γ) and the comparison "
                                 "repeated over 3 seeds with its spread (about 15 CPU-minutes; see demo_full.py)")
+    reg: str = setting("dco", "regularization of every LoRA (mudi train --reg): dco = the product default without "
+                              "a class set (the reference trainer's), none = unregularized (the old default)",
+                       choices=("dco", "none"))
     methods: list[str] = setting(list(DEFAULT_METHODS), "comma-separated methods (also: modular, modular_segmix)",
                                  separator=",")
 
@@ -298,7 +301,8 @@ def train_config(config: DemoConfig, out: Path, base: Path, mix: str, lora_dir: 
     steps = changes.pop("max_train_steps", config.train_steps)
     return TrainConfig(
         subjects=str(out / "subjects"), base=str(base), out=str(lora_dir), resolution=demo_resolution(),
-        mix=mix, p=config.p, k=config.subjects, segmix_margin=config.resolved_segmix_margin(), rank=config.rank,
+        mix=mix, p=config.p, k=config.subjects, segmix_margin=config.resolved_segmix_margin(),
+        reg=config.reg, rank=config.rank,
         alpha=float(config.rank), learning_rate=config.learning_rate, max_train_steps=steps,
         gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed + 42,
         checkpoint_every=max(50, steps // 2), validate_every=-1, **changes,

@@ -2,7 +2,8 @@
 
 - :class:`TextCache`: the embeddings of the finite caption set, computed once (the text
   encoders can then be released); counts text-encoder calls so a run can prove it makes none
-  per step.
+  per step. With ``live=True`` (``--train-text-encoder``: the encoders change every step)
+  nothing is cached and every caption is encoded when asked for, with gradients when enabled.
 - :class:`LatentEncoder`: VAE encoding, with the latent distribution of plain examples cached;
   a latent sample is normalized by the model family (the one rule for every caller).
 """
@@ -26,10 +27,12 @@ class TextCache:
     Counts text-encoder forward calls (forward hooks) so a run can prove it makes none per step.
     """
 
-    def __init__(self, pipe, family, device: torch.device, dtype: torch.dtype):
+    def __init__(self, pipe, family, device: torch.device, dtype: torch.dtype, *, live: bool = False):
         self.pipe, self.family, self.device, self.dtype = pipe, family, device, dtype
+        self.live = live
         self.cond: dict[str, TextEmbeds] = {}
-        self.uncond: TextEmbeds | None = None
+        self._uncond: TextEmbeds | None = None
+        self._negative = ""
         self.calls = 0
         self._hooks = [enc.register_forward_hook(self._count) for enc in self.encoders()]
 
@@ -62,11 +65,25 @@ class TextCache:
     @torch.no_grad()
     def add_uncond(self, negative: str) -> None:
         """Embeddings of the negative prompt for classifier-free-guided validation images."""
-        enc_device = self.encoders()[0].device
-        self.uncond = self.family.encode_negative(self.pipe, negative, enc_device).to(self.device, self.dtype)
+        self._negative = negative
+        if not self.live:
+            enc_device = self.encoders()[0].device
+            self._uncond = self.family.encode_negative(self.pipe, negative, enc_device).to(self.device, self.dtype)
+
+    @property
+    def uncond(self) -> TextEmbeds | None:
+        """The negative prompt's embeddings (live: encoded now, without gradients)."""
+        if self.live and self._negative is not None:
+            with torch.no_grad():
+                enc_device = self.encoders()[0].device
+                return self.family.encode_negative(self.pipe, self._negative, enc_device).to(self.device, self.dtype)
+        return self._uncond
 
     def get(self, captions: list[str]) -> TextEmbeds:
-        """Batched embeddings; a caption never seen is encoded on the spot (and counted)."""
+        """Batched embeddings; a caption never seen is encoded on the spot (and counted). Live:
+        every caption encoded now, with gradients unless they are disabled."""
+        if self.live:
+            return self.family.encode_text(self.pipe, list(captions), self.encoders()[0].device).to(self.device, self.dtype)
         missing = [c for c in captions if c not in self.cond]
         if missing:
             if not self.encoders():
@@ -78,6 +95,9 @@ class TextCache:
         """Cache the training captions (all of them when there are at most
         :data:`MAX_PRECOMPUTED_CAPTIONS`), the validation prompts and the negative prompt.
         Returns True when every training caption is cached (the encoders may then be released)."""
+        if self.live:
+            self.add_uncond(negative)
+            return False
         complete = len(captions) <= MAX_PRECOMPUTED_CAPTIONS
         self.add((captions if complete else []) + prompts)
         self.add_uncond(negative)
@@ -137,23 +157,28 @@ class LatentEncoder:
         eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(mean.device)
         return self.family.to_latents(self.vae, mean + std * eps)
 
-    def cache_plain(self, subject_set, resolution: int, class_photos=None, class_names=None) -> dict:
-        """Encode every plain photo once (instance photos, then class photos).
+    def cache_plain(self, subject_set, resolution: int, class_photos=None, class_names=None, *,
+                    every_photo: bool = True) -> dict:
+        """Encode the plain photos once (instance photos, then class photos): every one, or with
+        ``every_photo=False`` (random crops) only those with a single crop (square photos).
 
-        Returns the plain instance examples by ``(key, photo index)`` (their resize and crop done once).
+        Returns the plain instance examples by ``(key, photo index)`` (their resize and centre crop done once).
         """
         from mudi.compose import plain
+        from mudi.train.data import single_crop
 
         plain_examples = {}
         for s in subject_set:
             for i, ph in enumerate(subject_set.photos(s.key)):
                 ex = plain(ph, resolution, ph.caption, key=s.key, photo_index=i)
                 plain_examples[(s.key, i)] = ex
-                self.cached(("instance", s.key, i), ex.image)
+                if every_photo or single_crop(ex):
+                    self.cached(("instance", s.key, i), ex.image)
         for key, phs in (class_photos or {}).items():
             for i, ph in enumerate(phs):
-                image = plain(ph, resolution, ph.caption, key=key, photo_index=i).image
-                self.cached(("class", class_names[key], i), image)
+                ex = plain(ph, resolution, ph.caption, key=key, photo_index=i)
+                if every_photo or single_crop(ex):
+                    self.cached(("class", class_names[key], i), ex.image)
         return plain_examples
 
 

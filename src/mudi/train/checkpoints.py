@@ -134,22 +134,41 @@ def training_rngs(seed: int) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
+def _lora_tensors(unet, text_encoders: dict | None) -> dict[str, torch.Tensor]:
+    """The UNet LoRA (peft names) and each trained text encoder's, prefixed with its name (``text_encoder.``)."""
+    from mudi.models.lora import lora_state_dict
+
+    tensors = lora_state_dict(unet)
+    for name, enc in (text_encoders or {}).items():
+        tensors.update({f"{name}.{k}": v for k, v in lora_state_dict(enc).items()})
+    return tensors
+
+
+def _load_lora_tensors(unet, text_encoders: dict | None, lora: dict[str, torch.Tensor]) -> None:
+    from mudi.models.lora import load_lora_state_dict
+
+    names = tuple(f"{n}." for n in (text_encoders or {}))
+    load_lora_state_dict(unet, {k: v for k, v in lora.items() if not k.startswith(names)})
+    for name, enc in (text_encoders or {}).items():
+        load_lora_state_dict(enc, {k[len(name) + 1:]: v for k, v in lora.items() if k.startswith(f"{name}.")})
+
+
 def save_checkpoint(out: Path, step: int, unet, optimizer, *, scaler=None, sampler: dict, keep: int,
-                    extra: dict | None = None, export: Callable[[Path], Any] | None = None) -> Path:
+                    extra: dict | None = None, export: Callable[[Path], Any] | None = None,
+                    text_encoders: dict | None = None) -> Path:
     """Write ``OUT/checkpoints/step_XXXXXX`` atomically (temp folder + rename) and prune old ones.
 
-    Tensors (LoRA weights, optimizer state, torch RNG) go to safetensors, the rest to JSON.
+    Tensors (LoRA weights -- the text encoders' prefixed with their names --, optimizer state,
+    torch RNG) go to safetensors, the rest to JSON.
     """
     from safetensors.torch import save_file
-
-    from mudi.models.lora import lora_state_dict
 
     root = Path(out) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / _ckpt_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
-        save_file(lora_state_dict(unet), str(tmp / "lora.safetensors"))
+        save_file(_lora_tensors(unet, text_encoders), str(tmp / "lora.safetensors"))
         if export is not None:  # the LoRA of this step in diffusers format: pipe.load_lora_weights(folder)
             export(tmp)
         opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
@@ -176,11 +195,9 @@ def save_checkpoint(out: Path, step: int, unet, optimizer, *, scaler=None, sampl
     return final
 
 
-def load_checkpoint(path: Path, unet, optimizer, *, scaler=None) -> dict[str, Any]:
+def load_checkpoint(path: Path, unet, optimizer, *, scaler=None, text_encoders: dict | None = None) -> dict[str, Any]:
     """Restore LoRA weights, optimizer state, scaler and RNG states; return the state JSON."""
     from safetensors.torch import load_file
-
-    from mudi.models.lora import load_lora_state_dict
 
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -188,7 +205,7 @@ def load_checkpoint(path: Path, unet, optimizer, *, scaler=None) -> dict[str, An
         tensors = load_file(str(path / "optimizer.safetensors"))
     except (OSError, json.JSONDecodeError, Exception) as exc:  # safetensors raises its own errors
         raise MudiError(f"{path}: checkpoint is unreadable ({exc}); delete it to resume from an older one.") from None
-    load_lora_state_dict(unet, lora)
+    _load_lora_tensors(unet, text_encoders, lora)
     opt_sd = _optimizer_from_tensors({k: v for k, v in tensors.items() if k.startswith("state.")}, state["optimizer"])
     optimizer.load_state_dict(opt_sd)
     if scaler is not None and state.get("scaler"):
@@ -201,22 +218,25 @@ class Checkpointer:
     """Saves the run's checkpoints and restores the newest one (the trainer's view of this module)."""
 
     def __init__(self, out: Path, *, keep: int, unet, optimizer, scaler=None,
-                 export: Callable[[Path], Any] | None = None, extra: dict | None = None):
+                 export: Callable[[Path], Any] | None = None, extra: dict | None = None,
+                 text_encoders: dict | None = None):
         self.out, self.keep = Path(out), keep
         self.unet, self.optimizer, self.scaler = unet, optimizer, scaler
-        self.export, self.extra = export, extra
+        self.export, self.extra, self.text_encoders = export, extra, text_encoders
 
     def save(self, step: int, sampler: dict) -> Path:
         """Checkpoint after optimizer step ``step``."""
         return save_checkpoint(self.out, step, self.unet, self.optimizer, scaler=self.scaler, sampler=sampler,
-                               keep=self.keep, extra=self.extra, export=self.export)
+                               keep=self.keep, extra=self.extra, export=self.export, text_encoders=self.text_encoders)
 
     def restore_latest(self) -> int:
         """Load the newest complete checkpoint; return its step (0 when there is none)."""
         ckpts = list_checkpoints(self.out)
         if not ckpts:
             return 0
-        return int(load_checkpoint(ckpts[-1][1], self.unet, self.optimizer, scaler=self.scaler)["step"])
+        state = load_checkpoint(ckpts[-1][1], self.unet, self.optimizer, scaler=self.scaler,
+                                text_encoders=self.text_encoders)
+        return int(state["step"])
 
 
 # ============================================================================ resume policy
@@ -230,12 +250,22 @@ def abs_if_local(p: str) -> str:
     return str(path.resolve()) if path.exists() else p
 
 
+#: Options whose default changed after runs could be saved without them (issue 12): a run's
+#: ``config.toml`` that lacks one was made with this value, so resuming it keeps that value.
+OLD_DEFAULTS = {"plain_crop": "center", "loss_mask": "instance", "class_layout": "instance"}
+
+
 def saved_config(path: Path) -> TrainConfig:
-    """The ``OUT/config.toml`` of a run (also one written when invocation options were saved in it)."""
+    """The ``OUT/config.toml`` of a run (also one written when invocation options were saved in it,
+    or before an option existed: it gets the value the run was made with, :data:`OLD_DEFAULTS`;
+    a run saved before ``reg`` existed is ``prior`` with a class set, else unregularized)."""
     from mudi.settings import read_section
 
     values = {k: v for k, v in read_section(path, TrainConfig.SECTION).items() if k not in LEGACY_INVOCATION_KEYS}
-    return TrainConfig().updated(values, where=str(path))
+    old = {k: v for k, v in OLD_DEFAULTS.items() if k in TrainConfig.__dataclass_fields__}
+    if "reg" not in values:
+        old["reg"] = "prior" if values.get("prior_dir") else "none"
+    return TrainConfig().updated({**old, **values}, where=str(path))
 
 
 def resolve_resume(cfg: TrainConfig) -> TrainConfig:

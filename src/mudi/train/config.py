@@ -19,6 +19,7 @@ from mudi.compose.composer import CLASS_LAYOUTS
 from mudi.errors import MudiError
 from mudi.models.families.base import UNetFamily
 from mudi.models.families.objectives import TIMESTEP_SHIFTS, WEIGHTING_SCHEMES, FlowSettings
+from mudi.models.text_lora import TEXT_ENCODER_TARGETS
 from mudi.settings import Settings, setting
 
 MIX_MODES = ("segmix", "cutmix", "none")
@@ -27,6 +28,8 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 GRADIENT_CHECKPOINTING = ("auto", "on", "off")
 REGULARIZATIONS = ("auto", "dco", "prior", "none")
 QUANTIZE = ("none", "nf4", "int8")  # mudi.models.quantize.QUANTIZE_CHOICES
+LOSS_MASKS = ("composites", "instance")
+PLAIN_CROPS = ("random", "center")
 
 #: METHOD.md §3 prior-preservation prompt ({cls} is the subject's descriptive class).
 PRIOR_PROMPT = (
@@ -70,11 +73,20 @@ class TrainConfig(Settings):
     init_lora: str = setting("", "start from this LoRA (a `mudi merge` or `mudi train` folder) instead of a fresh "
                                  "one; its rank, alpha and targets replace --rank/--alpha/--target-modules",
                              metavar="DIR")
+    plain_crop: str = setting("random", "S×S crop of plain (non-composite) photos after resizing the shortest side "
+                                        "to S: random = a new crop per example, drawn from the example number "
+                                        "(the reference trainer; latents of non-square photos are encoded per "
+                                        "step), center = one centre crop, encoded once (the old default)",
+                              choices=PLAIN_CROPS)
     # Seg-Mix (METHOD §2)
     mix: str = setting("segmix", "composition: segmix (MuDI), cutmix or none (DreamBooth)", choices=MIX_MODES)
     p: float = setting(0.3, "probability that an example is a composite")
     k: int = setting(2, "subjects per composite")
     loss_alpha: float = setting(1.0, "mask loss weighting w = M(1-alpha)+alpha (1 = off)")
+    loss_mask: str = setting("composites", "which rows --loss-alpha weights: composites = every composite, instance "
+                                           "and class alike, plain photos unweighted (the reference trainer); instance "
+                                           "= every instance row, class rows unweighted (the old default)",
+                             choices=LOSS_MASKS)
     segmix_margin: float = setting(-1.0, "Seg-Mix margin in px (-1 = automatic: 32 px, S/8 below 256 px)")
     relative_sizes: str = setting("", "fixed relative Seg-Mix sizes, e.g. a=1,b=0.6 (empty = random sizes)",
                                   metavar="NAME=C,...")
@@ -82,9 +94,9 @@ class TrainConfig(Settings):
                                         "the reference trainer's segmix_start_step)", metavar="N")
     # regularization: prior preservation (METHOD §3) or DCO (the reference trainer's default)
     reg: str = setting("auto", "regularization: prior = prior preservation with --prior-dir; dco = Direct "
-                               "Consistency Optimization against the base model (LoRA disabled), as the reference "
-                               "trainer; none; auto = prior with --prior-dir, else none (the paper-faithful "
-                               "default dco comes with issue 12's defaults work)", choices=REGULARIZATIONS)
+                               "Consistency Optimization against the base model (LoRA disabled), the reference "
+                               "trainer's default; none = unregularized (the old default); auto = prior with "
+                               "--prior-dir, else dco", choices=REGULARIZATIONS)
     dco_beta: float = setting(1000.0, "DCO beta: loss = -log sigmoid(-beta (MSE_lora - MSE_base))")
     prior_dir: str = setting("", "class set from `mudi priors` (empty = no prior preservation)", metavar="DIR")
     prior_weight: float = setting(1.0, "prior-preservation loss weight")
@@ -110,6 +122,13 @@ class TrainConfig(Settings):
                                   choices=TIMESTEP_SHIFTS)
     guidance_embed: float = setting(3.5, "flow matching: guidance-embedding value while training a "
                                     "guidance-distilled model (FLUX.1 [dev])")
+    train_text_encoder: bool = setting(False, "LoRA on the text encoder(s) too (same rank and alpha; the reference "
+                                              "trainer's --train_text_encoder): captions are encoded at every step")
+    text_encoder_lr: float = setting(5e-6, "learning rate of the text encoders' LoRA (the reference trainer's "
+                                           "--text_encoder_lr default)")
+    text_encoder_target_modules: list[str] = setting(list(TEXT_ENCODER_TARGETS),
+                                                     "text-encoder modules that get a LoRA with --train-text-encoder "
+                                                     "(repeatable)", metavar="NAME")
     # optimisation
     learning_rate: float = setting(1e-4, "AdamW learning rate", flag="--lr")
     lr_scheduler: str = setting("constant", "learning-rate schedule", choices=LR_SCHEDULERS)
@@ -187,9 +206,10 @@ class TrainConfig(Settings):
                             self.guidance_embed, self.timestep_shift)
 
     def resolved_reg(self) -> str:
-        """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``none``."""
+        """The regularization the run uses: ``auto`` is ``prior`` with a class set, else ``dco`` (the
+        reference trainer's default, ``train_segmix_lora_sdxl.py``: ``dco_beta`` 1000)."""
         if self.reg == "auto":
-            return "prior" if self.prior_dir else "none"
+            return "prior" if self.prior_dir else "dco"
         return self.reg
 
     # ------------------------------------------------------------- validation
@@ -231,6 +251,8 @@ class TrainConfig(Settings):
             ("p", 0.0 <= self.p <= 1.0, "the Seg-Mix probability must be in [0, 1]"),
             ("k", self.k >= 2, "a composite holds at least 2 subjects"),
             ("loss_alpha", 0.0 <= self.loss_alpha <= 1.0, "must be in [0, 1] (1 = no mask weighting)"),
+            ("plain_crop", self.plain_crop in PLAIN_CROPS, f"choose one of {', '.join(PLAIN_CROPS)}"),
+            ("loss_mask", self.loss_mask in LOSS_MASKS, f"choose one of {', '.join(LOSS_MASKS)}"),
             ("segmix_margin", self.segmix_margin >= 0 or self.segmix_margin == -1, "must be >= 0 (or -1 = automatic)"),
             ("segmix_start_step", self.segmix_start_step >= 0, "must be >= 0 (0 = composites from the start)"),
             ("reg", self.reg in REGULARIZATIONS, f"choose one of {', '.join(REGULARIZATIONS)}"),
@@ -243,6 +265,8 @@ class TrainConfig(Settings):
             ("timestep_shift", self.timestep_shift in TIMESTEP_SHIFTS, f"choose one of {', '.join(TIMESTEP_SHIFTS)}"),
             ("guidance_embed", self.guidance_embed >= 0 and math.isfinite(self.guidance_embed), "must be >= 0"),
             ("lora_dropout", 0.0 <= self.lora_dropout < 1.0, "must be in [0, 1)"),
+            ("text_encoder_lr", self.text_encoder_lr > 0 and math.isfinite(self.text_encoder_lr), "must be > 0"),
+            ("text_encoder_target_modules", bool(self.text_encoder_target_modules), "name at least one module (e.g. q_proj)"),
             ("learning_rate", self.learning_rate > 0 and math.isfinite(self.learning_rate), "must be > 0"),
             ("lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"choose one of {', '.join(LR_SCHEDULERS)}"),
             ("lr_warmup_steps", self.lr_warmup_steps >= 0, "must be >= 0"),
@@ -273,5 +297,5 @@ class TrainConfig(Settings):
         ]
 
 
-__all__ = ["GRADIENT_CHECKPOINTING", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PRIOR_PROMPT", "QUANTIZE", "REGULARIZATIONS",
+__all__ = ["GRADIENT_CHECKPOINTING", "LOSS_MASKS", "LR_SCHEDULERS", "MIXED_PRECISION", "MIX_MODES", "NEGATIVE_PROMPT", "PLAIN_CROPS", "PRIOR_PROMPT", "QUANTIZE", "REGULARIZATIONS",
            "RESUME_SAFE_FIELDS", "TrainConfig"]

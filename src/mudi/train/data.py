@@ -94,6 +94,10 @@ class ExampleSchedule:
         """The Seg-Mix random stream of example ``e``."""
         return np.random.default_rng([self.seed, 2, int(e)])
 
+    def crop_rng(self, e: int) -> np.random.Generator:
+        """The random-crop stream of example ``e`` (plain photos with ``--plain-crop random``)."""
+        return np.random.default_rng([self.seed, 4, int(e)])
+
     def torch_generator(self, e: int) -> torch.Generator:
         """The noise stream of example ``e`` (VAE sample, diffusion noise, timestep)."""
         seed = int(np.random.default_rng([self.seed, 3, int(e)]).integers(0, 2**62))
@@ -115,7 +119,7 @@ class MicroBatch:
     latents: list[torch.Tensor] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)  # plain / segmix / cutmix
-    weights: list[torch.Tensor] = field(default_factory=list)  # mask loss weights of instance rows (alpha < 1)
+    weights: list[torch.Tensor] = field(default_factory=list)  # mask loss weights of every row (alpha < 1)
     noise: list[torch.Tensor] = field(default_factory=list)
     timesteps: list[torch.Tensor] = field(default_factory=list)
 
@@ -130,17 +134,19 @@ class MicroBatchBuilder:
     """
 
     def __init__(self, *, composer, schedule: ExampleSchedule, latents, plain_examples: dict, batch_size: int,
-                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int = 1000,
+                 p: float, mix: str, loss_alpha: float, num_train_timesteps: int = 1000, loss_mask: str = "composites",
                  class_photos: dict | None = None, class_names: dict | None = None,
                  segmix_start_step: int = 0, examples_per_step: int = 1,
-                 draw_timestep: Callable[[torch.Generator], torch.Tensor] | None = None):
+                 draw_timestep: Callable[[torch.Generator], torch.Tensor] | None = None, plain_crop: str = "center"):
         self.composer, self.schedule, self.latents = composer, schedule, latents
         self.plain_examples = plain_examples
         self.batch_size, self.p, self.mix, self.loss_alpha = batch_size, p, mix, loss_alpha
+        self.loss_mask = loss_mask
         self.num_train_timesteps = num_train_timesteps
         self.draw_timestep = draw_timestep or self._uniform_timestep  # the objective's (flow: a σ)
         self.class_photos, self.class_names = class_photos, class_names
         self.segmix_start_step, self.examples_per_step = segmix_start_step, examples_per_step
+        self.plain_crop = plain_crop  # "random": plain photos cropped anew per example (crop stream of e)
 
     def instance_example(self, key: str, idx: int, rng: np.random.Generator, e: int = 0):
         """Composer.example, with the plain examples taken from the cache.
@@ -167,6 +173,9 @@ class MicroBatchBuilder:
             pairs = [("instance", ex)]
             if self.class_photos is not None:
                 pairs.append(("class", self.composer.mix_like(self.class_photos, ex, rng, class_names=self.class_names)))
+            if self.plain_crop == "random" and ex.kind == "plain":
+                crop = self.schedule.crop_rng(e)  # instance crop first, then the class photo's
+                pairs = [(role, self.random_crop(x, role, crop)) for role, x in pairs]
             for role, x in pairs:
                 self._add_row(batch, role, x, gen)
         return batch
@@ -179,8 +188,10 @@ class MicroBatchBuilder:
         batch.latents.append(z)
         batch.captions.append(x.caption)
         batch.kinds.append(x.kind)
-        if role == "instance" and self.loss_alpha < 1.0:
-            w = loss_weight_map(x.mask, self.loss_alpha, tuple(z.shape[-2:]))
+        if self.loss_alpha < 1.0:
+            grid = tuple(z.shape[-2:])
+            weighted = x.kind != "plain" if self.loss_mask == "composites" else role == "instance"
+            w = loss_weight_map(x.mask, self.loss_alpha, grid) if weighted else np.ones(grid, np.float32)
             batch.weights.append(torch.from_numpy(w)[None, None])
         batch.noise.append(torch.randn(z.shape, generator=gen, dtype=torch.float32))
         batch.timesteps.append(self.draw_timestep(gen))
@@ -188,13 +199,35 @@ class MicroBatchBuilder:
     def _uniform_timestep(self, gen: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (1,), generator=gen)
 
+    def random_crop(self, x, role: str, rng: np.random.Generator):
+        """Plain example ``x`` cropped at a random offset of its resized photo (two draws, always);
+        ``x`` itself when the resized photo is square (its only crop)."""
+        from mudi.compose import plain, plain_resized_size
+
+        pl, size = x.placements[0], self.composer.size
+        photos = self.composer.set.photos(pl.key) if role == "instance" else self.class_photos[pl.key]
+        ph = photos[pl.photo]
+        nw, nh = plain_resized_size(ph, size)
+        offset = (int(rng.integers(0, nw - size + 1)), int(rng.integers(0, nh - size + 1)))
+        if (nw, nh) == (size, size):
+            return x
+        return plain(ph, size, x.caption, key=pl.key, photo_index=pl.photo, offset=offset)
+
     def _distribution(self, role: str, x):
-        """The VAE latent distribution of an example: cached for plain photos, encoded for composites."""
-        if x.kind not in ("plain", EXTRA_KIND):
+        """The VAE latent distribution of an example: cached for plain photos with a single crop
+        (every one with ``--plain-crop center``) and extra examples, encoded for composites and random crops."""
+        random = x.kind == "plain" and self.plain_crop == "random" and not single_crop(x)
+        if x.kind not in ("plain", EXTRA_KIND) or random:
             return self.latents.distribution(x.image)
         pl = x.placements[0]
         owner = pl.key if role == "instance" else self.class_names[pl.key]
         return self.latents.cached((role, owner, pl.photo), x.image)
+
+
+def single_crop(x) -> bool:
+    """Whether plain example ``x`` is the only S×S crop of its resized photo (a square photo)."""
+    x0, y0, x1, y1 = x.placements[0].box
+    return (x1 - x0, y1 - y0) == x.image.size
 
 
 class BatchPrefetcher:
@@ -233,5 +266,5 @@ class BatchPrefetcher:
         self._pending.clear()
 
 
-__all__ = ["BatchPrefetcher", "ExampleSchedule", "MicroBatch", "MicroBatchBuilder", "class_captions", "default_validation_prompts",
+__all__ = ["BatchPrefetcher", "ExampleSchedule", "MicroBatch", "MicroBatchBuilder", "class_captions", "single_crop", "default_validation_prompts",
            "fill_subjects", "subject_captions"]

@@ -7,7 +7,9 @@ LoRA for denoising the subject photos better than the base model, but saturates 
 so the LoRA stays close to the base model instead of overfitting (beta = 1000 in the reference).
 
 The base model's prediction is the same UNet with its LoRA adapter switched off (peft's
-adapter switch), in a no-grad forward pass: no second copy of the UNet in memory.
+adapter switch), in a no-grad forward pass: no second copy of the UNet in memory. With
+``--train-text-encoder`` the text encoders' adapters are switched off too: the base model's
+prediction uses the base model's caption embeddings.
 """
 
 from __future__ import annotations
@@ -25,19 +27,24 @@ def dco_loss(loss_lora: torch.Tensor, loss_base: torch.Tensor, beta: float) -> t
 
 
 @contextlib.contextmanager
-def lora_disabled(unet) -> Iterator[None]:
-    """The UNet answers as its base model inside the block (its LoRA adapters switched off);
-    they are switched on again afterwards, trainable as before, also after an error."""
-    unet.disable_adapters()
+def lora_disabled(*models) -> Iterator[None]:
+    """The models (UNet, text encoders) answer as their base models inside the block (their LoRA
+    adapters switched off); they are switched on again afterwards, trainable as before, also after an error."""
+    done = []
     try:
+        for m in models:
+            m.disable_adapters()
+            done.append(m)
         yield
     finally:
-        unet.enable_adapters()
+        for m in done:
+            m.enable_adapters()
 
 
-def base_prediction(denoise, unet) -> torch.Tensor:
-    """``denoise(unet)`` with the LoRA switched off and without gradients (the reference prediction)."""
-    with torch.no_grad(), lora_disabled(unet):
+def base_prediction(denoise, unet, text_encoders=()) -> torch.Tensor:
+    """``denoise(unet)`` with the LoRA switched off (the UNet's and the given text encoders') and
+    without gradients (the reference prediction)."""
+    with torch.no_grad(), lora_disabled(unet, *text_encoders):
         return denoise(unet)
 
 

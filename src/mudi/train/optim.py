@@ -11,11 +11,20 @@ from mudi.train.config import TrainConfig
 from mudi.train.performance import adamw_implementation
 
 
-def make_optimizer(params, cfg: TrainConfig):
+def make_optimizer(params, cfg: TrainConfig, text_params=None):
     """AdamW over the LoRA parameters (bitsandbytes AdamW8bit with ``use_8bit_adam``): fused on
-    CUDA, the reference per-tensor loop elsewhere (see :func:`~mudi.train.performance.adamw_implementation`)."""
+    CUDA, the reference per-tensor loop elsewhere (see :func:`~mudi.train.performance.adamw_implementation`).
+
+    ``text_params`` (``--train-text-encoder``): the text encoders' LoRA, a second parameter group
+    with ``text_encoder_lr`` (the reference trainer's separate text-encoder learning rate)."""
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
                   eps=cfg.adam_epsilon)
+    if text_params:
+        flat = list(params) + list(text_params)
+        groups = [{"params": list(params)}, {"params": list(text_params), "lr": cfg.text_encoder_lr}]
+        if cfg.use_8bit_adam:
+            return make_optimizer(groups, cfg)
+        return torch.optim.AdamW(groups, **adamw_implementation(flat), **kwargs)
     if cfg.use_8bit_adam:
         try:
             import bitsandbytes as bnb  # type: ignore
@@ -52,10 +61,12 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def set_learning_rate(optimizer, step: int, cfg: TrainConfig) -> float:
-    """Set the learning rate of optimizer step ``step``; return it."""
-    lr = cfg.learning_rate * lr_factor(step, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    """Set the learning rates of optimizer step ``step`` (the UNet group's, then the text encoders'
+    group scaled alike); return the UNet's."""
+    factor = lr_factor(step, cfg)
+    lr = cfg.learning_rate * factor
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr if i == 0 else cfg.text_encoder_lr * factor
     return lr
 
 

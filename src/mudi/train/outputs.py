@@ -14,13 +14,16 @@ from mudi.train.config import TrainConfig
 SUMMARY_NAME = "summary.json"
 
 
-def export_lora(unet, pipe, family, cfg: TrainConfig, out: Path) -> dict[str, Path]:
-    """Write the LoRA in diffusers format and (UNet families) as a kohya/ComfyUI copy; return their paths."""
+def export_lora(unet, pipe, family, cfg: TrainConfig, out: Path, text_encoders: dict | None = None) -> dict[str, Path]:
+    """Write the LoRA (with the text encoders' when trained) in diffusers format and (UNet families)
+    as a kohya/ComfyUI copy; return their paths."""
     from mudi.models.lora import KOHYA_WEIGHT_NAME, save_diffusers_lora, save_kohya_lora
 
-    paths = {"lora": save_diffusers_lora(type(pipe), unet, out, component=family.denoiser_name)}
+    paths = {"lora": save_diffusers_lora(type(pipe), unet, out, component=family.denoiser_name,
+                                         text_encoders=text_encoders)}
     if family.writes_kohya:
-        paths["kohya"] = save_kohya_lora(unet, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family)
+        paths["kohya"] = save_kohya_lora(unet, out / KOHYA_WEIGHT_NAME, alpha=cfg.alpha, base=cfg.base, family=family,
+                                         text_encoders=text_encoders)
     return paths
 
 
@@ -52,6 +55,7 @@ def write_summary(trainer, finished: bool) -> dict[str, Any]:
         "mean_step_time_s": float(np.mean(times)) if times else None,
         "wall_time_s": round(time.time() - trainer.t_start, 3),
         "reg": cfg.reg,
+        "train_text_encoder": cfg.train_text_encoder,
     }
     if cfg.reg == "dco":
         summary["dco"] = dco_summary(cfg.dco_beta, c.dco_rows)

@@ -18,8 +18,9 @@ The method lives in the data (:class:`mudi.compose.Composer`); the loop is plain
 
 Output folder::
 
-    OUT/pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(OUT)
-    OUT/lora_kohya.safetensors             kohya/ComfyUI/A1111 copy (lora_unet_* keys, alpha tensors)
+    OUT/pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(OUT) (with
+                                           --train-text-encoder also text_encoder.* / text_encoder_2.*)
+    OUT/lora_kohya.safetensors             kohya/ComfyUI/A1111 copy (lora_unet_* keys, lora_te*_ keys, alpha tensors)
     OUT/config.toml                        the fully resolved run (mudi train --config OUT/config.toml)
     OUT/train_log.jsonl                    per step: step, loss (instance, prior; with DCO: loss = the DCO
                                            loss, loss_instance = the LoRA's MSE, loss_reference = the
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mudi.models.text_lora import AdapterSwitch
 from mudi.settings import RunOptions
 from mudi.train.checkpoints import CONFIG_NAME, training_rngs
 from mudi.train.config import TrainConfig
@@ -52,7 +54,7 @@ from mudi.train.performance import decide_gradient_checkpointing, tf32_enabled
 from mudi.train.plan import RunPlan, prepare_run
 from mudi.train.setup import (make_objective, place_frozen_parts, restored_pipeline_settings, setup_caches,
                               setup_checkpointer, setup_data, setup_logger, setup_lora, setup_model,
-                              setup_output_folder, setup_runtime, setup_validator)
+                              setup_output_folder, setup_runtime, setup_text_encoder_lora, setup_validator)
 from mudi.train.step import StepResult, TrainStep
 
 
@@ -117,7 +119,9 @@ class LoRATrainer:
             print(f"mudi train: {self.checkpointing[1]}", file=sys.stderr)
         self._scope.enter_context(training_rngs(self.cfg.seed))  # 1.4 LoRA init under the run's seed
         self.params = setup_lora(self.family.denoiser(self.pipe), self.cfg, self.checkpointing[0])
-        self.optimizer = make_optimizer(self.params, self.cfg)
+        self.text_encoders, text_params = setup_text_encoder_lora(self.pipe, self.family, self.cfg,
+                                                                  self.checkpointing[0])
+        self.optimizer = make_optimizer(self.params, self.cfg, text_params)
         self.optimizer_name = optimizer_name(self.optimizer)
         self.text, self.latents, self.plain_examples = setup_caches(self)  # 1.5 captions and plain latents
         # 1.6 DDP, placement; self.unet is the denoiser (a UNet or a transformer)
@@ -126,7 +130,9 @@ class LoRATrainer:
         self.step_fn = TrainStep(unet=self.unet, optimizer=self.optimizer, params=self.params, batches=self.batches,
                                  objective=self.objective, text_cache=self.text,
                                  precision=self.precision, accelerator=self.accelerator, cfg=self.cfg,
-                                 use_prior=use_prior, dco=self.cfg.reg == "dco")
+                                 use_prior=use_prior, dco=self.cfg.reg == "dco",
+                                 text_encoders=[AdapterSwitch(e) for e in self.text_encoders.values()],
+                                 text_params=text_params)
         self.checkpointer = setup_checkpointer(self)  # 1.8 resume
         self.counters.start_step = self.checkpointer.restore_latest() if self.options.resume else 0
         self.logger = setup_logger(self)
@@ -214,7 +220,8 @@ class LoRATrainer:
         summary: dict[str, Any] = {}
         if self.accelerator.is_main_process:
             if finished:
-                paths = export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family, self.cfg, self.out)
+                paths = export_lora(self.accelerator.unwrap_model(self.unet), self.pipe, self.family, self.cfg, self.out,
+                                    self.text_encoders)
                 if self.cfg.validate_every >= 0:
                     self.validate(self.cfg.max_train_steps)
             self.logger.plot()

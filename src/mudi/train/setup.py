@@ -46,7 +46,7 @@ def setup_runtime(cfg: TrainConfig, options: RunOptions):
 
 def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
     """1.2 The pipeline (frozen weights in the training dtype), its family, the resolution; the
-    LoRA targets checked on the loaded UNet too (a hub model was not inspected before)."""
+    LoRA targets checked on the loaded UNet (a hub model was not inspected before) and text encoders."""
     from mudi.models.families import family_of
     from mudi.models.loading import load_pipeline
     from mudi.models.lora import check_lora_targets
@@ -63,6 +63,10 @@ def setup_model(plan, cfg: TrainConfig, precision: Precision, pipeline=None):
         info.check_resolution(cfg.resolution)
         _check_loaded_memory(plan, cfg, precision, pipeline)
     check_lora_targets(family.denoiser(pipeline), cfg.target_modules, where=cfg.base)
+    if cfg.train_text_encoder:
+        for name in family.text_encoder_names:
+            if getattr(pipeline, name, None) is not None:
+                check_lora_targets(getattr(pipeline, name), cfg.text_encoder_target_modules, where=cfg.base, part=name)
     return pipeline, family, cfg
 
 
@@ -189,11 +193,31 @@ def load_init_lora(unet, path: str) -> None:
         raise MudiError(f"--init-lora {path}: its modules do not fit this UNet ({exc}).") from None
 
 
+def setup_text_encoder_lora(pipe, family, cfg: TrainConfig, checkpointing: bool = False):
+    """1.4b ``--train-text-encoder``: a LoRA on every text encoder (after the UNet's, from the same
+    seeded RNG scope), in train mode as the reference trainer has them. Returns (pipeline attribute
+    name → encoder, their trainable parameters); nothing without the option."""
+    from mudi.models.text_lora import add_text_encoder_lora
+
+    if not cfg.train_text_encoder:
+        return {}, []
+    encoders = {n: getattr(pipe, n) for n in family.text_encoder_names if getattr(pipe, n, None) is not None}
+    params = add_text_encoder_lora(encoders, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                                   target_modules=cfg.text_encoder_target_modules)
+    for enc in encoders.values():
+        if checkpointing:  # transformers >= 5 names it activation checkpointing
+            (getattr(enc, "activation_checkpointing_enable", None) or enc.gradient_checkpointing_enable)()
+        enc.train()
+    return encoders, params
+
+
 def setup_caches(trainer):
-    """1.5 Text embeddings of every caption (then the text encoders go) and the plain photos' latents."""
+    """1.5 Text embeddings of every caption (then the text encoders go; with --train-text-encoder
+    they stay and captions are encoded per step) and the plain photos' latents."""
     cfg, plan, c = trainer.cfg, trainer.plan, trainer.counters
     sset = plan.subject_set
-    text = TextCache(trainer.pipe, trainer.family, trainer.accelerator.device, trainer.precision.dtype)
+    text = TextCache(trainer.pipe, trainer.family, trainer.accelerator.device, trainer.precision.dtype,
+                     live=cfg.train_text_encoder)
     captions = subject_captions(sset, cfg.k, cfg.mix) + [ex.photo.caption for ex in plan.extra]
     if plan.class_photos is not None:
         captions += class_captions(plan.class_photos, plan.class_names, sset.keys, cfg.k, cfg.mix)
@@ -201,7 +225,8 @@ def setup_caches(trainer):
         text.release_encoders(owned=trainer.given_pipeline is None)
     c.text_encoder_calls_setup, c.captions_cached = text.calls, len(text.cond)
     latents = LatentEncoder(trainer.pipe.vae, trainer.family, trainer.accelerator.device)
-    plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names)
+    plain_examples = latents.cache_plain(sset, cfg.resolution, plan.class_photos, plan.class_names,
+                                         every_photo=cfg.plain_crop == "center")
     if plan.extra:
         from mudi.train.extra import plain_extra
 
@@ -231,7 +256,7 @@ def setup_data(trainer):
     batches = MicroBatchBuilder(
         composer=composer, schedule=schedule, latents=trainer.latents, plain_examples=trainer.plain_examples,
         batch_size=cfg.train_batch_size, p=cfg.p, mix=cfg.mix, loss_alpha=cfg.loss_alpha,
-        segmix_start_step=cfg.segmix_start_step,
+        loss_mask=cfg.loss_mask, segmix_start_step=cfg.segmix_start_step, plain_crop=cfg.plain_crop,
         examples_per_step=cfg.train_batch_size * cfg.gradient_accumulation_steps * trainer.accelerator.num_processes,
         draw_timestep=trainer.objective.draw_timestep,
         class_photos=plan.class_photos if use_prior else None, class_names=plan.class_names)
@@ -243,10 +268,12 @@ def setup_checkpointer(trainer) -> Checkpointer:
     from mudi.models.lora import save_diffusers_lora
 
     acc, pipe_cls, part = trainer.accelerator, type(trainer.pipe), trainer.family.denoiser_name
+    te = trainer.text_encoders
     return Checkpointer(trainer.out, keep=trainer.cfg.keep_checkpoints, unet=trainer.unet,
                         optimizer=trainer.optimizer, scaler=trainer.precision.scaler,
-                        export=lambda d: save_diffusers_lora(pipe_cls, acc.unwrap_model(trainer.unet), d, component=part),
-                        extra={"config": trainer.cfg.to_dict()})
+                        export=lambda d: save_diffusers_lora(pipe_cls, acc.unwrap_model(trainer.unet), d, component=part,
+                                                             text_encoders=te),
+                        extra={"config": trainer.cfg.to_dict()}, text_encoders=te)
 
 
 def setup_logger(trainer) -> MetricLogger:
@@ -265,4 +292,4 @@ def setup_validator(trainer) -> Validator:
 
 __all__ = ["load_init_lora", "make_objective", "place_frozen_parts", "restored_pipeline_settings", "setup_caches",
            "setup_checkpointer", "setup_data", "setup_logger", "setup_lora", "setup_model", "setup_output_folder",
-           "setup_runtime", "setup_validator", "validation_prompts"]
+           "setup_runtime", "setup_text_encoder_lora", "setup_validator", "validation_prompts"]

@@ -1,7 +1,7 @@
 """One optimizer step of DreamBooth-LoRA: micro-batches, loss, backward, clipping, update.
 
-The loss is the denoising MSE of instance examples (mask-weighted with ``loss_alpha < 1``) plus
-``prior_weight`` × that of the class examples (prior preservation); with DCO
+The loss is the denoising MSE of instance examples plus ``prior_weight`` × that of the class
+examples (prior preservation), composites mask-weighted with ``loss_alpha < 1`` (``--loss-mask``); with DCO
 (:mod:`mudi.train.dco`) it is the DCO loss of the instance loss against the base model's. Gradients of the
 micro-batches of one step are accumulated; under DDP only the last one synchronizes.
 """
@@ -39,11 +39,14 @@ class TrainStep:
     every process (and a resumed run) draws exactly its own examples."""
 
     def __init__(self, *, unet, optimizer, params, batches, objective, text_cache, precision,
-                 accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False):
+                 accelerator, cfg: TrainConfig, use_prior: bool, dco: bool = False, text_encoders=(),
+                 text_params=()):
         self.unet, self.optimizer, self.params, self.batches = unet, optimizer, params, batches  # unet: the denoiser
         self.objective, self.text = objective, text_cache  # the family's noising rule, target and denoiser call
         self.precision, self.accelerator, self.cfg, self.use_prior = precision, accelerator, cfg, use_prior
         self.dco = dco  # DCO regularization (mudi.train.dco): the loss compares with the base model
+        self.text_encoders = list(text_encoders)  # --train-text-encoder: encoders with a LoRA (live captions)
+        self.text_params = list(text_params)  # their LoRA parameters (gradients averaged over processes)
         self.device = accelerator.device
         self._data_time, self._calls = 0.0, 0  # per optimizer step, reset by run()
 
@@ -87,6 +90,10 @@ class TrainStep:
             values, k = self.micro_step(g, sync=j == len(numbers) - 1)
             terms.append(values)
             kinds += k
+        if self.text_params and acc.num_processes > 1:  # the text encoders are not DDP-wrapped: average here
+            for p in self.text_params:
+                if p.grad is not None:
+                    p.grad = acc.reduce(p.grad, "mean")
         grad_norm = self.precision.clip(self.optimizer, self.params, cfg.max_grad_norm)
         self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
@@ -119,16 +126,21 @@ class TrainStep:
         target = self.objective.target(x0, eps, t)
         weight = self.objective.loss_weight(t)
         calls_before = self.text.calls
-        embeds = self.text.get(batch.captions)
-        self._calls += self.text.calls - calls_before
 
-        def denoise(unet):
+        def denoise(unet, live: bool = False):  # live: the captions through the current text encoders
             with self.precision.autocast():
-                return self.objective.denoise(unet, noisy.to(self.precision.dtype), t, embeds)
+                emb = self.text.get(batch.captions) if live else embeds
+                return self.objective.denoise(unet, noisy.to(self.precision.dtype), t, emb)
 
         no_sync = not sync and self.accelerator.num_processes > 1
         with self.accelerator.no_sync(self.unet) if no_sync else contextlib.nullcontext():
-            base = base_prediction(denoise, self.accelerator.unwrap_model(self.unet)) if self.dco else None
+            with self.precision.autocast() if self.text.live else contextlib.nullcontext():
+                embeds = self.text.get(batch.captions)  # live (--train-text-encoder): with gradients
+            base = None
+            if self.dco:
+                base = base_prediction(lambda u: denoise(u, live=self.text.live),
+                                       self.accelerator.unwrap_model(self.unet), self.text_encoders)
+            self._calls += self.text.calls - calls_before
             pred = denoise(self.unet)
             loss_inst, loss_prior = self.losses(pred, target, batch, weight)
             terms = [loss_inst, loss_prior]
@@ -147,23 +159,28 @@ class TrainStep:
         err = (pred.float() - target.float()) ** 2
         return err if weight is None else err * weight.to(err.device)
 
+    def _rows_loss(self, pred: torch.Tensor, target: torch.Tensor, batch, role: str,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoising MSE of the rows of ``role``, mask-weighted when the batch has weights (every
+        row has one then; ``--loss-mask`` decided which are all ones): ``mean(w * err)`` as the reference."""
+        err = self.squared_error(pred, target, weight)
+        rows = torch.tensor([r == role for r in batch.roles], device=self.device)
+        if batch.weights:
+            return (err[rows] * torch.cat(batch.weights).to(self.device)[rows]).mean()
+        return err[rows].mean()
+
     def instance_loss(self, pred: torch.Tensor, target: torch.Tensor, batch,
                       weight: torch.Tensor | None = None) -> torch.Tensor:
         """The denoising MSE of the instance rows (mask-weighted when the batch has weights)."""
-        err = self.squared_error(pred, target, weight)
-        inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
-        if batch.weights:
-            return (err[inst] * torch.cat(batch.weights).to(self.device)).mean()
-        return err[inst].mean()
+        return self._rows_loss(pred, target, batch, "instance", weight)
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor, batch,
                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Instance loss (mask-weighted when the batch has weights) and prior loss (0 without prior)."""
+        """Instance loss and prior (class) loss (0 without prior), each mask-weighted when the batch has weights."""
         loss_inst = self.instance_loss(pred, target, batch, weight)
         if not self.use_prior:
             return loss_inst, torch.zeros((), device=self.device)
-        inst = torch.tensor([r == "instance" for r in batch.roles], device=self.device)
-        return loss_inst, self.squared_error(pred, target, weight)[~inst].mean()
+        return loss_inst, self._rows_loss(pred, target, batch, "class", weight)
 
 
 __all__ = ["StepResult", "TrainStep"]
