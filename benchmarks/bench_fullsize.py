@@ -319,8 +319,9 @@ def measure_train(b: Bench, family: str, checkpointing: bool, priors: bool) -> P
             "--steps", str(b.plan.train_steps), "--resolution", str(res), "--checkpoint-every", "0",
             "--validate-every", "-1", "--seed", "0", "--device", b.device, "--no-progress"]
     argv += checkpointing_flags(checkpointing, b.train_options)
-    if priors:
-        argv += ["--prior-dir", str(b.class_set)]
+    # priors=off rows train without regularization (--reg none), as they did before DCO became the
+    # default: the rows compare prior preservation with plain DreamBooth-LoRA.
+    argv += ["--prior-dir", str(b.class_set)] if priors else ["--reg", "none"]
     result = b.run(argv, name)
     figure = ""
     if "error" not in result:
