@@ -197,10 +197,12 @@ def test_priors_from_the_cli(tiny_models, subjects, tmp_path, box_segmenter):
     assert (classes / "corgi_0000.png").is_file() and (classes / "mask_chow_chow_0000.png").is_file()
 
 
-def test_init_mudi_is_refused_clearly(lora, tmp_path, capsys):
-    """No flow-matching mean-shifted init for this family yet: a clear error, nothing written."""
+def test_init_mudi_from_the_cli(lora, tmp_path):
+    """``--init mudi`` enters the sampler at σ_start from the subjects' latent (exactness: test_init_flow.py);
+    ``--init auto`` stays ``none`` for this family (test_generate_from_the_cli)."""
     out = tmp_path / "gen"
-    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a}", "--out", str(out), "--n", "1",
-                 "--steps", "2", "--init", "mudi", "--no-progress"]) == 2
-    assert "--init mudi is not available for the flux2 family" in capsys.readouterr().err
-    assert not (out / "0000.png").exists()
+    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a} and {b}", "--out", str(out), "--n", "1",
+                 "--steps", "2", "--init", "mudi", "--init-sigma", "0.8", "--save-init", "--no-progress"]) == 0
+    side = json.loads((out / "0000.json").read_text())
+    assert side["init"] == "mudi" and side["init_sigma"] == 0.8 and len(side["layout"]) == 2
+    assert (out / "0000_init.png").is_file() and (out / "0000.png").is_file()

@@ -60,10 +60,10 @@ class GenerateConfig(Settings):
     n: int = setting(4, "images per prompt")
     batch_size: int = setting(1, "images per pipeline call (raise it on a GPU)")
     init: str = setting("auto", "mean-shifted init (mudi) or plain noise (none); auto = the model family's "
-                        "default: mudi for SD/SDXL, none for FLUX.1/SD3", choices=INIT_MODES)
+                        "default: mudi for SD/SDXL, none for the flow-matching families", choices=INIT_MODES)
     gamma: float = setting(DEFAULT_GAMMA, "γ, strength of the init shift")
-    init_sigma: float = setting(DEFAULT_SIGMA_START, "FLUX.1/SD3 with --init mudi: the σ sampling starts at, "
-                                "from (1-σ)·γ·z_m + σ·noise (0.93: the signal-to-noise ratio of SDXL's first step)")
+    init_sigma: float = setting(DEFAULT_SIGMA_START, "flow-matching families with --init mudi: the σ sampling "
+                                "starts at, from (1-σ)·γ·z_m + σ·noise (0.93: the signal-to-noise ratio of SDXL's first step)")
     layout: str = setting("auto", "auto, llm, or a JSON file of boxes", metavar="auto|llm|FILE")
     sizes: str = setting("", "relative subject sizes for the auto layout, e.g. olis=1,hta=0.6", metavar="SPEC")
     fill: float = setting(DEFAULT_FILL, "auto layout: share of a slot a subject fills")

@@ -23,8 +23,8 @@ DPM-Solver: ``α_t·x + σ_t·ε``, ``init_noise_sigma`` = 1).
 noise, so for a given seed ``--init none`` and ``--init mudi`` share ε (the VAE sample is drawn
 after it).
 
-**Flow-matching families** (FLUX.1, SD3; :mod:`mudi.models.families.starts`). Their sampler starts
-at σ = 1, where its input is pure noise: step 4 would put no signal in. Instead sampling is
+**Flow-matching families** (FLUX.1, SD3, FLUX.2 [klein], Qwen-Image;
+:mod:`mudi.models.families.starts`). Their sampler starts at σ = 1, where its input is pure noise: step 4 would put no signal in. Instead sampling is
 entered at ``σ_start`` (:data:`DEFAULT_SIGMA_START`, ``--init-sigma``):
 ``x = (1 − σ_start)·γ·z_m + σ_start·ε`` on the model's own interpolation path, and the pipeline
 gets ``sigmas = u·linspace(1, 1/N, N)`` where ``u`` is the σ its scheduler shifts to ``σ_start``
@@ -173,10 +173,14 @@ def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], device=None) -> to
     return (m[0, 0] >= 0.5).float().to(device)
 
 
-def initial_noise(shape: tuple[int, ...], generator, device, dtype, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """ε (float32): ``noise`` checked, or drawn with the pipelines' own ``prepare_latents`` call (so it
-    matches the noise of ``--init none`` for the same generator)."""
-    if noise is None:
+def initial_noise(shape: tuple[int, ...], generator, device, dtype, noise: torch.Tensor | None = None, *,
+                  family: ModelFamily | None = None) -> torch.Tensor:
+    """ε (float32): ``noise`` checked, or drawn as the family's pipeline draws it in ``prepare_latents``
+    (:meth:`~mudi.models.families.ModelFamily.grid_noise`, so it matches the noise of ``--init none``
+    for the same generator)."""
+    if noise is None and family is not None:
+        noise = family.grid_noise(shape, generator, device, dtype)
+    elif noise is None:
         from diffusers.utils.torch_utils import randn_tensor
 
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -221,8 +225,8 @@ def mean_shifted_latents(
         noise: optional ε to use instead of drawing it (shape (1, C, h, w)).
         dtype, device: of the returned latents (default: the denoiser's dtype, the pipeline's
             execution device).
-        sigma_start: flow-matching families (FLUX.1, SD3): the σ sampling starts at (see the
-            module docstring); the UNet families start at their schedule's first timestep.
+        sigma_start: flow-matching families (FLUX.1, SD3, FLUX.2 [klein], Qwen-Image): the σ
+            sampling starts at (see the module docstring); the UNet families start at their schedule's first timestep.
 
     Returns:
         :class:`InitLatents` with ``latents = add_noise(γ·z_m, ε, t_first) / init_noise_sigma``
@@ -241,7 +245,7 @@ def mean_shifted_latents(
     channels = family.latent_channels(pipe)
     shape = (1, channels, height // f, width // f)
 
-    noise = initial_noise(shape, generator, device, dtype, noise)
+    noise = initial_noise(shape, generator, device, dtype, noise, family=family)
 
     canvas, mask, drawn = render_canvas(subjects_photos, layout, width, height)
     z = encode_canvas(pipe.vae, canvas, generator, device, family=family)

@@ -95,6 +95,31 @@ class Flux2KleinFamily(NeedsDiffusers, FlowFamily):
         """``output_type="latent"`` gives the raw (denormalized) VAE latents: normalize them back."""
         return self.to_latents(pipe.vae, latents)
 
+    def pipeline_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline takes ``latents=`` 2×2-patchified (B, 4C, h/2, w/2), in the normalized space."""
+        from diffusers import Flux2KleinPipeline as P
+
+        return P._patchify_latents(latents)
+
+    def grid_noise(self, shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
+        """ε drawn as the pipeline draws it (patchified, (B, 4C, h/2, w/2)), back on the (B, C, h, w) grid."""
+        from diffusers import Flux2KleinPipeline as P
+        from diffusers.utils.torch_utils import randn_tensor
+
+        b, c, h, w = shape
+        return P._unpatchify_latents(randn_tensor((b, 4 * c, h // 2, w // 2), generator=generator, device=device,
+                                                  dtype=dtype))
+
+    def sampler_start(self, pipe, scheduler, steps: int, height: int, width: int, device, sigma_start: float):
+        """Sampling entered at ``sigma_start`` with the pipeline's own shift: FLUX.2's empirical ``mu``
+        of the image's token count and the step count (``compute_empirical_mu``)."""
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu
+
+        from mudi.models.families.starts import flow_start
+
+        mu = float(compute_empirical_mu(image_seq_len=self.image_seq_len(pipe, height, width), num_steps=steps))
+        return flow_start(scheduler, steps, sigma_start, mu, device)
+
     # ------------------------------------------------------------------ text
     def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
         """The stacked Qwen3 states, from the pipeline's ``encode_prompt``."""

@@ -67,11 +67,6 @@ class NeedsDiffusers:
         """The diffusers transformer class (a stand-in raising the MudiError when it is missing)."""
         return self._class(self.transformer_class_name)
 
-    def sampler_start(self, pipe, scheduler, steps: int, height: int, width: int, device, sigma_start: float):
-        """No mean-shifted initialization for these families yet (their latents' packing for the
-        pipeline's ``latents=`` and their sampler shift are not wired): a clear error."""
-        raise MudiError(f"--init mudi is not available for the {self.name} family yet; use --init none.")
-
     def inspect(self, folder: Path, index: dict, base: str):
         """The family's folder check, after making sure diffusers has its classes."""
         self.require()

@@ -78,6 +78,13 @@ class FamilyParts:
         """(B, C, h, w) latents as the pipeline's ``latents=`` argument takes them (as they are, unpacked)."""
         return latents
 
+    def grid_noise(self, shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
+        """ε for (B, C, h, w) latents, drawn with the same ``randn_tensor`` call (shape and order) the
+        pipeline's ``prepare_latents`` makes, so ``--init none`` and ``--init mudi`` share it."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+
     def vae_encode(self, vae, pixels: torch.Tensor):
         """The VAE posterior (``latent_dist``) of (B, 3, H, W) images in [-1, 1]."""
         return vae.encode(pixels).latent_dist

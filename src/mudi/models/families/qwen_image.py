@@ -78,6 +78,14 @@ class QwenImageFamily(NeedsDiffusers, FlowFamily):
         """The pipeline's packed latents back to (B, 16, h, w)."""
         return pipe._unpack_latents(latents, resolution, resolution, self.vae_scale_factor(pipe))[:, :, 0]
 
+    def pipeline_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline takes ``latents=`` packed: (B, C, h, w) → (B, h/2 · w/2, 4C) tokens (its noise,
+        drawn (B, 1, C, h, w), holds the same values as a (B, C, h, w) draw)."""
+        from diffusers import QwenImagePipeline as P
+
+        b, c, h, w = latents.shape
+        return P._pack_latents(latents, b, c, h, w)
+
     # ------------------------------------------------------------------ text
     def encode_text(self, pipe, prompts: list[str], device) -> TextEmbeds:
         """Template-stripped Qwen2.5-VL states and their padding mask (all ones when unpadded)."""

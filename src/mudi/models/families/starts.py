@@ -8,7 +8,8 @@ noised to enter it there (the mean-shifted initialization, :mod:`mudi.generate.i
   σ = 1 (where a flow sampler's input holds no signal at all); ``x = (1 − σ_start)·sample +
   σ_start·ε``, and the pipeline gets the ``sigmas`` whose shifted schedule starts exactly there:
   ``u·linspace(1, 1/N, N)`` with ``u`` the unshifted value of ``σ_start`` (the pipeline's own
-  default is ``u = 1``), so all N steps run from ``σ_start`` down.
+  default is ``u = 1``), so all N steps run from ``σ_start`` down. A scheduler that stretches its
+  schedule to a terminal σ (``shift_terminal``) gets its ``u`` by bisection.
 """
 
 from __future__ import annotations
@@ -95,11 +96,31 @@ def flow_start(scheduler, num_inference_steps: int, sigma_start: float, mu: floa
     """The :class:`FlowStart` of ``num_inference_steps`` steps from ``sigma_start``: the ``sigmas``
     the pipeline gets and the first σ / timestep of the schedule they make, read from a copy of
     ``scheduler`` set up with the same ``set_timesteps`` call the pipeline makes."""
+    base = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+    extra = {"mu": mu} if mu is not None else {}
+
+    def first_sigma(u: float):
+        sch = copy.deepcopy(scheduler)
+        sch.set_timesteps(sigmas=u * base, device=device, **extra)
+        return sch, float(sch.sigmas[0])
+
     u = unshifted_sigma(scheduler.config, sigma_start, mu)
-    sigmas = u * np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-    sch = copy.deepcopy(scheduler)
-    sch.set_timesteps(sigmas=sigmas, device=device, **({"mu": mu} if mu is not None else {}))
-    return FlowStart(sch, sch.timesteps[0], float(sch.sigmas[0]), {"sigmas": sigmas})
+    if scheduler.config.get("shift_terminal") and sigma_start < 1.0:
+        u = _terminal_stretched_u(first_sigma, sigma_start)
+    sigmas = u * base
+    sch, first = first_sigma(u)
+    return FlowStart(sch, sch.timesteps[0], first, {"sigmas": sigmas})
+
+
+def _terminal_stretched_u(first_sigma, sigma_start: float, iterations: int = 60) -> float:
+    """The ``u`` whose schedule starts at ``sigma_start`` on a scheduler with ``shift_terminal``
+    (Qwen-Image's): the stretch to the terminal σ depends on the schedule's last σ, so the first σ
+    is found by bisection on ``u`` (it grows with ``u``; ``u = 1`` gives σ = 1)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if first_sigma(mid)[1] < sigma_start else (lo, mid)
+    return hi
 
 
 __all__ = ["DiffusionStart", "FlowStart", "add_noise_at", "flow_start", "schedule_start", "unshifted_sigma"]
