@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from mudi.errors import MudiError
 from mudi.io import claim_output_dir, staged_output
-from mudi.prepare.config import PrepareConfig
+from mudi.prepare.config import DEFAULT_BOX_MARGIN, DEFAULT_THRESHOLD, PrepareConfig, check_box_settings
 from mudi.prepare.detect import DEFAULT_NMS_IOU
 from mudi.prepare.importer import import_subjects
 from mudi.prepare.masking import PhotoResult, run_preparation
@@ -163,6 +164,32 @@ def load_models(
     return (detector if need_detector else None), (segmenter if need_segmenter else None)
 
 
+def mask_candidates(
+    image: Image.Image,
+    box: Sequence[float],
+    segmenter: Segmenter | str | None = None,
+    *,
+    margin: float = DEFAULT_BOX_MARGIN,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The masks a user can choose from for ``box`` in ``image``: (bool masks (K, H, W), scores (K,)),
+    best first. ``box`` is enlarged by ``margin`` as in :func:`prepare`; ``segmenter`` is loaded as
+    :func:`prepare` loads it (a name, ``"grabcut"``, ``None`` = the default SAM, or an object). SAM gives
+    its 3 multimask candidates with their predicted IoU; a segmenter without ``candidates`` (GrabCut)
+    gives its one mask with score NaN. Save the chosen one with :func:`mudi.io.mask_to_image`."""
+    from mudi.geometry import enlarge_box
+
+    check_box_settings(DEFAULT_THRESHOLD, margin)
+    image = image.convert("RGB")
+    _, seg = load_models(None, segmenter, False, True, device=device)
+    prompt = enlarge_box(box, image.size, margin)
+    if hasattr(seg, "candidates"):
+        masks, scores = seg.candidates(image, prompt)
+    else:
+        masks, scores = np.asarray(seg.segment(image, prompt))[None], np.array([np.nan])
+    return np.asarray(masks).astype(bool), np.asarray(scores, dtype=np.float32)
+
+
 def segmenter_label(segmenter: Any) -> str:
     """How the contact sheet and prepare.json name a segmenter ("SAM (facebook/sam-vit-huge)")."""
     label = getattr(segmenter, "label", None) or type(segmenter).__name__
@@ -198,4 +225,4 @@ def _title(config: PrepareConfig, record: dict[str, Any], detected: bool) -> str
     return title
 
 
-__all__ = ["build_subject_set", "load_models", "prepare", "segmenter_label"]
+__all__ = ["build_subject_set", "load_models", "mask_candidates", "prepare", "segmenter_label"]

@@ -2,7 +2,8 @@
 
 - :class:`SamSegmenter`: Segment Anything with one box prompt and a single mask
   (``multimask_output=False``), post-processed back to the photo's own size. This is what
-  METHOD.md §1 prescribes.
+  METHOD.md §1 prescribes. :meth:`SamSegmenter.candidates` gives SAM's three multimask candidates
+  with their predicted IoU, for a user to choose from.
 - :class:`GrabCutSegmenter`: OpenCV GrabCut initialised from the box. It needs **no model
   weights** and is a fallback only: its masks are rougher than SAM's (check the contact sheet).
 """
@@ -42,9 +43,22 @@ class SamSegmenter:
         self.model, self.processor, self.name = model_pair(model, load_sam, default=DEFAULT_SEGMENTER, kind="sam",
                                                            device=device, dtype=dtype)
 
-    @torch.no_grad()
     def segment(self, image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
         """Bool mask (H, W) of the object in ``box`` (pixels of ``image``)."""
+        return self._predict(image, box, multimask=False)[0][0]
+
+    def candidates(self, image: Image.Image, box: tuple[float, float, float, float]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """SAM's multimask output for ``box``: bool masks (3, H, W) and their predicted IoU scores
+        (3,), best score first (the user picks one when the single mask is wrong)."""
+        masks, scores = self._predict(image, box, multimask=True)
+        order = np.argsort(-scores, kind="stable")
+        return masks[order], scores[order]
+
+    @torch.no_grad()
+    def _predict(self, image: Image.Image, box: tuple[float, float, float, float], *, multimask: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """(bool masks (K, H, W) at the photo's size, predicted IoU scores (K,)) for one box."""
         image = image.convert("RGB")
         x0, y0, x1, y1 = (float(v) for v in box)
         if not (x1 > x0 and y1 > y0):
@@ -58,17 +72,17 @@ class SamSegmenter:
             for k, v in inputs.items()
             if isinstance(v, torch.Tensor) and k not in ("original_sizes", "reshaped_input_sizes")
         }
-        outputs = self.model(**model_inputs, multimask_output=False)
+        outputs = self.model(**model_inputs, multimask_output=multimask)
         masks = self.processor.image_processor.post_process_masks(
             outputs.pred_masks.float().cpu(), original_sizes.cpu(), reshaped_sizes.cpu()
         )
-        mask = masks[0]  # (boxes=1, masks=1, H, W)
-        mask = np.asarray(mask.reshape(mask.shape[-2], mask.shape[-1]).numpy()).astype(bool)
-        if mask.shape != (image.height, image.width):  # defensive: must be the photo's size
-            mask = np.asarray(
-                Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.NEAREST)
-            ) >= 128
-        return mask
+        mask = masks[0]  # (boxes=1, masks=K, H, W)
+        stack = np.asarray(mask.reshape(-1, mask.shape[-2], mask.shape[-1]).numpy()).astype(bool)
+        if stack.shape[1:] != (image.height, image.width):  # defensive: must be the photo's size
+            stack = np.stack([np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(image.size, Image.NEAREST))
+                              >= 128 for m in stack])
+        scores = outputs.iou_scores.float().cpu().reshape(-1).numpy()
+        return stack, scores
 
 
 class GrabCutSegmenter:
