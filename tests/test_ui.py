@@ -278,6 +278,32 @@ def test_photo_box_canvas_round_trip(ctx, toy_photos):
     assert set(boxes) == {"b00.png", "a01.png"} and len(boxes["a01.png"]) == 4
 
 
+def test_choosing_a_candidate_replaces_that_photos_mask(ctx, toy_photos, tiny_models):
+    """Candidates of a photo as overlays; clicking one puts it in the mask uploads, and the next build
+    (with Replace) uses exactly that mask for that photo."""
+    import dataclasses
+
+    from mudi.io import load_mask
+    from mudi.subjects import SubjectSet
+    from mudi.ui.subjects_tab import build_subject_set, choose_candidate, show_candidates
+
+    with pytest.raises(MudiError, match="build the set first"):
+        show_candidates(ctx, "s", "a00.png", "")
+    build_subject_set(ctx, "s", _rows(toy_photos), None, "", False)
+    ctx.preset = dataclasses.replace(ctx.preset, segmenter=str(tiny_models / "sam"))
+    gallery = show_candidates(ctx, "s", "a01.png", '{"a01.png": [8, 8, 56, 56]}')
+    assert len(gallery) == 3 and all(Path(p).is_file() and "IoU" in c for p, c in gallery)
+    with pytest.raises(MudiError, match="no candidate 4"):
+        choose_candidate(ctx, "s", "a01.png", 3, None)
+    earlier = [str(toy_photos / "mask_a00.png"), str(toy_photos / "mask_a01.png")]
+    masks = choose_candidate(ctx, "s", "a01.png", 1, earlier)
+    assert masks[0] == earlier[0] and len(masks) == 2 and Path(masks[1]).name == "a01.png"
+    expected = load_mask(Path(gallery[1][0]).with_name("mask_1.png"))
+    report = build_subject_set(ctx, "s", _rows(toy_photos), masks, "", True)
+    photo = [p for s in SubjectSet.load(report.out).subjects for p in s.photos if p.image_path.name == "a01.png"]
+    assert np.array_equal(photo[0].load().mask, expected)
+
+
 def test_mudi_ui_serves_on_localhost_behind_its_login(tmp_path):
     """The real command: binds 127.0.0.1, the page needs the --auth login (a wrong password fails)."""
     import http.cookiejar

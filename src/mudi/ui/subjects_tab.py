@@ -2,8 +2,9 @@
 
 The page only gathers inputs; :func:`mudi.prepare` makes the set (masks from uploaded mask
 files, boxes drawn or typed in the page, the preset's detector, or GrabCut/SAM) and its contact
-sheet. A bad mask is fixed by uploading a mask named like the photo, or drawing its box on the
-photo, and building again with *Replace* ticked.
+sheet. A bad mask is fixed by uploading a mask named like the photo, drawing its box on the
+photo, or clicking one of the segmenter's candidate masks (SAM gives three; it becomes that photo's
+uploaded mask), and building again with *Replace* ticked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 from pathlib import Path
 
 from mudi.errors import MudiError
+from mudi.io import write_bytes_atomic
 from mudi.ui import canvas
 from mudi.ui.common import AppContext, guarded, need, ok
 from mudi.ui.workspace import check_name, check_upload, replace_folder, store_uploads
@@ -119,15 +121,57 @@ def box_canvas(ctx: AppContext, name: str, photo: str) -> str:
     path = uploaded_photos(ctx, name).get(photo)
     if path is None:
         raise MudiError(f"{photo!r}: no such uploaded photo in subject set {name!r}; build the set first.")
-    report = ctx.ws.path("subjects", name) / "prepare.json"
-    box = None
-    if report.is_file():
-        rows = [r for r in json.loads(report.read_text(encoding="utf-8")).get("photos", [])
-                if Path(str(r.get("photo", ""))).name == photo]
-        box = rows[0].get("box") if rows else None
     with Image.open(path) as img:
         size = img.size
-    return canvas.photo_canvas(f"/gradio_api/file={path}", size, box, photo)
+    return canvas.photo_canvas(f"/gradio_api/file={path}", size, _used_box(ctx, name, photo), photo)
+
+
+def _used_box(ctx: AppContext, name: str, photo: str) -> list | None:
+    """The box prepare used for ``photo`` (its prepare.json), or None."""
+    report = ctx.ws.path("subjects", name) / "prepare.json"
+    if not report.is_file():
+        return None
+    rows = [r for r in json.loads(report.read_text(encoding="utf-8")).get("photos", [])
+            if Path(str(r.get("photo", ""))).name == photo]
+    return rows[0].get("box") if rows else None
+
+
+def show_candidates(ctx: AppContext, name: str, photo: str, boxes_text: str) -> list[tuple[str, str]]:
+    """Segment ``photo`` in its box (typed/drawn, else the one prepare used, else the whole photo) and
+    save the segmenter's candidate masks with overlays; returns the gallery's (overlay, caption) list."""
+    from mudi.io import load_rgb, mask_to_image, save_image_atomic
+    from mudi.prepare import mask_candidates
+    from mudi.viz import outline_mask
+
+    path = uploaded_photos(ctx, name).get(need(photo, "a photo"))
+    if path is None:
+        raise MudiError(f"{photo!r}: no such uploaded photo in subject set {name!r}; build the set first.")
+    image = load_rgb(path)
+    box = parse_boxes(boxes_text).get(photo) or _used_box(ctx, name, photo) or [0, 0, image.width, image.height]
+    masks, scores = mask_candidates(image, box, ctx.preset.segmenter or None, device=ctx.config.device)
+    folder = ctx.ws.path("candidates", name) / check_name(Path(photo).stem, "photo")
+    replace_folder(folder)
+    gallery = []
+    for k, (mask, score) in enumerate(zip(masks, scores)):
+        save_image_atomic(mask_to_image(mask), folder / f"mask_{k}.png")
+        overlay = save_image_atomic(outline_mask(image, mask), folder / f"overlay_{k}.png")
+        gallery.append((str(overlay), f"candidate {k + 1}" + ("" if score != score else f" (IoU {score:.2f})")))
+    return gallery
+
+
+def choose_candidate(ctx: AppContext, name: str, photo: str, k: int, masks: list | None) -> list[str]:
+    """Candidate ``k`` of ``photo`` becomes its uploaded mask: the mask-upload list with any earlier mask
+    of that photo replaced (the next build with Replace uses it, as for a mask the user uploaded)."""
+    folder = ctx.ws.path("candidates", name) / check_name(Path(need(photo, "a photo")).stem, "photo")
+    source = folder / f"mask_{int(k)}.png"
+    if not source.is_file():
+        raise MudiError(f"{photo}: no candidate {int(k) + 1}; press 'Show candidates' first.")
+    stem = Path(photo).stem
+    chosen = ctx.ws.path("candidates", name) / "_chosen" / f"{stem}.png"
+    chosen.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(chosen, source.read_bytes())
+    keep = [str(m) for m in masks or [] if Path(str(m)).stem not in (stem, f"mask_{stem}")]
+    return keep + [str(chosen)]
 
 
 def add_box(boxes_text: str, photo: str, value: str) -> str:
@@ -177,6 +221,9 @@ def build(ctx: AppContext) -> dict:
             board = gr.HTML("", html_template=canvas.TEMPLATE, css_template=canvas.CSS, js_on_load=canvas.JS,
                             elem_id="subjects-box-canvas")
         boxes = gr.Textbox(label='boxes: {"photo.png": [x0, y0, x1, y1]} (pixels)', lines=2, elem_id="subject-boxes")
+        show = gr.Button("Show the segmenter's candidate masks for this photo", elem_id="subjects-candidates-show")
+        cands = gr.Gallery(label="candidates: click one to use it as this photo's mask", columns=3, height=220,
+                           allow_preview=False, elem_id="subjects-candidates")
     replace = gr.Checkbox(False, label="Replace a subject set of the same name", elem_id="subjects-replace")
     go = gr.Button("Build subject set", variant="primary", elem_id="subjects-build")
     status = gr.HTML(elem_id="subjects-status")
@@ -194,6 +241,15 @@ def build(ctx: AppContext) -> dict:
                                           box_canvas(ctx, n, p))), [name, photo], [status, board])
     use.click(guarded(2)(lambda b, p, v: (ok(f"box of {p} set; build again with Replace"), add_box(b, p, v))),
               [boxes, photo, board], [status, boxes])
+    show.click(guarded(2)(lambda n, p, b: (ok(f"click the best mask of {p}"), show_candidates(ctx, n, p, b))),
+               [name, photo, boxes], [status, cands])
+
+    @guarded(2)
+    def on_pick(n, p, current, evt: gr.SelectData):
+        chosen = choose_candidate(ctx, n, p, evt.index, current)
+        return ok(f"candidate {evt.index + 1} is now the mask of {p}; build again with Replace"), chosen
+
+    cands.select(on_pick, [name, photo, masks], [status, masks])
     return {"build": go}
 
 
@@ -211,5 +267,5 @@ def _mask_source(ctx: AppContext) -> str:
     return "found by OWLv2 and cut out with SAM (they need the model files), or from masks you upload"
 
 
-__all__ = ["MAX_SUBJECTS", "add_box", "box_canvas", "build", "build_subject_set", "parse_boxes", "report_outputs",
-           "subject_rows", "uploaded_photos"]
+__all__ = ["MAX_SUBJECTS", "add_box", "box_canvas", "build", "build_subject_set", "choose_candidate", "parse_boxes",
+           "report_outputs", "show_candidates", "subject_rows", "uploaded_photos"]

@@ -1,7 +1,7 @@
 """The app's working folder: one subfolder per kind of output, safe names, checked uploads.
 
 Everything the page makes lives under the workdir (``subjects/NAME``, ``composites/NAME``,
-``runs/NAME``, ``gen/NAME``, ``eval/NAME``, ``uploads/NAME``, ``layouts/``), so a page never
+``runs/NAME``, ``gen/NAME``, ``eval/NAME``, ``uploads/NAME``, ``candidates/NAME``, ``layouts/``), so a page never
 writes elsewhere, a name typed in the page cannot point outside it, and a run found on disk is
 shown again after the browser (or the server) restarts.
 """
@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from mudi.errors import MudiError
 from mudi.io import write_bytes_atomic
 
-KINDS = ("subjects", "uploads", "composites", "runs", "gen", "eval", "layouts")
+KINDS = ("subjects", "uploads", "candidates", "composites", "runs", "gen", "eval", "layouts")
 #: Photo and mask types the page accepts.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
