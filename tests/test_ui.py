@@ -302,6 +302,17 @@ def test_choosing_a_candidate_replaces_that_photos_mask(ctx, toy_photos, tiny_mo
     report = build_subject_set(ctx, "s", _rows(toy_photos), masks, "", True)
     photo = [p for s in SubjectSet.load(report.out).subjects for p in s.photos if p.image_path.name == "a01.png"]
     assert np.array_equal(photo[0].load().mask, expected)
+    # the page's click handler gets the clicked index from Gradio (by its SelectData hint)
+    import gradio as gr
+    from gradio.helpers import special_args
+
+    from mudi.ui.app import build_app
+
+    demo, _ = build_app(ctx.config, ctx)
+    pick = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_pick"][0]
+    args = special_args(pick, ["s", "a01.png", []], None, gr.SelectData(None, {"index": 2, "value": None}))[0]
+    status, chosen = pick(*args)
+    assert "candidate 3 is now the mask of a01.png" in status and Path(chosen[0]).name == "a01.png"
 
 
 def test_mudi_ui_serves_on_localhost_behind_its_login(tmp_path):

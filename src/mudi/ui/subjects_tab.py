@@ -165,7 +165,7 @@ def choose_candidate(ctx: AppContext, name: str, photo: str, k: int, masks: list
     folder = ctx.ws.path("candidates", name) / check_name(Path(need(photo, "a photo")).stem, "photo")
     source = folder / f"mask_{int(k)}.png"
     if not source.is_file():
-        raise MudiError(f"{photo}: no candidate {int(k) + 1}; press 'Show candidates' first.")
+        raise MudiError(f"{photo}: no candidate {int(k) + 1}; press 'Show the segmenter's candidate masks' first.")
     stem = Path(photo).stem
     chosen = ctx.ws.path("candidates", name) / "_chosen" / f"{stem}.png"
     chosen.parent.mkdir(parents=True, exist_ok=True)
@@ -244,12 +244,12 @@ def build(ctx: AppContext) -> dict:
     show.click(guarded(2)(lambda n, p, b: (ok(f"click the best mask of {p}"), show_candidates(ctx, n, p, b))),
                [name, photo, boxes], [status, cands])
 
-    @guarded(2)
-    def on_pick(n, p, current, evt: gr.SelectData):
+    def on_pick(n, p, current, evt):
         chosen = choose_candidate(ctx, n, p, evt.index, current)
         return ok(f"candidate {evt.index + 1} is now the mask of {p}; build again with Replace"), chosen
 
-    cands.select(on_pick, [name, photo, masks], [status, masks])
+    on_pick.__annotations__["evt"] = gr.SelectData  # a real class: Gradio passes the click by this hint
+    cands.select(guarded(2)(on_pick), [name, photo, masks], [status, masks])
     return {"build": go}
 
 
