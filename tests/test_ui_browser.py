@@ -138,6 +138,12 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     sync_api.expect(page.locator("#subject-boxes textarea")).to_have_value(
         re.compile(r'"a01.png": \[\d+, \d+, \d+, \d+\]'))
     _status(page, "subjects-status", "box of a01.png set")
+    # click one of the segmenter's candidates for another photo (the choose-a-candidate path)
+    _choose(page, "subjects-box-photo", "a00.png")
+    page.locator("#subjects-candidates-show").click()
+    _status(page, "subjects-status", "click the best mask of a00.png")
+    page.locator("#subjects-candidates .thumbnail-item").first.click()
+    _status(page, "subjects-status", "candidate 1 is now the mask of a00.png")
     page.locator("#subjects-replace input").check()
     page.locator("#subjects-build").click()
     _status(page, "subjects-status", "subject set toys: 6 photos")
@@ -145,6 +151,7 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     report = json.loads((ctx.ws.root / "subjects" / "toys" / "prepare.json").read_text())
     methods = {Path(p["photo"]).name: p["method"] for p in report["photos"]}
     assert (methods["a01.png"], methods["b02.png"], methods["b00.png"]) == ("user box", "mask file", "detected")
+    assert methods["a00.png"] == "mask file"  # the chosen candidate
     # 2. composites
     _tab(page, "2. Compose")
     _choose(page, "compose-set", "toys")
