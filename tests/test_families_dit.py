@@ -18,7 +18,10 @@ from mudi.errors import MudiError
 from mudi.models.families import FluxFamily, SD3Family, family_for_folder, family_of
 from mudi.models.families.objectives import FlowSettings, flow_loss_weight, sample_u
 
-FAST = ["--resolution", "64", "--validate-every", "-1", "--checkpoint-every", "0", "--no-progress"]
+from flow_train_checks import (assert_checkpointing_trains_the_same_lora, assert_dco_first_step_is_log2,
+                               assert_resume_is_bitwise)
+from flow_train_checks import train_cli as _train_cli
+
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +36,6 @@ def flux_pipe(tiny_models):
     pipe = load_pipeline(str(tiny_models / "flux"))
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _train_cli(tiny_models, subjects, out, model, *extra) -> int:
-    return main(["train", "--subjects", str(subjects), "--base", str(tiny_models / model), "--out", str(out),
-                 "--steps", "3", *FAST, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -203,22 +201,13 @@ def test_flux_generate_from_the_cli(flux_lora, tmp_path):
 
 
 def test_flux_resume_is_bitwise(tiny_models, subjects, flux_lora, tmp_path):
-    out = tmp_path / "resumed"
-    assert _train_cli(tiny_models, subjects, out, "flux", "--stop-after", "1") == 0
-    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
-    a, b = load_file(str(flux_lora / "pytorch_lora_weights.safetensors")), load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_bitwise(tiny_models, subjects, "flux", flux_lora, tmp_path / "resumed")
 
 
 def test_flux_dco_and_weighting_options(tiny_models, subjects, tmp_path):
     out = tmp_path / "dco"
-    assert _train_cli(tiny_models, subjects, out, "flux", "--reg", "dco", "--weighting-scheme", "logit_normal",
-                      "--steps", "2") == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["reg"] == "dco" and summary["weighting_scheme"] == "logit_normal"
-    rows = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
-    assert all(np.isfinite(r["loss_reference"]) for r in rows)
-    assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-4)  # step 1: LoRA B = 0, the DCO loss is log 2
+    assert_dco_first_step_is_log2(tiny_models, subjects, "flux", out, "--weighting-scheme", "logit_normal")
+    assert json.loads((out / "summary.json").read_text())["weighting_scheme"] == "logit_normal"
 
 
 def test_flux_priors_then_prior_preservation(tiny_models, subjects, tmp_path, monkeypatch):
@@ -260,11 +249,4 @@ def test_sd3_train_load_and_generate(tiny_models, subjects, tmp_path):
 
 
 def test_flux_gradient_checkpointing_trains_the_same_lora(tiny_models, subjects, tmp_path):
-    runs = {}
-    for mode in ("off", "on"):
-        out = tmp_path / mode
-        assert _train_cli(tiny_models, subjects, out, "flux", "--steps", "1", "--gradient-checkpointing", mode) == 0
-        assert json.loads((out / "summary.json").read_text())["gradient_checkpointing"] is (mode == "on")
-        runs[mode] = load_file(str(out / "pytorch_lora_weights.safetensors"))
-    assert all(torch.allclose(runs["off"][k], runs["on"][k], atol=1e-6) for k in runs["off"])
-    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in runs["on"].items() if "lora_B" in k)
+    assert_checkpointing_trains_the_same_lora(tiny_models, subjects, "flux", tmp_path)

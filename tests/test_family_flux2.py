@@ -16,7 +16,9 @@ from mudi.cli import main
 from mudi.errors import MudiError
 from mudi.models.families import Flux2KleinFamily, family_for_folder, family_of
 
-FAST = ["--resolution", "64", "--validate-every", "-1", "--checkpoint-every", "0", "--no-progress"]
+from flow_train_checks import (assert_checkpointing_trains_the_same_lora, assert_dco_first_step_is_log2,
+                               assert_resume_is_bitwise, train_cli)
+
 PART = "flux2-klein"
 
 
@@ -37,8 +39,7 @@ def pipe(tiny_models):
 @pytest.fixture(scope="module")
 def lora(tiny_models, subjects, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("flux2_lora")
-    assert main(["train", "--subjects", str(subjects), "--base", str(tiny_models / PART), "--out", str(out),
-                 "--steps", "3", *FAST]) == 0
+    assert train_cli(tiny_models, subjects, out, PART) == 0
     return out
 
 
@@ -206,3 +207,18 @@ def test_init_mudi_from_the_cli(lora, tmp_path):
     side = json.loads((out / "0000.json").read_text())
     assert side["init"] == "mudi" and side["init_sigma"] == 0.8 and len(side["layout"]) == 2
     assert (out / "0000_init.png").is_file() and (out / "0000.png").is_file()
+
+
+# ----------------------------------------------------------------------------- the trainer's properties
+
+
+def test_resume_is_bitwise(tiny_models, subjects, lora, tmp_path):
+    assert_resume_is_bitwise(tiny_models, subjects, PART, lora, tmp_path / "resumed")
+
+
+def test_dco_first_step_loss_is_log2(tiny_models, subjects, tmp_path):
+    assert_dco_first_step_is_log2(tiny_models, subjects, PART, tmp_path / "dco")
+
+
+def test_gradient_checkpointing_trains_the_same_lora(tiny_models, subjects, tmp_path):
+    assert_checkpointing_trains_the_same_lora(tiny_models, subjects, PART, tmp_path)

@@ -17,8 +17,12 @@ from mudi.cli import main
 from mudi.errors import MudiError
 from mudi.models.families import QwenImageFamily, TextEmbeds, family_for_folder, family_of
 
-FAST = ["--resolution", "64", "--validate-every", "-1", "--checkpoint-every", "0", "--no-progress"]
+from flow_train_checks import (assert_checkpointing_trains_the_same_lora, assert_dco_first_step_is_log2,
+                               assert_resume_is_bitwise, train_cli)
+
 PART = "qwen-image"
+# the fixture's run validates at its last step (cached embeddings + mask, frame-axis decode)
+VALIDATE = ("--validate-every", "3", "--validation-prompt", "a photo of {a}", "--validation-steps", "2")
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +42,7 @@ def pipe(tiny_models):
 @pytest.fixture(scope="module")
 def lora(tiny_models, subjects, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("qwen_lora")
-    assert main(["train", "--subjects", str(subjects), "--base", str(tiny_models / PART), "--out", str(out),
-                 "--steps", "3", "--validate-every", "3", "--validation-prompt", "a photo of {a}", "--validation-steps", "2",
-                 "--resolution", "64", "--checkpoint-every", "0", "--no-progress"]) == 0
+    assert train_cli(tiny_models, subjects, out, PART, *VALIDATE) == 0
     return out
 
 
@@ -181,8 +183,7 @@ def test_priors_then_prior_preservation(tiny_models, subjects, tmp_path, box_seg
                  "--detector", "none", "--segmenter", "grabcut", "--steps", "2", "--resolution", "64",
                  "--out", str(classes), "--no-progress"]) == 0
     out = tmp_path / "prior"
-    assert main(["train", "--subjects", str(subjects), "--base", str(tiny_models / PART), "--out", str(out),
-                 "--prior-dir", str(classes), "--steps", "1", *FAST]) == 0
+    assert train_cli(tiny_models, subjects, out, PART, "--prior-dir", str(classes), "--steps", "1") == 0
     row = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])
     assert np.isfinite(row["loss_prior"]) and row["loss"] == pytest.approx(row["loss_instance"] + row["loss_prior"])
 
@@ -196,3 +197,19 @@ def test_init_mudi_from_the_cli(lora, tmp_path):
     side = json.loads((out / "0000.json").read_text())
     assert side["init"] == "mudi" and side["init_sigma"] == 0.8 and len(side["layout"]) == 2
     assert (out / "0000_init.png").is_file() and (out / "0000.png").is_file()
+
+
+# ----------------------------------------------------------------------------- the trainer's properties
+
+
+def test_resume_is_bitwise(tiny_models, subjects, lora, tmp_path):
+    """Stopped after step 1 (before the fixture's validation at step 3), resumed: the same LoRA."""
+    assert_resume_is_bitwise(tiny_models, subjects, PART, lora, tmp_path / "resumed", *VALIDATE)
+
+
+def test_dco_first_step_loss_is_log2(tiny_models, subjects, tmp_path):
+    assert_dco_first_step_is_log2(tiny_models, subjects, PART, tmp_path / "dco")
+
+
+def test_gradient_checkpointing_trains_the_same_lora(tiny_models, subjects, tmp_path):
+    assert_checkpointing_trains_the_same_lora(tiny_models, subjects, PART, tmp_path)
