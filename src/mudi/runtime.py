@@ -7,6 +7,7 @@ from generators (or from a forked global RNG that is restored), and library sett
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
@@ -166,7 +167,18 @@ def processes() -> Processes:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU-only machines, else NCCL
+    atexit.register(_close_group)
     return Processes(state.process_index, state.num_processes, state.local_process_index)
+
+
+def _close_group() -> None:
+    """Destroy the process group this program started, before the interpreter tears down: left to
+    static destructors, gloo's worker threads can be destroyed unjoined and the process aborts
+    ("terminate called without an active exception") although its work finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def import_optional(module: str, *, package: str, extra: str, purpose: str, instead: str = ""):
