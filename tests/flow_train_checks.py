@@ -24,6 +24,15 @@ def train_cli(tiny_models: Path, subjects: Path, out: Path, part: str, *extra: s
                  "--steps", "3", *FAST, *extra])
 
 
+def tiny_pipeline(tiny_models: Path, part: str):
+    """The tiny pipeline ``part`` of the tiny-models folder, progress bars off."""
+    from mudi.models.loading import load_pipeline
+
+    p = load_pipeline(str(tiny_models / part))
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
 def lora_weights(run: Path) -> dict[str, torch.Tensor]:
     """The diffusers LoRA a finished run exported."""
     return load_file(str(run / "pytorch_lora_weights.safetensors"))

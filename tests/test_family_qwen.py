@@ -18,7 +18,7 @@ from mudi.errors import MudiError
 from mudi.models.families import QwenImageFamily, TextEmbeds, family_for_folder, family_of
 
 from flow_train_checks import (assert_checkpointing_trains_the_same_lora, assert_dco_first_step_is_log2,
-                               assert_resume_is_bitwise, train_cli)
+                               assert_resume_is_bitwise, tiny_pipeline, train_cli)
 
 PART = "qwen-image"
 # the fixture's run validates at its last step (cached embeddings + mask, frame-axis decode)
@@ -32,11 +32,7 @@ def subjects(data_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(tiny_models):
-    from mudi.models.loading import load_pipeline
-
-    p = load_pipeline(str(tiny_models / PART))
-    p.set_progress_bar_config(disable=True)
-    return p
+    return tiny_pipeline(tiny_models, PART)
 
 
 @pytest.fixture(scope="module")
