@@ -205,6 +205,26 @@ def test_detector_splits_touching_objects(gap):
     assert len(ToyDetector(split=False).detect([Image.fromarray(img)], ["olis circle", "hta circle"], 0.4)[0]) < 2
 
 
+def _discs(*discs, shape=(40, 70)):
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    return np.logical_or.reduce([(x - cx) ** 2 + (y - cy) ** 2 <= r ** 2 for cx, cy, r in discs])
+
+
+@pytest.mark.parametrize("bump", [(20, 8, 5), (20, 7, 6), (12, 9, 5), (46, 35, 5)])
+def test_split_blob_two_touching_objects_one_ragged(bump):
+    # a ragged object (a bump on its outline, as the toy model draws them) has a second
+    # distance-transform maximum; the touching pair is still split in two at the neck, one part
+    # around each object (the bump stays with its object)
+    from mudi.toy.vision import split_blob
+
+    parts = split_blob(_discs((20, 22, 12), (44, 22, 12), bump), 24)
+    centres = sorted((x0 + x1) / 2 for (x0, _, x1, _), _ in parts)
+    assert len(parts) == 2
+    assert abs(centres[0] - 20) < 3 and abs(centres[1] - 44) < 3
+    # ... and a single ragged object is never split
+    assert len(split_blob(_discs((20, 22, 12), bump if bump[0] < 40 else (30, 30, 6), shape=(40, 40)), 24)) == 1
+
+
 def test_detector_never_splits_a_single_object():
     det = ToyDetector()
     rng = np.random.default_rng(5)

@@ -137,30 +137,32 @@ def find_objects(arr: np.ndarray, min_area: int = 24) -> list[tuple[tuple[int, i
     return out
 
 
-def split_blob(blob: np.ndarray, min_area: int, max_parts: int = 3,
-               neck_ratio: float = 0.8) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """Split a blob of touching objects at its necks (the way a detector still sees two objects).
-
-    Seeds are the distinct maxima of the blob's distance transform (object cores); each pixel
-    goes to the seed it reaches first by growing inside the blob (a geodesic Voronoi split).
-    The split is kept only where the blob really narrows between the parts: the widest point
-    of each part's border with the others (its distance-transform value) must be at most
-    `neck_ratio` times the part's core radius, and every part must look like some class
-    (template IoU >= 0.5). A single object (one core) is never split. Returns (box, crop)
-    pairs in the blob's own coordinates; ``[(whole box, blob)]`` when there is nothing to split.
-    """
-    h, w = blob.shape
-    whole = [((0, 0, w, h), blob)]
-    dist = ndimage.distance_transform_edt(np.pad(blob, 1))[1:-1, 1:-1]
+def _cores(dist: np.ndarray, max_parts: int) -> list[tuple[np.ndarray, float]]:
+    """Object cores of a blob, strongest first: the distinct maxima of its distance transform,
+    without the maxima that lie inside a stronger core's inscribed circle (those are the ridge of
+    one elongated or ragged object, not a second object). At most ``max_parts``; (pixels, radius)."""
     peaks = (dist == ndimage.maximum_filter(dist, size=5)) & (dist >= 3.0)
     lab, n = ndimage.label(peaks, np.ones((3, 3), bool))
     if n < 2:
-        return whole
-    strength = np.asarray(ndimage.maximum(dist, lab, index=np.arange(1, n + 1)))
-    keep = np.argsort(-strength)[:max_parts] + 1
+        return []
+    index = np.arange(1, n + 1)
+    strength = np.asarray(ndimage.maximum(dist, lab, index=index))
+    centres = np.asarray(ndimage.center_of_mass(peaks, lab, index))
+    kept: list[int] = []
+    for i in np.argsort(-strength, kind="stable"):
+        if all(np.hypot(*(centres[i] - centres[j])) > strength[j] for j in kept):
+            kept.append(int(i))
+    return [(lab == i + 1, float(strength[i])) for i in kept[:max_parts]]
+
+
+def _partition(blob: np.ndarray, dist: np.ndarray, cores: list[tuple[np.ndarray, float]], min_area: int,
+               neck_ratio: float) -> list[tuple[tuple[int, int, int, int], np.ndarray]] | None:
+    """Split ``blob`` among ``cores`` (geodesic Voronoi); None unless every part is an object
+    (see :func:`split_blob`)."""
+    h, w = blob.shape
     markers = np.zeros((h, w), np.int32)
-    for k, lbl in enumerate(keep, start=1):
-        markers[lab == lbl] = k
+    for k, (pixels, _) in enumerate(cores, start=1):
+        markers[pixels] = k
     cross = ndimage.generate_binary_structure(2, 1)
     for _ in range(h + w):  # geodesic growth into unclaimed blob pixels
         free = blob & (markers == 0)
@@ -171,20 +173,44 @@ def split_blob(blob: np.ndarray, min_area: int, max_parts: int = 3,
     hi = ndimage.grey_dilation(markers, footprint=cross)
     lo = -ndimage.grey_dilation(-np.where(blob, markers, 10**6), footprint=cross)
     parts = []
-    for k, lbl in enumerate(keep, start=1):
+    for k, (_, radius) in enumerate(cores, start=1):
         part = markers == k
         # touches another part; background neighbours count neither in hi (label 0) nor lo (10**6)
         border = part & ((hi != k) | (lo != k))
         neck = float(dist[border].max()) if border.any() else 0.0
-        if part.sum() < min_area or neck > neck_ratio * strength[lbl - 1]:
-            return whole
+        if part.sum() < min_area or neck > neck_ratio * radius:
+            return None
         ys, xs = np.where(part)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         crop = part[y0:y1, x0:x1]
         if max(shape_scores(crop).values()) < 0.5:
-            return whole
+            return None
         parts.append(((int(x0), int(y0), int(x1), int(y1)), crop))
     return parts
+
+
+def split_blob(blob: np.ndarray, min_area: int, max_parts: int = 3,
+               neck_ratio: float = 0.8) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Split a blob of touching objects at its necks (the way a detector still sees two objects).
+
+    Seeds are the object cores of :func:`_cores` (distance-transform maxima, a ridge inside one
+    object counted once); each pixel goes to the core it reaches first by growing inside the blob
+    (a geodesic Voronoi split). A split is kept only where the blob really narrows between the
+    parts: the widest point of each part's border with the others (its distance-transform value)
+    must be at most `neck_ratio` times the part's core radius, and every part must look like some
+    class (template IoU >= 0.5). With more cores than objects (a ragged object has a second
+    maximum) the weakest cores are dropped one at a time until a split passes. A single object
+    (one core) is never split. Returns (box, crop) pairs in the blob's own coordinates;
+    ``[(whole box, blob)]`` when there is nothing to split.
+    """
+    h, w = blob.shape
+    dist = ndimage.distance_transform_edt(np.pad(blob, 1))[1:-1, 1:-1]
+    cores = _cores(dist, max_parts)
+    for k in range(len(cores), 1, -1):
+        parts = _partition(blob, dist, cores[:k], min_area, neck_ratio)
+        if parts is not None:
+            return parts
+    return [((0, 0, w, h), blob)]
 
 
 class ToyDetector:
