@@ -8,7 +8,9 @@ objects here; weights come from :mod:`mudi.toy.train`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 RESOLUTION = 64
 LATENT_CHANNELS = 16
@@ -29,6 +31,26 @@ class ToyModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def load_config(path: Path | None) -> ToyModelConfig:
+    """The sizes in a JSON file of :class:`ToyModelConfig` fields (``--model-config``; None = shipped).
+
+    Raises:
+        MudiError: unreadable, not a JSON object, or a field ToyModelConfig does not have.
+    """
+    from mudi.errors import MudiError
+
+    if path is None:
+        return ToyModelConfig()
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MudiError(f"--model-config {path}: cannot read it as JSON ({e}).") from None
+    names = [f.name for f in fields(ToyModelConfig)]
+    if not isinstance(data, dict) or set(data) - set(names):
+        raise MudiError(f"--model-config {path}: expected a JSON object with some of the fields {', '.join(names)}.")
+    return ToyModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def build_vae(cfg: ToyModelConfig = ToyModelConfig(), scaling_factor: float = 1.0):

@@ -26,20 +26,22 @@ The exact arguments of the last stage are saved in the export's ``toy_training.j
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
+from mudi.errors import MudiError
+from mudi.toy.model import load_config
+from mudi.toy.train_device import PRECISIONS, Placement, check_init_from, resolve_placement
 from mudi.toy.training import GRID_CAPTIONS, encode_all, export, log, prepare_data, sample_grid, train_vae
 from mudi.toy.train_unet import train_unet
 from mudi.toy.world import WORLD_VERSION, WORLD_VERSIONS
 
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mudi.toy.train``."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/toy_base"), help="run folder (checkpoints, logs)")
     p.add_argument("--export", type=Path, default=None, help="pipeline folder to write at the end")
@@ -48,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world-version", type=int, default=WORLD_VERSION, choices=WORLD_VERSIONS,
                    help="toy world version to render (1 = the pre-training world of the shipped model)")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="previous run folder whose vae.pt / unet.pt (EMA) weights to start from")
+                   help="weights to start from: a previous run folder (vae.pt / unet.pt, EMA weights) or an "
+                        "exported pipeline folder such as src/mudi/assets/toy_base (its safetensors)")
+    p.add_argument("--model-config", type=Path, default=None,
+                   help="JSON file of ToyModelConfig fields (network sizes; default: the shipped model's)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default: the shipped model's path, bitwise unchanged) or cuda / cuda:N")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16 = bf16 autocast around the forward passes (fp32 master weights, optimizer, EMA); "
+                        "meant for CUDA")
     p.add_argument("--vae-steps", type=int, default=1800)
     p.add_argument("--vae-batch", type=int, default=8)
     p.add_argument("--vae-fg-weight", type=float, default=4.0, help="extra loss weight on object pixels")
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="first UNet steps trained with the epsilon target (then v-prediction)")
     p.add_argument("--min-snr-gamma", type=float, default=5.0,
                    help="min-SNR loss weighting gamma (0 = unweighted loss; stage 2 used 0)")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="UNet batch size (larger on a GPU: e.g. 128)")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-decay-start", type=int, default=4000, help="UNet step where the linear lr anneal starts")
@@ -76,8 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--deadline", default=None, help="UTC HH:MM: stop UNet training then and export")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; a user mistake prints one line and returns 2 before anything is written."""
+    args = build_parser().parse_args(argv)
+    try:
+        place = resolve_placement(args.device, args.precision)
+        cfg = load_config(args.model_config)
+        if args.init_from is not None:
+            check_init_from(args.init_from, cfg)
+    except MudiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_recipe(args, place)
+
+
+def run_recipe(args, place: Placement) -> int:
+    """Steps 1-5 of the recipe in ``args.out`` on ``place``."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -88,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     log(run, f"rendering {args.images} scenes (seed {args.seed})")
     images, fg, scenes = prepare_data(run, args.images, args.seed, args.world_version)
     log(run, "training VAE")
-    vae = train_vae(run, images, fg, args)
-    lat_mean, lat_std, scale = encode_all(run, vae, images)
+    vae = train_vae(run, images, fg, args, place)
+    lat_mean, lat_std, scale = encode_all(run, vae, images, place)
     vae.register_to_config(scaling_factor=scale)
     del images, fg
     log(run, "training UNet + text encoder")
-    unet, te, tok, steps, loss = train_unet(run, vae, lat_mean, lat_std, scale, scenes, args)
+    unet, te, tok, steps, loss = train_unet(run, vae, lat_mean, lat_std, scale, scenes, args, place)
     meta = {"seed": args.seed, "images": args.images, "vae_steps": args.vae_steps, "unet_steps": steps,
             "final_mse": loss, "scaling_factor": scale,
             "wall_time_this_invocation_s": round(time.time() - start, 1),
@@ -102,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args.export, vae, unet, te, tok, scale, meta)
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(args.export, torch_dtype=torch.float32)
+        pipe = StableDiffusionPipeline.from_pretrained(args.export, torch_dtype=torch.float32).to(place.device)
         sample_grid(pipe, GRID_CAPTIONS, run / "samples_final.png", n_per=6)
         log(run, f"exported pipeline to {args.export}")
     log(run, f"done in {time.time() - start:.0f}s")

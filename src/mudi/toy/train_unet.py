@@ -2,8 +2,9 @@
 
 The loop draws, per step and in this order: batch indices, captions (attribute drops, made-up
 words), empty captions for classifier-free guidance (numpy ``rng``), then latent samples, noise
-and timesteps (torch's global RNG, seeded once: this is a standalone training script, and the
-shipped model's recipe depends on that order).
+and timesteps (torch's global CPU RNG, seeded once: this is a standalone training script, and the
+shipped model's recipe depends on that order). Everything is drawn on the CPU and then moved to
+the run's device (:mod:`mudi.toy.train_device`), so the order is the same on every device.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mudi.toy import captions
+from mudi.toy.train_device import Placement
 from mudi.toy.training import (GRID_CAPTIONS, EMA, deadline_passed, init_weights, log, save_atomic_torch,
                                build_pipeline, sample_grid)
 
@@ -33,6 +35,7 @@ class UnetRun:
     ema_t: EMA
     rng: np.random.Generator
     params: list
+    place: Placement = Placement()
     step: int = 0
     loss: float | None = None
 
@@ -44,13 +47,14 @@ class UnetRun:
                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "loss": self.loss}
 
 
-def setup_unet_run(run: Path, args) -> UnetRun:
-    """Build the models (seeded), start from ``--init-from`` or resume from ``run/unet.pt``."""
+def setup_unet_run(run: Path, args, place: Placement = Placement()) -> UnetRun:
+    """Build the models (seeded), start from ``--init-from`` or resume from ``run/unet.pt``; models,
+    optimizer state and EMA copies (fp32) live on ``place``."""
     import torch
 
-    from mudi.toy.model import ToyModelConfig, build_text_encoder, build_tokenizer, build_unet, training_scheduler
+    from mudi.toy.model import build_text_encoder, build_tokenizer, build_unet, load_config, training_scheduler
 
-    cfg = ToyModelConfig()
+    cfg = load_config(args.model_config)
     torch.manual_seed(args.seed + 2)
     unet, te, tok, sched = build_unet(cfg), build_text_encoder(cfg), build_tokenizer(), training_scheduler()
     ck = run / "unet.pt"
@@ -58,12 +62,14 @@ def setup_unet_run(run: Path, args) -> UnetRun:
     if init is not None:  # start from the previous run's EMA weights
         unet.load_state_dict(init["ema_unet"])
         te.load_state_dict(init["ema_te"])
+    place.model(unet)
+    place.model(te)
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     state = UnetRun(unet, te, tok, sched, opt, EMA(unet, args.ema), EMA(te, args.ema),
-                    np.random.default_rng(args.seed + 3), params)
+                    np.random.default_rng(args.seed + 3), params, place)
     if ck.exists():
-        s = torch.load(ck, weights_only=False)  # our own checkpoint, written by this script
+        s = torch.load(ck, weights_only=False, map_location="cpu")  # our own checkpoint, written by this script
         unet.load_state_dict(s["unet"])
         te.load_state_dict(s["te"])
         state.ema_u.model.load_state_dict(s["ema_unet"])
@@ -110,13 +116,15 @@ def unet_step(state: UnetRun, batch, weights, args) -> tuple[float, float]:
     import torch.nn.functional as F
 
     ids, z = batch
-    noise = torch.randn_like(z)
+    noise = torch.randn_like(z)  # CPU draws (global generator), then moved: same order on every device
     t = torch.randint(0, state.sched.config.num_train_timesteps, (len(z),))
+    ids, z, noise, t = (state.place.tensor(x) for x in (ids, z, noise, t))
     zt = state.sched.add_noise(z, noise, t)
     lr = learning_rate(state.step, args)
     for gparam in state.opt.param_groups:
         gparam["lr"] = lr
-    pred = state.unet(zt, t, state.te(ids).last_hidden_state).sample
+    with state.place.autocast():
+        pred = state.unet(zt, t, state.te(ids).last_hidden_state).sample.float()
     # the shipped model was first trained with the epsilon target (--unet-eps-steps), then v
     if state.step < args.unet_eps_steps:
         target, loss_w = noise, weights[0]
@@ -150,11 +158,11 @@ def draw_batch(state: UnetRun, scenes, lat_mean, lat_std, scale: float, args):
     return ids, z
 
 
-def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args):
+def train_unet(run: Path, vae, lat_mean, lat_std, scale: float, scenes, args, place: Placement = Placement()):
     """Train until ``--unet-steps`` or ``--deadline``; returns (EMA unet, EMA text encoder, tokenizer,
     steps, running mse)."""
-    state = setup_unet_run(run, args)
-    weights = loss_weights(state.sched, args.min_snr_gamma)
+    state = setup_unet_run(run, args, place)
+    weights = tuple(place.tensor(w) for w in loss_weights(state.sched, args.min_snr_gamma))
     state.unet.train()
     state.te.train()
     t0 = time.time()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mudi.toy.train_device import Placement, as_fp32
 from mudi.toy.world import WORLD_VERSION
 
 #: Captions for the sample grid (also a good list of demo prompts for the base model).
@@ -82,34 +83,32 @@ def prepare_data(run: Path, n: int, seed: int, version: int = WORLD_VERSION):
 
 
 def init_weights(args, name: str) -> dict | None:
-    """Model weights of a previous run's checkpoint to start from (``--init-from``), or None."""
-    import torch
+    """Model weights to start from (``--init-from``: a run folder or a pipeline folder), or None."""
+    from mudi.toy.train_device import load_init
 
     if args.init_from is None:
         return None
-    path = args.init_from / name
-    if not path.is_file():
-        raise SystemExit(f"--init-from {args.init_from}: {name} not found (expected a previous run folder)")
-    return torch.load(path, weights_only=False)  # our own checkpoint, written by this script
+    return load_init(args.init_from, name)
 
 
-def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
+def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args, place: Placement = Placement()) -> "object":
+    """Train (or resume, or skip with ``--vae-steps 0``) the VAE on ``place``; returns it in eval mode."""
     import torch
 
-    from mudi.toy.model import ToyModelConfig, build_vae
+    from mudi.toy.model import build_vae, load_config
 
-    cfg = ToyModelConfig()
     torch.manual_seed(args.seed)
-    vae = build_vae(cfg)
+    vae = build_vae(load_config(args.model_config))
     ck = run / "vae.pt"
     init = None if ck.exists() else init_weights(args, "vae.pt")  # a resume loads ck instead
     if init is not None:
         vae.load_state_dict(init["model"])
+    place.model(vae)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     step = 0
     rng = np.random.default_rng(args.seed + 1)
     if ck.exists():
-        state = torch.load(ck, weights_only=False)
+        state = torch.load(ck, weights_only=False, map_location="cpu")
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -122,15 +121,17 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     ema_loss = None
     while step < args.vae_steps:
         idx = rng.integers(0, len(images), args.vae_batch)
-        x = images_to_tensor(images[idx])
+        x = place.tensor(images_to_tensor(images[idx]))
         # objects are small: weight their pixels up so the VAE does not blur them into the background
         # (the shipped VAE had a first phase without object weighting, see --vae-phase1)
         warm = step < args.vae_phase1_steps
         fg_weight = 0.0 if warm else args.vae_fg_weight
         w = 1.0 + fg_weight * torch.from_numpy(fg[idx]).float()[:, None]
-        w = w / w.mean()
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
+        w = place.tensor(w / w.mean())
+        with place.autocast():
+            # noise from torch's global CPU generator on every device (the same draws as on a CPU)
+            post = as_fp32(vae.encode(x).latent_dist)
+            rec = vae.decode(post.sample(generator=torch.default_generator)).sample.float()
         l1 = ((rec - x).abs() * w).mean()
         l2 = ((rec - x).pow(2) * w).mean()
         kl = post.kl().mean() / (post.mean[0].numel())
@@ -155,20 +156,21 @@ def train_vae(run: Path, images: np.ndarray, fg: np.ndarray, args) -> "object":
     return vae.eval()
 
 
-def encode_all(run: Path, vae, images: np.ndarray):
-    """Latent means/stds of all images (cached) and the scaling factor 1/std."""
+def encode_all(run: Path, vae, images: np.ndarray, place: Placement = Placement()):
+    """Latent means/stds of all images (cached, on the CPU; encoded in fp32 on ``place``) and the
+    scaling factor 1/std."""
     import torch
 
     cache = run / "latents.pt"
     if cache.exists():
-        d = torch.load(cache, weights_only=False)
+        d = torch.load(cache, weights_only=False, map_location="cpu")
         return d["mean"], d["std"], d["scale"]
     means, stds = [], []
     with torch.no_grad():
         for i in range(0, len(images), 256):
-            post = vae.encode(images_to_tensor(images[i : i + 256])).latent_dist
-            means.append(post.mean.half())
-            stds.append(post.std.half())
+            post = vae.encode(place.tensor(images_to_tensor(images[i : i + 256]))).latent_dist
+            means.append(post.mean.half().cpu())
+            stds.append(post.std.half().cpu())
     mean = torch.cat(means)
     std = torch.cat(stds)
     scale = float(1.0 / mean.float().std())
@@ -177,7 +179,7 @@ def encode_all(run: Path, vae, images: np.ndarray):
     # reconstruction check image
     with torch.no_grad():
         x = images_to_tensor(images[:8])
-        rec = vae.decode(mean[:8].float()).sample
+        rec = vae.decode(place.tensor(mean[:8].float())).sample.cpu()
         grid = torch.cat([x, rec], 2).clamp(-1, 1).add(1).mul(127.5).round().byte()
         grid = grid.permute(2, 0, 3, 1).reshape(128, 8 * 64, 3).numpy()
     from PIL import Image
@@ -238,6 +240,7 @@ def export(out: Path, vae, unet, te, tok, scale: float, meta: dict) -> Path:
     vae = copy.deepcopy(vae)
     vae.register_to_config(scaling_factor=scale)
     pipe = build_pipeline(vae, copy.deepcopy(unet), copy.deepcopy(te), tok)
+    pipe.to("cpu")
     pipe.to(torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
