@@ -21,6 +21,37 @@ The shipped model was made in two stages (rerun a command to resume it after an 
         --unet-steps 6000 --threads 2 --export src/mudi/assets/toy_base
 
 The exact arguments of the last stage are saved in the export's ``toy_training.json``.
+
+Continuing from the shipped model. ``--init-from`` also takes an exported pipeline folder (its
+safetensors: VAE, UNet, text encoder; the fp16 weights are widened to fp32), so training goes on
+from ``src/mudi/assets/toy_base`` in steps, with stage 2's recipe and the VAE kept as shipped:
+
+    python -m mudi.toy.train --out runs/toy_more --init-from src/mudi/assets/toy_base --world-version 2 \
+        --vae-steps 0 --unet-eps-steps 0 --min-snr-gamma 0 --p-made-up 0.3 --lr 1e-4 --warmup 50 \
+        --lr-decay-start 1000 --lr-decay-end 2000 --unet-steps 2000 --export runs/toy_more/pipeline
+
+The optimizer state and the EMA start afresh from the loaded weights; the latent scaling factor
+is measured again on the rendered images. The next step continues from ``runs/toy_more`` (a run
+folder: the EMA weights of its checkpoints) or from its exported pipeline.
+
+On a GPU. ``--device cuda`` (or ``cuda:N``) puts the models and every batch on the GPU,
+``--precision bf16`` runs the forward passes under bf16 autocast (master weights, AdamW state and
+EMA stay fp32; losses in fp32), and ``--batch`` can grow with the card:
+
+    python -m mudi.toy.train --out runs/toy_gpu --device cuda --precision bf16 --batch 128 \
+        --threads 2 --export runs/toy_gpu/pipeline
+
+Same recipe, checkpoints and export format as on the CPU; checkpoints load on either device. All
+random draws (batch indices, captions, VAE samples, latent samples, noise, timesteps) still come
+from the CPU generators in the CPU order and are then moved, so a CUDA run sees the CPU run's data
+and noise; its weights differ in the last bits (other kernels; bf16 more). The schedule is counted
+in steps: with a larger batch, fewer ``--unet-steps`` (or a larger ``--lr``) may do, which has not
+been measured. ``--model-config FILE.json`` (ToyModelConfig fields, e.g. ``{"unet_channels": [64,
+128, 256], "unet_attention_heads": [2, 4, 8]}``) trains a larger model from scratch (both stages).
+Only a GPU shows: the speed and memory at large batches, whether bf16 training follows the fp32
+loss curve over thousands of steps, how far a CUDA run drifts from the CPU one, bitwise resume on
+CUDA (cuDNN kernels are not all deterministic), and how a larger model fares in ``mudi demo``.
+The default (``--device cpu --precision fp32``) is bitwise the path the shipped model was made on.
 """
 
 from __future__ import annotations
