@@ -186,3 +186,13 @@ def test_init_from_must_fit(tiny_pipeline, tiny_config, tmp_path, capsys):
                        "--init-from", str(tmp_path / "empty")]) == 2
     assert "vae.pt, unet.pt not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the plumbing is tested above)")
+def test_cuda_bf16_run_resumes_on_the_cpu(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    run(out, tiny_config, "--device", "cuda", "--precision", "bf16", "--unet-steps", "2")
+    weights = run(out, tiny_config)  # the CUDA checkpoints resume on the CPU up to step 4
+    for sd in weights.values():
+        assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+    assert "unet training stopped at step 4" in (out / "log.txt").read_text()
