@@ -6,6 +6,7 @@ deliberately with `python scripts/record_demo_reference.py` (see the README, "Re
 import copy
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,10 +32,30 @@ def test_shortened_demo_figures_match_the_recording(short_demo):
 
 
 def test_shortened_demo_lora_weights_match_the_recording(short_demo):
-    """Kernel-level drift (another CPU kind, library kernel) shows in the LoRA weights first."""
+    """Kernel-level drift (a library kernel) shows in the LoRA weights first. On another CPU kernel kind
+    than the recording's the weights differ in their last bits by design: only a larger drift fails
+    there, and a warning says the README's table may not reproduce on this CPU."""
     assert set(short_demo["lora_fingerprints"]) >= {"lora_none", "lora_segmix"}
+    if reference.weight_tolerance(RECORDED, short_demo) != reference.WEIGHT_TOLERANCE:
+        strict = reference.weight_report(RECORDED, short_demo, reference.WEIGHT_TOLERANCE)
+        if strict:
+            warnings.warn("another CPU kernel kind than the recording's:\n" + strict)
     message = reference.weight_report(RECORDED, short_demo)
     assert message is None, message
+
+
+def test_weight_tolerance_is_strict_only_on_the_recorded_cpu_kind():
+    other = copy.deepcopy(RECORDED)
+    other["environment"]["cpu_capability"] = "OTHER"
+    assert reference.weight_tolerance(RECORDED, copy.deepcopy(RECORDED)) == reference.WEIGHT_TOLERANCE
+    assert reference.weight_tolerance(RECORDED, other) == reference.OTHER_CPU_WEIGHT_TOLERANCE
+    # a drift of 1e-5 relative fails on the recorded CPU kind, passes on another, 1e-2 fails on both
+    for drift, same_fails, other_fails in ((1e-5, True, False), (1e-2, True, True)):
+        for env, fails in ((copy.deepcopy(RECORDED), same_fails), (other, other_fails)):
+            cur = {"environment": env["environment"], "lora_fingerprints": copy.deepcopy(RECORDED["lora_fingerprints"])}
+            first = next(iter(cur["lora_fingerprints"].values()))
+            first["l2"] *= 1 + drift
+            assert (reference.weight_report(RECORDED, cur) is not None) == fails, (drift, env["environment"])
 
 
 def test_recording_describes_todays_shortened_demo():
