@@ -198,3 +198,45 @@ def test_demo_modular_rows(tmp_path, tiny_models):
     assert "lora_merged" in tuned and 'mix = "segmix"' in tuned
     sidecar = json.loads(sorted((out / "gen" / "modular_segmix").glob("[0-9][0-9][0-9][0-9].json"))[0].read_text())
     assert "lora_merged_segmix" in json.dumps(sidecar)
+
+
+def test_demo_iterative_row(tmp_path, capsys):
+    """--methods mudi,mudi_iterative: the rounds start from the mudi row's Seg-Mix LoRA (adopted as
+    round 0, not retrained), generate at seeds apart from the evaluation's, keep D&C's successes and
+    fine-tune on them; the row's LoRA differs from mudi's, and the summary, table and report show it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "it"
+    # a reduced demo on the shipped toy model (the toy detector finds circles in its images); threshold 0:
+    # the round keeps its images with the right count and a non-negative D&C
+    argv = ["--train-steps", "6", "--images-per-prompt", "2", "--steps", "4", "--methods", "mudi,mudi_iterative",
+            "--seed", "1", "--success-threshold", "0", "--no-progress"]
+    assert main(["demo", "--out", str(out), *argv]) == 0
+    printed = capsys.readouterr().out
+    assert "mudi_iterative" in printed.split("method", 1)[1]  # the CLI table's row
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["mudi", "mudi_iterative"]
+    row = summary["methods"]["mudi_iterative"]
+    assert row["n_images"] == 2 * len(summary["prompts"]) and row["training_mix"] == "iterative"
+    rounds = json.loads((out / "lora_iterative" / "rounds.json").read_text())["rounds"]
+    assert row["rounds"] == rounds and len(rounds) == 1 and rounds[0]["images"] == 2 * len(summary["prompts"])
+    round0 = out / "lora_iterative" / "rounds" / "0" / "train"
+    segmix = load_file(out / "lora_segmix" / "pytorch_lora_weights.safetensors")
+    adopted = load_file(round0 / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(segmix[k], adopted[k]) for k in segmix)  # round 0 is the mudi row's LoRA
+    final = load_file(out / "lora_iterative" / "pytorch_lora_weights.safetensors")
+    assert final.keys() == segmix.keys() and any(not torch.equal(final[k], segmix[k]) for k in segmix)
+    r1 = out / "lora_iterative" / "rounds" / "1"
+    kept = [json.loads(ln) for ln in (r1 / "kept" / "examples.jsonl").read_text().splitlines() if ln.strip()]
+    per_image = json.loads((r1 / "eval" / "per_image.json").read_text())
+    successes = {f"{d['name']}.png" for d in per_image if d["count_ok"] and d["dnc"] >= 0}
+    assert rounds[0]["kept"] == len(kept) == len(successes) > 0 and {k["file_name"] for k in kept} == successes
+    tuned = (r1 / "train" / "config.toml").read_text()
+    assert str(round0.resolve()) in tuned and 'mix = "segmix"' in tuned and "max_train_steps = 1" in tuned  # a fifth of 6
+    # the round's images were drawn at other seeds than the evaluated ones
+    seeds = lambda folder: {json.loads(p.read_text())["seed"] for p in folder.glob("[0-9][0-9][0-9][0-9].json")}
+    assert seeds(r1 / "images") and not seeds(r1 / "images") & seeds(out / "gen" / "mudi")
+    sidecar = json.loads(sorted((out / "gen" / "mudi_iterative").glob("[0-9][0-9][0-9][0-9].json"))[0].read_text())
+    assert "lora_iterative" in json.dumps(sidecar)
+    report = (out / "report.html").read_text()
+    assert "<b>mudi_iterative</b>" in report and f"kept {len(kept)} of {rounds[0]['images']}" in report

@@ -21,8 +21,10 @@ def register(subparsers) -> None:
         help=HELP,
         description=(
             "Run MuDI end to end on the toy world shipped with mudi (offline, CPU, minutes): prepare two "
-            "(--subjects 3 or 4: more) similar toy subjects, train LoRAs with --mix none (DreamBooth), cutmix and segmix, generate "
-            "with and without mean-shifted initialization, evaluate with Detect-and-Compare, and write "
+            "(--subjects 3 or 4: more) similar toy subjects, train LoRAs with --mix none (DreamBooth), cutmix and segmix "
+            "and the paper's extensions (per-subject LoRAs merged, with and without a Seg-Mix fine-tune; one round "
+            "of iterative training), generate with and without mean-shifted initialization, evaluate with "
+            "Detect-and-Compare, and write "
             "OUT/report.html and OUT/summary.json; --full adds success rate vs number of subjects, mean D&C vs "
             "γ and the comparison over three seeds. Methods: " + ", ".join(m.name for m in METHODS) + "."
         ),

@@ -10,7 +10,9 @@ Stages (each in its own folder under OUT, each skipped on ``--resume`` once comp
 1. ``subjects/``  -- the toy subject set, imported with :func:`mudi.prepare.import_subjects`
    (contact sheet included);
 2. ``lora_none/``, ``lora_cutmix/``, ``lora_segmix/`` -- one LoRA per training mode
-   (DreamBooth, Cut-Mix, Seg-Mix), same seed, steps and schedule, so they compare fairly;
+   (DreamBooth, Cut-Mix, Seg-Mix), same seed, steps and schedule, so they compare fairly; the
+   extension rows' ``lora_merged/``, ``lora_merged_segmix/`` (demo_modular.py) and
+   ``lora_iterative/`` (demo_iterative.py) build on them;
 3. ``gen/<method>/`` -- images for the demo prompts, with and without mean-shifted
    initialization (same seeds across methods);
 4. ``eval/<method>/`` -- `mudi evaluate` outputs (D&C with the toy detector/embedder);
@@ -30,7 +32,7 @@ from mudi.errors import MudiError
 from mudi.runtime import quiet_libraries
 from mudi.settings import RunOptions, Settings, setting
 from mudi.io import claim_output_dir, write_json_atomic, write_text_atomic
-from mudi.toy.demo_report import render_demo_report
+from mudi.toy.demo_report import demo_summary, render_demo_report
 from mudi.toy.world import MAX_SUBJECTS as MAX_TOY_SUBJECTS
 
 #: Success threshold for D&C with the toy detector and embedder. The toy embedder scores blurred
@@ -64,9 +66,13 @@ METHODS: tuple[Method, ...] = (
                                         "+ mean-shifted initialization"),
     Method("modular_segmix", "merged_segmix", "mudi", "Modular + a short Seg-Mix fine-tune of the merged LoRA "
                                                       "(a fifth of the steps), + mean-shifted initialization"),
+    Method("mudi_iterative", "iterative", "mudi", "MuDI + one round of iterative training: the mudi row's LoRA "
+           "draws round images for the demo prompts at seeds from seed + 1000 on (never the evaluation images' "
+           "seeds), D&C keeps the successes, a Seg-Mix fine-tune (a fifth of the steps) adds them; "
+           "+ mean-shifted initialization"),
 )
-#: The methods a plain `mudi demo` runs; the modular rows are asked for with --methods.
-DEFAULT_METHODS: tuple[str, ...] = ("dreambooth", "cutmix", "segmix", "dreambooth_init", "mudi")
+#: The methods a plain `mudi demo` runs: all of them (the paper's five, then its extensions).
+DEFAULT_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS)
 
 
 @dataclass
@@ -108,7 +114,7 @@ class DemoConfig(Settings):
     reg: str = setting("dco", "regularization of every LoRA (mudi train --reg): dco = the product default without "
                               "a class set (the reference trainer's), none = unregularized (the old default)",
                        choices=("dco", "none"))
-    methods: list[str] = setting(list(DEFAULT_METHODS), "comma-separated methods (also: modular, modular_segmix)",
+    methods: list[str] = setting(list(DEFAULT_METHODS), "comma-separated methods (default: all)",
                                  separator=",")
 
     def check(self) -> None:
@@ -265,7 +271,7 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
         runs.append(_load_evaluation(out / "eval" / m.name, m.name))
     _compare(runs, out)
     timings["total"] = time.perf_counter() - t_start
-    summary = _summary(config, base, sset, methods, runs, timings)
+    summary = demo_summary(config, base, sset, methods, runs, timings)
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.html", render_demo_report(out, summary, methods))
     _say(f"done in {timings['total']:.0f} s: {out / 'report.html'}")
@@ -285,6 +291,12 @@ def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: 
     """One LoRA per training mix, same seed, steps and schedule, so they compare fairly."""
     from mudi.train import train
 
+    if mix == "iterative":
+        from mudi.toy.demo_iterative import train_iterative
+
+        return train_iterative(config, options, out, base, train_config=train_config, done=DONE,
+                               train_segmix=lambda: _train(config, options, out, base, "segmix"),
+                               pipe_factory=lambda: _toy_pipeline(base))
     if mix.startswith("merged"):
         from mudi.toy.demo_modular import train_modular
 
@@ -353,48 +365,3 @@ def _compare(runs, out: Path) -> None:
     comparison = compare_runs(runs)
     comparison.save(out)
     write_comparison_plot(comparison, out)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries (and Python) whose kernels produce the demo's numbers."""
-    import platform
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "transformers", "peft", "numpy", "scipy", "pillow"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _summary(config: DemoConfig, base: Path, sset, methods, runs, timings: dict[str, float]) -> dict:
-    from mudi import toy
-
-    summary = {
-        "seed": config.seed,
-        "config": asdict(config),
-        "base_model": str(base),
-        "subjects": {s.key: s.phrase for s in sset},
-        "prompts": list(toy.demo_prompts(config.subjects)),
-        "versions": library_versions(),
-        "methods": {},
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-    }
-    for m, run in zip(methods, runs):
-        s = run.summary
-        summary["methods"][m.name] = {
-            "description": m.description,
-            "training_mix": m.mix,
-            "initialization": m.init,
-            "n_images": s.get("n_scored"),
-            "dnc_mean": s.get("dnc_mean"),
-            "dnc_mean_count_ok": s.get("dnc_mean_count_ok"),
-            "success_rate": s.get("success_rate"),
-            "count_errors": (s.get("n_missing") or 0) + (s.get("n_duplicate") or 0),
-            "count_errors_missing": s.get("n_missing"),
-            "count_errors_duplicate": s.get("n_duplicate"),
-            "identities_ok_rate": s.get("identities_ok_rate"),
-        }
-    return summary

@@ -1,8 +1,12 @@
 """The demo's modular-customization rows (``--methods modular,modular_segmix``).
 
-- ``lora_merged/``: one DreamBooth LoRA per subject (``mudi train --only KEY --mix none``, the
-  demo's schedule, in ``lora_single_<key>/``), merged by ``mudi merge`` with the concat rule
-  (ranks stacked, so no subject's update is averaged away);
+- ``lora_merged/``: one DreamBooth LoRA per subject (``mudi train --only KEY --mix none``, in
+  ``lora_single_<key>/``), merged by ``mudi merge`` with the concat rule (ranks stacked, so no
+  subject's update is averaged away). Each single-subject LoRA trains ``train_steps / k`` steps
+  (k = the number of subjects): the DreamBooth row's LoRA visits every photo of the k subjects once
+  per epoch at a constant learning rate, so each subject gets ``train_steps / k`` of its steps, and
+  a single-subject LoRA of that length sees each of its photos as often (and the k of them cost one
+  LoRA's training time, which keeps the extension rows inside the default demo's time);
 - ``lora_merged_segmix/``: the merged LoRA fine-tuned with Seg-Mix on all subjects
   (``mudi train --init-lora lora_merged --mix segmix``) for a fifth of the demo's steps.
 """
@@ -41,10 +45,12 @@ def train_modular(config, options: RunOptions, out: Path, base: Path, mix: str, 
               train_options(options, lora_dir))
         return
     singles = []
+    single_steps = max(1, config.train_steps // config.subjects)  # the DreamBooth row's steps per subject
     for subject in SubjectSet.load(out / "subjects"):
         lora_dir = out / f"lora_single_{subject.key}"
         if not (options.resume and (lora_dir / DONE).exists()):
-            train(train_config(config, out, base, "none", lora_dir, only=[subject.key]), train_options(options, lora_dir))
+            train(train_config(config, out, base, "none", lora_dir, only=[subject.key], max_train_steps=single_steps),
+                  train_options(options, lora_dir))
             (lora_dir / DONE).write_text("ok\n")
         singles.append(str(lora_dir))
     merge(MergeConfig(loras=singles, out=str(merged), rule="concat", subjects=str(out / "subjects")),

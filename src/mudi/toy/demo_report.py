@@ -1,4 +1,5 @@
-"""The demo's ``report.html``: subjects, the comparison table and plot, per-method image grids."""
+"""The demo's ``summary.json`` and ``report.html``: subjects, the comparison table and plot,
+per-method image grids (and the iterative row's round)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,60 @@ import base64
 import html
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from mudi.io import load_rgb
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries (and Python) whose kernels produce the demo's numbers."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "transformers", "peft", "numpy", "scipy", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def demo_summary(config, base: Path, sset, methods, runs, timings: dict[str, float]) -> dict:
+    """The demo's summary.json: settings, subjects, prompts, library versions, each method's figures
+    (``runs``: their Evaluations) and the stage timings."""
+    from mudi import toy
+    from mudi.toy.demo_iterative import rounds_summary
+
+    summary = {
+        "seed": config.seed,
+        "config": asdict(config),
+        "base_model": str(base),
+        "subjects": {s.key: s.phrase for s in sset},
+        "prompts": list(toy.demo_prompts(config.subjects)),
+        "versions": library_versions(),
+        "methods": {},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    for m, run in zip(methods, runs):
+        s = run.summary
+        summary["methods"][m.name] = {
+            "description": m.description,
+            "training_mix": m.mix,
+            "initialization": m.init,
+            "n_images": s.get("n_scored"),
+            "dnc_mean": s.get("dnc_mean"),
+            "dnc_mean_count_ok": s.get("dnc_mean_count_ok"),
+            "success_rate": s.get("success_rate"),
+            "count_errors": (s.get("n_missing") or 0) + (s.get("n_duplicate") or 0),
+            "count_errors_missing": s.get("n_missing"),
+            "count_errors_duplicate": s.get("n_duplicate"),
+            "identities_ok_rate": s.get("identities_ok_rate"),
+        }
+        if m.mix == "iterative":  # images, kept images, mean D&C and success rate of each round
+            summary["methods"][m.name]["rounds"] = rounds_summary(Path(config.out))
+    return summary
 
 
 def _png_b64(img) -> str:
@@ -34,6 +86,23 @@ def _method_grid(out: Path, method: str, cell: int = 128):
         labels.append(f"D&C {score:.2f} {tag}".strip() if isinstance(score, (int, float)) else "not scored")
     cols = max(1, min(8, len(images)))
     return grid(images, labels=labels, cols=cols, cell=cell)
+
+
+def _rounds_html(out: Path, rounds: list[dict] | None) -> list[str]:
+    """The iterative row's rounds: how many images each round made and kept, and the kept images."""
+    from mudi.viz import grid
+
+    parts = []
+    for r in rounds or []:
+        dnc = "n/a" if r.get("dnc_mean") is None else f"{r['dnc_mean']:.3f}"
+        parts.append(f"<p>Round {r['round']}: kept {r['kept']} of {r['images']} images (mean D&amp;C {dnc}) "
+                     "as training examples of its fine-tune.</p>")
+        kept = sorted((out / "lora_iterative" / "rounds" / str(r["round"]) / "kept").glob("[0-9][0-9][0-9][0-9].png"))
+        if kept:
+            sheet = grid([load_rgb(p) for p in kept[:16]], labels=[p.stem for p in kept[:16]],
+                         cols=min(8, len(kept)), cell=96)
+            parts.append(f"<img class=grid src='data:image/png;base64,{_png_b64(sheet)}'>")
+    return parts
 
 
 def _count_word(n: int) -> str:
@@ -91,6 +160,7 @@ def render_demo_report(out: Path, summary: dict, methods) -> str:
         parts.append(f"<h2>{esc(m.name)}</h2><p>{esc(m.description)} — "
                      f"<a href='eval/{esc(m.name)}/report.html'>per-image report</a></p>")
         parts.append(f"<img class=grid src='data:image/png;base64,{_png_b64(_method_grid(out, m.name))}'>")
+        parts.extend(_rounds_html(out, summary["methods"][m.name].get("rounds")))
         inits = sorted((out / "gen" / m.name).glob("[0-9][0-9][0-9][0-9]_init.png"))[:8]
         if inits:
             sheet = grid([load_rgb(p) for p in inits], labels=[p.stem for p in inits], cols=len(inits), cell=128)

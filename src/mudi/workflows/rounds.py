@@ -1,7 +1,8 @@
 """Iterative training (METHOD.md §5): train, then rounds of generate → score → keep → fine-tune.
 
-``iterate(config)`` (``mudi train --rounds N``) first trains as ``mudi train`` would, then for
-each round k = 1..N:
+``iterate(config)`` (``mudi train --rounds N``) first trains as ``mudi train`` would (or, with
+``first=``, adopts a finished ``mudi train`` folder as that first training), then for each round
+k = 1..N:
 
 1. **generate** ``round_images`` images per round prompt with the current LoRA and the
    mean-shifted initialization (settings: the ``generate`` template, e.g. the ``[generate]``
@@ -83,10 +84,10 @@ def _prompts(cfg: TrainConfig, sset) -> list[str]:
     return default_validation_prompts(sset, cfg.k)[:1]
 
 
-def _check(cfg: TrainConfig, options: RunOptions) -> None:
+def _check(cfg: TrainConfig, options: RunOptions, first: Path | None = None) -> None:
     """Everything that needs no model, before anything is written."""
     from mudi.io import claim_output_dir
-    from mudi.train.plan import prepare_run
+    from mudi.train.plan import init_lora_shape, prepare_run
 
     cfg.check()
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
@@ -98,8 +99,37 @@ def _check(cfg: TrainConfig, options: RunOptions) -> None:
     claim_output_dir(out, overwrite=options.overwrite, resume=options.resume, what="training output")
     if options.resume and out.is_dir() and any(out.iterdir()) and not (out / "config.toml").is_file():
         raise MudiError(f"{out}: no config.toml, so no iterative run to resume there.")
-    first = _round_config(cfg, 0, out.absolute())
-    prepare_run(first, RunOptions(resume=True, overwrite=True, device=options.device, progress=False))
+    if first is not None:
+        if not _finished(first):
+            raise MudiError(f"first={first}: not a finished `mudi train` folder (its summary.json does not say "
+                            "finished); train it first or start the rounds without it.")
+        init_lora_shape(cfg.updated({"init_lora": str(first)}))  # its weights fit this base model
+    prepare_run(_round_config(cfg, 0, out.absolute()),
+                RunOptions(resume=True, overwrite=True, device=options.device, progress=False))
+
+
+def _finished(folder: Path) -> bool:
+    """Whether ``folder`` holds a finished ``mudi train`` run."""
+    from mudi.io import read_json
+    from mudi.train.outputs import SUMMARY_NAME
+
+    summary = folder / SUMMARY_NAME
+    return summary.is_file() and bool(read_json(summary, "training summary").get("finished"))
+
+
+def _adopt_first(first: Path, out: Path) -> None:
+    """Round 0 = a copy of the finished training ``first``: its top-level files (LoRA files, config,
+    summary; not its checkpoints), the summary, which marks the copy finished, written last."""
+    from mudi.train.outputs import SUMMARY_NAME
+
+    folder = round_dir(out, 0) / "train"
+    if _finished(folder):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted((f for f in first.iterdir() if f.is_file()), key=lambda f: f.name == SUMMARY_NAME)
+    for f in files:
+        shutil.copyfile(f, folder / f".{f.name}.tmp")
+        (folder / f".{f.name}.tmp").replace(folder / f.name)
 
 
 def _round_config(cfg: TrainConfig, k: int, out: Path) -> TrainConfig:
@@ -116,12 +146,9 @@ def _round_config(cfg: TrainConfig, k: int, out: Path) -> TrainConfig:
 
 def _train_round(cfg: TrainConfig, k: int, out: Path, options: RunOptions) -> None:
     from mudi.train import train
-    from mudi.train.outputs import SUMMARY_NAME
-    from mudi.io import read_json
 
     folder = round_dir(out, k) / "train"
-    summary = folder / SUMMARY_NAME
-    if summary.is_file() and read_json(summary, "training summary").get("finished"):
+    if _finished(folder):
         return
     run = RunOptions(resume=True, overwrite=True, device=options.device, progress=options.progress)
     result = train(_round_config(cfg, k, out), run)
@@ -242,7 +269,8 @@ def _save_run(out: Path, config: TrainConfig, generate: GenerateConfig, evaluate
 
 
 def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate: GenerateConfig | None = None,
-            evaluate: EvaluateConfig | None = None, pipe=None, eval_models=None) -> RoundsResult:
+            evaluate: EvaluateConfig | None = None, pipe=None, eval_models=None,
+            first: str | Path | None = None) -> RoundsResult:
     """Iterative training (see the module docstring).
 
     Args:
@@ -255,6 +283,9 @@ def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate:
         pipe: an already loaded base pipeline for the rounds' generation (as ``generate(pipe=)``;
             the LoRA is loaded into it and unloaded again); training loads its own.
         eval_models: already loaded detector/embedder for the rounds' evaluation (as ``evaluate(models=)``).
+        first: a finished ``mudi train`` folder (same base model, same LoRA shape as ``config``) that
+            is the first training: copied into ``OUT/rounds/0/train`` instead of training round 0,
+            so round 1 generates with its LoRA and fine-tunes from it.
 
     Raises:
         MudiError: a user mistake, found before anything is written.
@@ -263,12 +294,15 @@ def iterate(config: TrainConfig, options: RunOptions | None = None, *, generate:
 
     options = options or RunOptions()
     config, generate, evaluate = _resolved(config, options, generate, evaluate)
-    _check(config, options)
+    first = Path(first).absolute() if first else None
+    _check(config, options, first)
     out = Path(config.out).absolute()
     if options.overwrite and not options.resume:  # a fresh start: nothing of an earlier run is reused
         shutil.rmtree(out / ROUNDS_DIR, ignore_errors=True)
     _save_run(out, config, generate, evaluate)
     sset = SubjectSet.load(config.subjects)
+    if first is not None:
+        _adopt_first(first, out)
     _train_round(config, 0, out, options)
     rows = []
     for k in range(1, config.rounds + 1):
