@@ -294,8 +294,10 @@ def _train(config: DemoConfig, options: RunOptions, out: Path, base: Path, mix: 
     if mix == "iterative":
         from mudi.toy.demo_iterative import train_iterative
 
+        mudi = next(m for m in METHODS if m.name == "mudi")
         return train_iterative(config, options, out, base, train_config=train_config, done=DONE,
                                train_segmix=lambda: _train(config, options, out, base, "segmix"),
+                               sampling=generation_config(config, mudi, out, out / "lora_iterative" / "rounds", base),
                                pipe_factory=lambda: _toy_pipeline(base))
     if mix.startswith("merged"):
         from mudi.toy.demo_modular import train_modular

@@ -19,7 +19,6 @@ round's images, kept images, mean D&C and success rate); it samples like every o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -34,16 +33,18 @@ ROUNDS = 1
 
 
 def train_iterative(config, options: RunOptions, out: Path, base: Path, *, train_config: Callable,
-                    train_segmix: Callable[[], None], done: str, pipe_factory: Callable) -> None:
+                    train_segmix: Callable[[], None], sampling, done: str, pipe_factory: Callable) -> None:
     """Write ``out/lora_iterative`` (see the module docstring).
 
     ``train_config(config, out, base, mix, lora_dir, **changes)`` gives the demo's `mudi train`
     settings; ``train_segmix()`` trains ``out/lora_segmix`` (called when it is not finished yet);
-    ``done`` names a finished folder's marker; ``pipe_factory()`` loads the toy base pipeline."""
+    ``sampling`` is the mudi row's GenerateConfig (the rounds sample as it does: same γ, fill,
+    steps, guidance; iterate sets the seed to seed + 1000 · round, the LoRA, prompts, count and
+    folder per round); ``done`` names a finished folder's marker; ``pipe_factory()`` loads the toy
+    base pipeline."""
     from mudi import toy
     from mudi.evaluate import EvaluateConfig
     from mudi.evaluate.models import EvalModels
-    from mudi.toy.demo import METHODS, generation_config
     from mudi.workflows import iterate
 
     segmix = out / "lora_segmix"
@@ -55,21 +56,9 @@ def train_iterative(config, options: RunOptions, out: Path, base: Path, *, train
     cfg = train_config(config, out, base, "segmix", lora_dir, rounds=ROUNDS,
                        round_steps=max(1, round(config.train_steps * FINETUNE_SHARE)), round_images=per_prompt,
                        round_prompts=list(toy.demo_prompts(config.subjects)), keep_threshold=-1.0)
-    mudi = next(m for m in METHODS if m.name == "mudi")
-    # the rounds' sampling is the mudi row's (same γ, fill, steps, guidance); iterate sets the
-    # seed to seed + 1000 · round, the LoRA, prompts, count and folder per round
-    gen = generation_config(config, mudi, out, lora_dir / "rounds", base)
     scoring = EvaluateConfig(detector="toy", embedder="toy", clip="none", dino_model="none", clip_i_model="none",
                              success_threshold=config.success_threshold, report=False)
     models = EvalModels(toy.ToyDetector(), toy.ToyEmbedder(), names={"detector": "toy", "embedder": "toy"})
     run = RunOptions(device="cpu", progress=options.progress, overwrite=True,
                      resume=options.resume and (lora_dir / "config.toml").is_file())
-    iterate(cfg, run, generate=gen, evaluate=scoring, pipe=pipe_factory(), eval_models=models, first=segmix)
-
-
-def rounds_summary(out: Path) -> list[dict] | None:
-    """The ``rounds.json`` rows of the demo's iterative LoRA (None without one)."""
-    path = out / "lora_iterative" / "rounds.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))["rounds"]
+    iterate(cfg, run, generate=sampling, evaluate=scoring, pipe=pipe_factory(), eval_models=models, first=segmix)

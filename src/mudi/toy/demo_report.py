@@ -31,7 +31,6 @@ def demo_summary(config, base: Path, sset, methods, runs, timings: dict[str, flo
     """The demo's summary.json: settings, subjects, prompts, library versions, each method's figures
     (``runs``: their Evaluations) and the stage timings."""
     from mudi import toy
-    from mudi.toy.demo_iterative import rounds_summary
 
     summary = {
         "seed": config.seed,
@@ -61,6 +60,14 @@ def demo_summary(config, base: Path, sset, methods, runs, timings: dict[str, flo
         if m.mix == "iterative":  # images, kept images, mean D&C and success rate of each round
             summary["methods"][m.name]["rounds"] = rounds_summary(Path(config.out))
     return summary
+
+
+def rounds_summary(out: Path) -> list[dict] | None:
+    """The ``rounds.json`` rows of the demo's iterative LoRA (None without one)."""
+    path = out / "lora_iterative" / "rounds.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))["rounds"]
 
 
 def _png_b64(img) -> str:
