@@ -240,3 +240,8 @@ def test_demo_iterative_row(tmp_path, capsys):
     assert "lora_iterative" in json.dumps(sidecar)
     report = (out / "report.html").read_text()
     assert "<b>mudi_iterative</b>" in report and f"kept {len(kept)} of {rounds[0]['images']}" in report
+    # --resume redoes nothing: subjects, both LoRAs, both generations and evaluations are skipped
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--resume", *argv]) == 0
+    assert capsys.readouterr().out.count("already done, skipping") == 1 + 2 + 2 + 2
+    assert json.loads((out / "summary.json").read_text())["methods"] == summary["methods"]

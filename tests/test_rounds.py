@@ -178,3 +178,15 @@ def test_extra_examples_enter_the_schedule_as_whole_images(tiny_models, subjects
     train(TrainConfig(**{**FAST, "max_train_steps": 6}, subjects=str(subjects), base=str(tiny_models / "sd"),
                       out=str(out), p=1.0, extra_examples=[str(folder)]), QUIET)
     assert "kept" in _log_kinds(out) and "plain" not in _log_kinds(out)  # p = 1: everything else is a composite
+
+
+def test_first_training_must_be_finished(tiny_models, subjects, tmp_path):
+    """iterate(first=DIR) adopts a finished `mudi train` folder as round 0 (tests/test_demo.py runs it);
+    a folder without a finished summary is refused before anything is written."""
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "summary.json").write_text(json.dumps({"finished": False}))
+    out = tmp_path / "out"
+    with pytest.raises(MudiError, match="not a finished `mudi train` folder"):
+        iterate(_config(tiny_models, subjects, out), QUIET, **_templates(tiny_models), first=unfinished)
+    assert not out.exists()
