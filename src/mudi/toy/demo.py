@@ -24,7 +24,7 @@ The numbers are whatever the runs give; nothing is tuned per method.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, TypeVar
 

@@ -119,14 +119,16 @@ def _finished(folder: Path) -> bool:
 
 def _adopt_first(first: Path, out: Path) -> None:
     """Round 0 = a copy of the finished training ``first``: its top-level files (LoRA files, config,
-    summary; not its checkpoints), the summary, which marks the copy finished, written last."""
+    summary, log; not its checkpoints nor hidden files), the summary, which marks the copy
+    finished, written last."""
     from mudi.train.outputs import SUMMARY_NAME
 
     folder = round_dir(out, 0) / "train"
     if _finished(folder):
         return
     folder.mkdir(parents=True, exist_ok=True)
-    files = sorted((f for f in first.iterdir() if f.is_file()), key=lambda f: f.name == SUMMARY_NAME)
+    files = sorted((f for f in first.iterdir() if f.is_file() and not f.name.startswith(".")),
+                   key=lambda f: f.name == SUMMARY_NAME)
     for f in files:
         shutil.copyfile(f, folder / f".{f.name}.tmp")
         (folder / f".{f.name}.tmp").replace(folder / f.name)
