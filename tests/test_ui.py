@@ -361,3 +361,113 @@ def test_mudi_ui_serves_on_localhost_behind_its_login(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ----------------------------------------------------------------------------- prior preservation from the page
+
+
+def _page_set(ctx, toy_photos) -> str:
+    """The toy photos as subject set ``s`` of the work folder (both subjects of class circle)."""
+    import mudi
+
+    mudi.import_subjects(str(toy_photos), str(ctx.ws.path("subjects", "s")))
+    return "s"
+
+
+def _class_set(folder: Path, cls: str, photos: Path) -> Path:
+    """A class-set folder in `mudi priors`'s format from toy photos (no model needed)."""
+    from mudi.io import load_mask, load_rgb
+    from mudi.train.priors import ClassSetWriter
+
+    folder.mkdir(parents=True)
+    writer = ClassSetWriter(folder, {"classes": {"a": cls}})
+    for i, name in enumerate(("a00.png", "b00.png")):
+        image = load_rgb(photos / name)
+        writer.add(cls, i, image, load_mask(photos / f"mask_{name}", image.size), f"A photo of a {cls}")
+    writer.finish()
+    return folder
+
+
+def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path):
+    """DCO by default; prior preservation with a checked class-set folder (bad folders are page
+    messages, nothing written) or with the run's own class_set, made with the preset's settings."""
+    from mudi.ui.priors import EXISTING, GENERATE, class_images_config, class_set_choices
+    from mudi.ui.train_tab import REGULARIZATION, new_run_config
+
+    sset = _page_set(ctx, toy_photos)
+    page = [sset, "r1", "", "segmix", 2, 4, 1e-3]
+    assert REGULARIZATION[0] == ("DCO", "dco")
+    config = new_run_config(ctx, *page, "dco", 0)
+    assert (config.reg, config.prior_dir) == ("dco", "")
+    assert new_run_config(ctx, *page, "none", 0).reg == "none"
+    good = _class_set(tmp_path / "cs", "circle", toy_photos)
+    for folder, message in [("", "choose a class-set folder"), (str(tmp_path / "nowhere"), "not found"),
+                            (str(toy_photos), "line 1 must be"),
+                            (str(_class_set(tmp_path / "sq", "square", toy_photos)), "no class images for subject")]:
+        with pytest.raises(MudiError, match=message):
+            new_run_config(ctx, *page, "prior", 0, EXISTING, folder)
+    assert not (ctx.ws.root / "runs").exists()
+    config = new_run_config(ctx, *page, "prior", 0, EXISTING, str(good))
+    assert (config.reg, config.prior_dir) == ("prior", str(good.resolve()))
+    config = new_run_config(ctx, *page, "prior", 0, GENERATE, "ignored")
+    assert (config.reg, Path(config.prior_dir)) == ("prior", ctx.ws.root / "runs" / "r1" / "class_set")
+    priors = class_images_config(ctx, config, 3)
+    assert (priors.n, priors.detector, priors.segmenter, priors.base) == (3, "none", "grabcut", ctx.preset.base)
+    assert (priors.steps, priors.resolution, priors.out) == (20, config.resolution, config.prior_dir)
+    with pytest.raises(MudiError, match="--n must be >= 1"):
+        class_images_config(ctx, config, 0)
+    # a class set already in a run folder is offered (relative to the work folder) and refused as a target
+    made = _class_set(ctx.ws.root / "runs" / "r1" / "class_set", "circle", toy_photos)
+    assert class_set_choices(ctx) == ["runs/r1/class_set"]
+    with pytest.raises(MudiError, match="use an existing class-set folder"):
+        new_run_config(ctx, *page, "prior", 0, GENERATE, "")
+    config = new_run_config(ctx, *page, "prior", 0, EXISTING, "runs/r1/class_set")
+    assert config.prior_dir == str(made.resolve())
+
+
+def test_class_images_then_training_match_the_cli_run(ctx, toy_photos, tmp_path):
+    """'Generate class images now': the worker makes runs/<name>/class_set with the page's base model,
+    then trains with it; the run's config.toml is the one `mudi train --prior-dir` writes. A stop
+    during the class images leaves nothing behind and the same name starts again."""
+    from mudi.settings import read_section
+    from mudi.ui.priors import GENERATE
+    from mudi.ui.train_tab import new_run_config, progress_html, start_new
+    from mudi.ui.worker import CLASS_IMAGES, FINISHED, STOPPED
+
+    sset = _page_set(ctx, toy_photos)
+    page = [sset, "r1", "", "segmix", 2, 4, 1e-3, "prior", 0, GENERATE, ""]
+    worker, count = ctx.worker, ctx.worker.count
+    seen = []
+
+    def stop_at_first(done):  # Stop pressed once the first class image is counted
+        assert not count(done)
+        seen.append((worker.status().phase, done, progress_html(ctx)))
+        worker.stop()
+        return count(done)
+
+    ctx.worker.count = stop_at_first
+    start_new(ctx, new_run_config(ctx, *page), GENERATE, 3)
+    worker.join(300)
+    s = worker.status()
+    assert s.state == STOPPED and "nothing was written" in s.message, s.message
+    assert seen[0][:2] == (CLASS_IMAGES, 1) and "class image 1 / 3" in seen[0][2]
+    run = ctx.ws.root / "runs" / "r1"
+    assert not any(run.iterdir())
+    ctx.worker.count = count
+    config = new_run_config(ctx, *page)
+    start_new(ctx, config, GENERATE, 2)
+    worker.join(600)
+    s = worker.status()
+    assert s.state == FINISHED and s.step == 2, s.message
+    assert [json.loads(x)["class"] for x in (run / "class_set" / "metadata.jsonl").read_text().splitlines()[1:]] == \
+        ["circle", "circle"]
+    assert (run / "pytorch_lora_weights.safetensors").is_file()
+    # the same run from the command line: the page's values as a run file, the class set as --prior-dir
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(config.updated({"reg": "auto", "prior_dir": "", "out": ""}).to_toml(), encoding="utf-8")
+    cli = tmp_path / "cli"
+    assert main(["train", "--config", str(run_file), "--out", str(cli), "--prior-dir", str(run / "class_set"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    page_toml, cli_toml = (read_section(p / "config.toml", "train") for p in (run, cli))
+    assert page_toml.pop("out") != cli_toml.pop("out")
+    assert page_toml == cli_toml and page_toml["reg"] == "prior"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mudi.toy import SAMPLING
 from mudi.toy.demo import TOY_SUCCESS_THRESHOLD, DemoConfig, demo_resolution
 from mudi.ui.presets import Preset
 
@@ -25,5 +26,11 @@ def toy_preset() -> Preset:
                "validation_images": 1},
         generate={"resolution": side, "steps": demo.steps, "guidance": demo.guidance, "gamma": demo.gamma,
                   "fill": demo.fill, "dtype": "float32"},
+        # class images: the toy base's sampling settings, its prompt grammar, the central box + GrabCut
+        priors={"detector": "none", "segmenter": "grabcut", "prompt": "a photo of a {cls}, simple background",
+                "negative_prompt": "", "steps": SAMPLING["num_inference_steps"],
+                "guidance_scale": SAMPLING["guidance_scale"]},
+        priors_note="The toy base draws rough blobs for 'a photo of a circle' (often two in one image): these are "
+                    "the class images prior preservation trains with here.",
         evaluate={"detector": "toy", "embedder": "toy", "clip": "none", "success_threshold": TOY_SUCCESS_THRESHOLD},
     )

@@ -184,14 +184,19 @@ class ClassImageSampler:
 
     Image ``j`` of class number ``ci`` uses the seed ``seed · 1000003 + ci · 100003 + j``.
     Images whose segmentation fails are counted in :attr:`failures` and replaced, up to
-    ``max_tries × n`` generations per class.
+    ``max_tries × n`` generations per class. ``on_kept(class, kept)`` is called after every kept
+    image (``kept``: images kept so far in the whole set); returning True stops the run with a
+    MudiError (a caller's stop request: nothing is written).
     """
 
     def __init__(self, pipe, config: PriorsConfig, writer: ClassSetWriter, *, detector, segmenter, size: int,
-                 on_image: Callable[[str, int, str], None] | None = None) -> None:
+                 on_image: Callable[[str, int, str], None] | None = None,
+                 on_kept: Callable[[str, int], bool | None] | None = None) -> None:
         self.pipe, self.config, self.writer = pipe, config, writer
         self.detector, self.segmenter, self.size, self.on_image = detector, segmenter, size, on_image
+        self.on_kept = on_kept
         self.failures: dict[str, int] = {}
+        self.kept = 0
 
     def run_class(self, ci: int, cls: str, *, progress: bool = True) -> None:
         """Keep ``n`` segmented images of class ``cls``; MudiError if none could be segmented."""
@@ -219,7 +224,12 @@ class ClassImageSampler:
                     continue
                 self.writer.add(cls, kept, image, mask, caption)
                 kept += 1
+                self.kept += 1
                 bar.update(1)
+                if self.on_kept is not None and self.on_kept(cls, self.kept):
+                    bar.close()
+                    raise MudiError(f"class-image generation stopped after {self.kept} image(s); nothing was "
+                                    "written.")
         bar.close()
         if kept == 0:
             raise MudiError(
@@ -246,6 +256,7 @@ def generate_class_set(
     detector=None,
     segmenter=None,
     on_image: Callable[[str, int, str], None] | None = None,
+    on_kept: Callable[[str, int], bool | None] | None = None,
 ) -> ClassSet:
     """Generate ``config.n`` segmented class images per class of ``subject_set`` into ``config.out``.
 
@@ -258,6 +269,8 @@ def generate_class_set(
         detector: an open-vocabulary detector (``None``: the central box of every image).
         segmenter: a box-prompted segmenter (required).
         on_image: called as ``on_image(class, tries, reason)`` for every image that is dropped.
+        on_kept: called as ``on_kept(class, kept)`` after every kept image; True stops (MudiError,
+            nothing written).
     """
     options = options or RunOptions()
     config.check()
@@ -271,7 +284,7 @@ def generate_class_set(
     with staged_output(config.out, overwrite=options.overwrite, what="class set") as stage:
         writer = ClassSetWriter(stage, head)
         sampler = ClassImageSampler(pipe, config, writer, detector=detector, segmenter=segmenter, size=size,
-                                    on_image=on_image)
+                                    on_image=on_image, on_kept=on_kept)
         with sliced_decode(pipe):  # on a GPU a batch goes through the VAE one image at a time
             for ci, cls in enumerate(dict.fromkeys(classes.values())):
                 sampler.run_class(ci, cls, progress=options.progress)
@@ -301,9 +314,11 @@ def check_priors_inputs(config: PriorsConfig, options: RunOptions):
 
 
 def make_class_set(config: PriorsConfig, options: RunOptions | None = None, *,
-                   on_image: Callable[[str, int, str], None] | None = None) -> ClassSet:
+                   on_image: Callable[[str, int, str], None] | None = None,
+                   on_kept: Callable[[str, int], bool | None] | None = None) -> ClassSet:
     """The whole ``mudi priors`` run: check the inputs, load the detector, the segmenter and the
-    base model, and generate the class set (see :func:`generate_class_set`)."""
+    base model, and generate the class set (see :func:`generate_class_set`; ``on_kept`` reports
+    progress and can stop it)."""
     from mudi.models.loading import load_pipeline
     from mudi.prepare import load_models
     from mudi.runtime import resolve_dtype
@@ -321,7 +336,8 @@ def make_class_set(config: PriorsConfig, options: RunOptions | None = None, *,
     pipe = load_pipeline(config.base, dtype=resolve_dtype("auto", device), device=device, vae=config.vae or None)
     pipe.set_progress_bar_config(disable=True)
     # 4. Sample, segment, write
-    return generate_class_set(pipe, sset, config, options, detector=detector, segmenter=segmenter, on_image=on_image)
+    return generate_class_set(pipe, sset, config, options, detector=detector, segmenter=segmenter, on_image=on_image,
+                              on_kept=on_kept)
 
 
 __all__ = [

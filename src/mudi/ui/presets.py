@@ -32,6 +32,10 @@ class Preset:
     compose: dict[str, Any] = field(default_factory=dict)
     generate: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    #: PriorsConfig values for class images generated from the page (prior preservation).
+    priors: dict[str, Any] = field(default_factory=dict)
+    #: A note shown under the prior-preservation choice (e.g. what the base draws for a class).
+    priors_note: str = ""
 
 
 _PRESETS: dict[str, Callable[[], Preset] | str] = {}
