@@ -62,3 +62,22 @@ def box_segmenter(monkeypatch):
         return m
 
     monkeypatch.setattr(prepare_segment.GrabCutSegmenter, "segment", box)
+
+
+@pytest.fixture(scope="session")
+def photo_class_set():
+    """``make(folder, cls, photos)``: a class-set folder in `mudi priors`'s format whose class ``cls``
+    has two images from a toy photo folder (a00, b01 with their masks); no model needed."""
+    def make(folder: Path, cls: str, photos: Path) -> Path:
+        from mudi.io import load_mask, load_rgb
+        from mudi.train.priors import ClassSetWriter
+
+        folder.mkdir(parents=True)
+        writer = ClassSetWriter(folder, {"classes": {"a": cls}})
+        for i, name in enumerate(("a00.png", "b01.png")):
+            image = load_rgb(photos / name)
+            writer.add(cls, i, image, load_mask(photos / f"mask_{name}", image.size), f"A photo of a {cls}")
+        writer.finish()
+        return folder
+
+    return make

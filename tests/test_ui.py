@@ -374,21 +374,7 @@ def _page_set(ctx, toy_photos) -> str:
     return "s"
 
 
-def _class_set(folder: Path, cls: str, photos: Path) -> Path:
-    """A class-set folder in `mudi priors`'s format from toy photos (no model needed)."""
-    from mudi.io import load_mask, load_rgb
-    from mudi.train.priors import ClassSetWriter
-
-    folder.mkdir(parents=True)
-    writer = ClassSetWriter(folder, {"classes": {"a": cls}})
-    for i, name in enumerate(("a00.png", "b00.png")):
-        image = load_rgb(photos / name)
-        writer.add(cls, i, image, load_mask(photos / f"mask_{name}", image.size), f"A photo of a {cls}")
-    writer.finish()
-    return folder
-
-
-def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path):
+def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path, photo_class_set):
     """DCO by default; prior preservation with a checked class-set folder (bad folders are page
     messages, nothing written) or with the run's own class_set, made with the preset's settings."""
     from mudi.ui.priors import EXISTING, GENERATE, class_images_config, class_set_choices
@@ -400,10 +386,10 @@ def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path):
     config = new_run_config(ctx, *page, "dco", 0)
     assert (config.reg, config.prior_dir) == ("dco", "")
     assert new_run_config(ctx, *page, "none", 0).reg == "none"
-    good = _class_set(tmp_path / "cs", "circle", toy_photos)
+    good = photo_class_set(tmp_path / "cs", "circle", toy_photos)
     for folder, message in [("", "choose a class-set folder"), (str(tmp_path / "nowhere"), "not found"),
                             (str(toy_photos), "line 1 must be"),
-                            (str(_class_set(tmp_path / "sq", "square", toy_photos)), "no class images for subject")]:
+                            (str(photo_class_set(tmp_path / "sq", "square", toy_photos)), "no class images for subject")]:
         with pytest.raises(MudiError, match=message):
             new_run_config(ctx, *page, "prior", 0, EXISTING, folder)
     assert not (ctx.ws.root / "runs").exists()
@@ -417,7 +403,7 @@ def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path):
     with pytest.raises(MudiError, match="--n must be >= 1"):
         class_images_config(ctx, config, 0)
     # a class set already in a run folder is offered (relative to the work folder) and refused as a target
-    made = _class_set(ctx.ws.root / "runs" / "r1" / "class_set", "circle", toy_photos)
+    made = photo_class_set(ctx.ws.root / "runs" / "r1" / "class_set", "circle", toy_photos)
     assert class_set_choices(ctx) == ["runs/r1/class_set"]
     with pytest.raises(MudiError, match="use an existing class-set folder"):
         new_run_config(ctx, *page, "prior", 0, GENERATE, "")

@@ -82,6 +82,9 @@ def _shot(page, name: str) -> None:
         from PIL import Image
 
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        page.wait_for_function("Array.from(document.images).filter(i => i.offsetParent !== null)"
+                               ".every(i => i.complete && i.naturalWidth > 0)")  # no half-loaded gallery
+        page.wait_for_timeout(500)
         img = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
         img = img.resize((img.width * 2 // 3, img.height * 2 // 3), Image.LANCZOS).quantize(colors=64)
         img.save(Path(SHOTS) / f"ui_{name}.png", optimize=True)
@@ -111,7 +114,7 @@ def test_a_mistake_is_a_message_in_the_page(page, server):
     assert not (server[1].ws.root / "subjects").exists()
 
 
-def test_whole_workflow_on_the_toy_world(page, server, photos):
+def test_whole_workflow_on_the_toy_world(page, server, photos, photo_class_set):
     ctx, root = server[1], server[2]
     # 1. subjects from uploads (photo b02 gets an uploaded mask: the fix-a-mask path)
     for i, (ident, key) in enumerate([("wip", "a"), ("jam", "b")]):
@@ -159,15 +162,23 @@ def test_whole_workflow_on_the_toy_world(page, server, photos):
     _status(page, "compose-status", "8 examples")
     assert page.locator("#compose-gallery img").count() >= 1
     _shot(page, "compose")
-    # 3. train a few steps in the background
+    # 3. train a few steps in the background, with prior preservation from a class-set folder on disk
     _tab(page, "3. Train")
     _choose(page, "train-set", "toys")
     page.fill("#train-steps input", "4")
+    page.locator("#train-reg").get_by_text("prior preservation").click()
+    _prior_folder(page, str(photos))  # not a class set: a message in the page, nothing started
+    page.locator("#train-start").click()
+    assert "line 1 must be" in _status(page, "train-status", "Error: class-set folder")
+    assert not (ctx.ws.root / "runs").exists()
+    _prior_folder(page, str(photo_class_set(root / "classes", "circle", photos)))
     page.locator("#train-start").click()
     _status(page, "train-status", "training run1: 4 steps")
     _status(page, "train-progress", "finished, step 4 / 4")
     sync_api.expect(page.locator("#train-validation img").first).to_be_visible()
     _shot(page, "train")
+    saved = (ctx.ws.root / "runs" / "run1" / "config.toml").read_text()
+    assert 'reg = "prior"' in saved and f'prior_dir = "{root / "classes"}"' in saved
     # 4. generate with a dragged layout
     _tab(page, "4. Generate")
     _choose(page, "gen-run", "run1")
@@ -237,6 +248,14 @@ def test_training_survives_the_page_and_stops_and_resumes(page, server, monkeypa
     assert (server[1].ws.root / "runs" / "run2" / "pytorch_lora_weights.safetensors").is_file()
     steps = [json.loads(x)["step"] for x in (server[1].ws.root / "runs" / "run2" / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _prior_folder(page, path: str) -> None:
+    """Type a class-set folder into the Train tab's dropdown (it takes any path)."""
+    box = page.locator("#train-prior-dir input")
+    box.fill(path)
+    box.press("Enter")
+    page.keyboard.press("Escape")
 
 
 def _default_layout() -> str:

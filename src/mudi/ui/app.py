@@ -17,6 +17,7 @@ from mudi.ui.worker import TrainWorker
 CSS = """
 .mudi-error { color: #b00020; font-weight: 600; }
 .mudi-ok { color: #1b5e20; }
+#subjects-candidates .grid-container { grid-template-columns: repeat(3, minmax(100px, 1fr)); }
 """
 
 

@@ -222,8 +222,8 @@ def build(ctx: AppContext) -> dict:
                             elem_id="subjects-box-canvas")
         boxes = gr.Textbox(label='boxes: {"photo.png": [x0, y0, x1, y1]} (pixels)', lines=2, elem_id="subject-boxes")
         show = gr.Button("Show the segmenter's candidate masks for this photo", elem_id="subjects-candidates-show")
-        cands = gr.Gallery(label="candidates: click one to use it as this photo's mask", columns=3, height=220,
-                           allow_preview=False, elem_id="subjects-candidates")
+        cands = gr.Gallery(label="candidates: click one to use it as this photo's mask", columns=3, height="auto",
+                           allow_preview=False, object_fit="contain", elem_id="subjects-candidates")
     replace = gr.Checkbox(False, label="Replace a subject set of the same name", elem_id="subjects-replace")
     go = gr.Button("Build subject set", variant="primary", elem_id="subjects-build")
     status = gr.HTML(elem_id="subjects-status")
