@@ -400,8 +400,9 @@ def test_regularization_choices_are_the_cli_fields(ctx, toy_photos, tmp_path, ph
     priors = class_images_config(ctx, config, 3)
     assert (priors.n, priors.detector, priors.segmenter, priors.base) == (3, "none", "grabcut", ctx.preset.base)
     assert (priors.steps, priors.resolution, priors.out) == (20, config.resolution, config.prior_dir)
-    with pytest.raises(MudiError, match="--n must be >= 1"):
-        class_images_config(ctx, config, 0)
+    for bad in (0, None):
+        with pytest.raises(MudiError, match="images per class"):
+            class_images_config(ctx, config, bad)
     # a class set already in a run folder is offered (relative to the work folder) and refused as a target
     made = photo_class_set(ctx.ws.root / "runs" / "r1" / "class_set", "circle", toy_photos)
     assert class_set_choices(ctx) == ["runs/r1/class_set"]

@@ -85,6 +85,8 @@ def class_images_config(ctx: AppContext, config, n: int):
     import mudi
     from mudi.train.priors import check_priors_inputs
 
+    if not n or int(n) < 1:
+        raise MudiError(f"images per class: give a whole number >= 1 (got {n!r}).")
     values = dict(ctx.preset.priors)
     values.update(base=config.base, subjects=config.subjects, out=config.prior_dir, n=int(n))
     if config.resolution:
