@@ -245,3 +245,24 @@ def test_demo_iterative_row(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--resume", *argv]) == 0
     assert capsys.readouterr().out.count("already done, skipping") == 1 + 2 + 2 + 2
     assert json.loads((out / "summary.json").read_text())["methods"] == summary["methods"]
+
+
+def test_demo_init_only_control_row(tmp_path, tiny_models):
+    """init_only samples the base model itself (no LoRA trained or loaded) with the same
+    initialization as the initialized rows: it measures what the initialization does alone."""
+    out = tmp_path / "ctl"
+    argv = [a if a != "dreambooth,mudi" else "init_only,dreambooth_init" for a in FAST]
+    assert main(["demo", "--base", str(tiny_models / "sd"), "--out", str(out), "--seed", "3", *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == ["init_only", "dreambooth_init"]
+    row = summary["methods"]["init_only"]
+    assert row["training_mix"] == "base" and row["initialization"] == "mudi"
+    assert sorted(p.name for p in out.glob("lora_*")) == ["lora_none"]  # only the DreamBooth LoRA was trained
+    sidecar = json.loads((out / "gen" / "init_only" / "0000.json").read_text())
+    assert not sidecar.get("lora")
+    def pixels(row, name):
+        return Image.open(out / "gen" / row / name).tobytes()
+
+    assert pixels("init_only", "0000.png") != pixels("dreambooth_init", "0000.png")  # the LoRA changes the image
+    # same initialization: the same init canvas
+    assert pixels("init_only", "0000_init.png") == pixels("dreambooth_init", "0000_init.png")

@@ -51,15 +51,20 @@ class Method:
     """One row of the comparison: which LoRA (training mix) and which initialization."""
 
     name: str
-    mix: str  # none | cutmix | segmix
+    mix: str  # none | cutmix | segmix | merged | merged_segmix | iterative | base (no LoRA)
     init: str  # none | mudi
     description: str
 
+
+#: The ``mix`` of a row that samples the base model itself (no LoRA is trained or loaded).
+BASE_ONLY = "base"
 
 METHODS: tuple[Method, ...] = (
     Method("dreambooth", "none", "none", "DreamBooth LoRA (no composites), standard noise"),
     Method("cutmix", "cutmix", "none", "Cut-Mix LoRA (whole photos stitched), standard noise"),
     Method("segmix", "segmix", "none", "Seg-Mix LoRA, standard noise (ablation: no initialization)"),
+    Method("init_only", BASE_ONLY, "mudi", "Control: the base model, no LoRA, + mean-shifted initialization (what "
+                                          "the subjects' photos pasted into the starting noise do on their own)"),
     Method("dreambooth_init", "none", "mudi", "DreamBooth LoRA + mean-shifted initialization (ablation)"),
     Method("mudi", "segmix", "mudi", "MuDI: Seg-Mix LoRA + mean-shifted initialization"),
     Method("modular", "merged", "mudi", "Modular: one DreamBooth LoRA per subject, merged (ranks stacked), "
@@ -183,7 +188,8 @@ def generation_config(config: DemoConfig, method: Method, demo_dir: Path, gen_di
     from mudi.generate import GenerateConfig
 
     return GenerateConfig(
-        prompts=list(toy.demo_prompts(config.subjects)), out=str(gen_dir), base=str(base), lora=str(demo_dir / f"lora_{method.mix}"),
+        prompts=list(toy.demo_prompts(config.subjects)), out=str(gen_dir), base=str(base),
+        lora="" if method.mix == BASE_ONLY else str(demo_dir / f"lora_{method.mix}"),
         subjects=str(demo_dir / "subjects"), n=config.images_per_prompt, init=method.init, gamma=config.gamma,
         fill=config.fill, steps=config.steps, resolution=demo_resolution(), seed=config.seed,
         guidance=config.guidance, dtype="float32", save_init=method.init == "mudi",
@@ -256,7 +262,7 @@ def _run_demo(config: DemoConfig, options: RunOptions) -> dict:
     timings["prepare"] = _stage(out / "subjects", options.resume, "1/4 prepare the toy subjects",
                                 lambda: _make_subjects(out, config.seed, config.subjects))
     sset = SubjectSet.load(out / "subjects")
-    for mix in dict.fromkeys(m.mix for m in methods):
+    for mix in dict.fromkeys(m.mix for m in methods if m.mix != BASE_ONLY):
         timings[f"train_{mix}"] = _stage(out / f"lora_{mix}", options.resume, f"2/4 train LoRA --mix {mix}",
                                          lambda mix=mix: _train(config, options, out, base, mix))
     pipe = _toy_pipeline(base)
