@@ -14,11 +14,14 @@ from mudi.io import load_rgb
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries (and Python) whose kernels produce the demo's numbers."""
+    """Versions of the libraries (and Python) whose kernels produce the demo's numbers, and the CPU
+    instruction set torch picked its kernels for (AVX-512 and AVX2 kernels give different numbers)."""
     import platform
     from importlib import metadata
 
-    out = {"python": platform.python_version()}
+    import torch
+
+    out = {"python": platform.python_version(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for name in ("torch", "diffusers", "transformers", "peft", "numpy", "scipy", "pillow"):
         try:
             out[name] = metadata.version(name)
