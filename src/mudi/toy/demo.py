@@ -86,8 +86,8 @@ class DemoConfig(Settings):
 
     Generation settings were measured on the toy model (see the README's demo section and
     benchmarks/toy_demo_sweep.py): classifier-free guidance makes the toy LoRAs widen and merge
-    the two subjects into one blob; a stronger initialization (γ 5) and a slightly smaller layout
-    (fill 0.7 of a slot) keep them apart. The same settings are used for every method. The success
+    the two subjects into one blob; a stronger initialization (γ 5) keeps them apart. The layout is
+    METHOD's (each box fills 0.8 of its slot). The same settings are used for every method. The success
     threshold is calibrated for the toy embedder (benchmarks/toy_dnc_calibration.py); the paper's
     0.8 belongs to OWLv2 + DINOv2.
     """
@@ -111,7 +111,8 @@ class DemoConfig(Settings):
     steps: int = setting(20, "sampling steps")
     guidance: float = setting(1.0, "classifier-free guidance scale")
     gamma: float = setting(5.0, "initialization strength γ")
-    fill: float = setting(0.7, "initialization layout: each subject's box fills this fraction of its slot")
+    fill: float = setting(0.8, "initialization layout: each subject's box fills this fraction of its slot "
+                               "(METHOD's 0.8, as in mudi generate)")
     success_threshold: float = setting(
         TOY_SUCCESS_THRESHOLD, "D&C at or above which an image with the right count is a success (toy embedder)")
     full: bool = setting(False, "also the curves (success rate vs number of subjects, mean D&C vs γ) and the comparison "
