@@ -3,7 +3,7 @@
 Regenerates the demo prompts with each combination of guidance scale, γ and layout fill, for
 the chosen methods (same seeds for all), evaluates them with the toy detector and embedder,
 and prints one row per setting: mean D&C, success rate, missing/duplicate count errors.
-This is how the demo's defaults (guidance 1, γ 5, fill 0.7) were chosen; nothing is tuned per
+This is how the demo's defaults (guidance 1, γ 5, fill 0.8) were chosen; nothing is tuned per
 method: every row applies the same setting to every method.
 
     mudi demo --out runs/demo
