@@ -38,6 +38,16 @@ def lora_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "pytorch_lora_weights.safetensors"))
 
 
+def assert_init_mudi_from_the_cli(lora: Path, out: Path) -> None:
+    """`mudi generate --init mudi --init-sigma 0.8 --save-init` with a flow family's LoRA: the sidecar
+    records the initialization and its two-subject layout, and the init canvas is saved."""
+    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a} and {b}", "--out", str(out), "--n", "1",
+                 "--steps", "2", "--init", "mudi", "--init-sigma", "0.8", "--save-init", "--no-progress"]) == 0
+    side = json.loads((out / "0000.json").read_text())
+    assert side["init"] == "mudi" and side["init_sigma"] == 0.8 and len(side["layout"]) == 2
+    assert (out / "0000_init.png").is_file() and (out / "0000.png").is_file()
+
+
 def assert_resume_is_bitwise(tiny_models: Path, subjects: Path, part: str, reference: Path, out: Path,
                              *extra: str) -> None:
     """``reference`` is a finished ``train_cli(..., *extra)`` run; the same run stopped after step 1

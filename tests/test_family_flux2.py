@@ -17,7 +17,7 @@ from mudi.errors import MudiError
 from mudi.models.families import Flux2KleinFamily, family_for_folder, family_of
 
 from flow_train_checks import (assert_checkpointing_trains_the_same_lora, assert_dco_first_step_is_log2,
-                               assert_resume_is_bitwise, tiny_pipeline, train_cli)
+                               assert_init_mudi_from_the_cli, assert_resume_is_bitwise, tiny_pipeline, train_cli)
 
 PART = "flux2-klein"
 
@@ -197,12 +197,7 @@ def test_priors_from_the_cli(tiny_models, subjects, tmp_path, box_segmenter):
 def test_init_mudi_from_the_cli(lora, tmp_path):
     """``--init mudi`` enters the sampler at σ_start from the subjects' latent (exactness: test_init_flow.py);
     ``--init auto`` stays ``none`` for this family (test_generate_from_the_cli)."""
-    out = tmp_path / "gen"
-    assert main(["generate", "--lora", str(lora), "--prompt", "a photo of {a} and {b}", "--out", str(out), "--n", "1",
-                 "--steps", "2", "--init", "mudi", "--init-sigma", "0.8", "--save-init", "--no-progress"]) == 0
-    side = json.loads((out / "0000.json").read_text())
-    assert side["init"] == "mudi" and side["init_sigma"] == 0.8 and len(side["layout"]) == 2
-    assert (out / "0000_init.png").is_file() and (out / "0000.png").is_file()
+    assert_init_mudi_from_the_cli(lora, tmp_path / "gen")
 
 
 # ----------------------------------------------------------------------------- the trainer's properties
